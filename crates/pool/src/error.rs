@@ -1,0 +1,79 @@
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::instance::ExitInfo;
+use crate::output::CapturedOutput;
+
+/// Errors of the launcher itself (not of one instance).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot create a network namespace (needs root or CAP_SYS_ADMIN): {source}")]
+    Namespace {
+        #[source]
+        source: io::Error,
+    },
+    #[error("the namespace worker thread is gone")]
+    WorkerGone,
+}
+
+/// Why an instance could not be started; the wording tells the user what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartFailureKind {
+    #[error("bootstrap file {path} does not exist: create an executable scf_bootstrap in the function's code_dir")]
+    BootstrapMissing { path: PathBuf },
+    #[error("bootstrap file {path} is not executable: run `chmod 755 {path}`")]
+    BootstrapNotExecutable { path: PathBuf },
+    #[error("bootstrap file {path} cannot be executed ({source}): check its first line (e.g. `#!/bin/bash`) and that the interpreter exists")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("scf_bootstrap {exit} before listening on port {port}")]
+    ExitedBeforeListening { exit: ExitInfo, port: u16 },
+    #[error("nothing listened on 0.0.0.0:{port} within the init timeout of {waited:?}: the bootstrap must start a server on port {port}")]
+    NotListening { waited: Duration, port: u16 },
+    #[error("could not prepare the instance's namespace: {source}")]
+    Namespace {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A failed start, with everything the record needs: what went wrong, the process (if one ran)
+/// and what it printed.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub kind: StartFailureKind,
+    pub pid: Option<u32>,
+    pub exit: Option<ExitInfo>,
+    pub output: CapturedOutput,
+}
+
+impl StartFailure {
+    pub(crate) fn before_spawn(kind: StartFailureKind) -> Self {
+        StartFailure {
+            kind,
+            pid: None,
+            exit: None,
+            output: CapturedOutput::default(),
+        }
+    }
+
+    /// A one-paragraph message for people: the failure and the last lines the bootstrap printed.
+    pub fn message(&self) -> String {
+        let tail = self.output.tail(5);
+        if tail.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}; its last output: {}", self.kind, tail.join(" | "))
+        }
+    }
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}

@@ -1,0 +1,23 @@
+//! Function instances: start a bootstrap, wait until it listens on port 9000, stop it, reap it.
+//!
+//! An [`Instance`] is one `scf_bootstrap` process tree serving one connection. On Linux as root
+//! each instance gets its own network namespace (so every instance can bind `0.0.0.0:9000`) and
+//! its own PID namespace (so nothing it forks, daemonized or not, outlives it, even when scfsim
+//! is killed with SIGKILL). The [`Launcher`] owns the machinery shared by all instances.
+//!
+//! This crate knows processes, sockets and namespaces; it knows nothing of WebSocket frames or
+//! of the platform's status codes: failures are reported as facts ([`StartFailure`]) and the
+//! gateway decides what they mean.
+
+mod error;
+mod instance;
+mod launcher;
+mod netns;
+mod output;
+mod spawn;
+
+pub use error::{PoolError, StartFailure, StartFailureKind};
+pub use instance::{ExitInfo, Instance, StoppedInstance};
+pub use launcher::{Isolation, IsolationRequest, Launcher, Ready, INSTANCE_PORT};
+pub use output::{CapturedOutput, OutputLine, OutputStream};
+pub use spawn::InstanceSpec;
