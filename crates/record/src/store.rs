@@ -1,0 +1,467 @@
+//! The durable record store.
+//!
+//! # Layout on disk
+//! - `<data_dir>/invocations.jsonl`: the journal, append-only, one JSON object per line:
+//!   `{"event":"start","invocation":{..}}` when a connection arrives, and
+//!   `{"event":"end","invocation":{..}}` with the complete record when it ends. An invocation
+//!   that never started an instance (quota, ...) may have only an end line. The last line for an
+//!   id wins.
+//! - `<data_dir>/logs/<request_id>.jsonl`: the instance's log, one [`LogLine`] per line, plus a
+//!   final `{"dropped":N}` line when the gateway had to drop lines.
+//!
+//! # Lifecycle
+//! The binary opens one `RecordStore` at start and shares it (behind an `Arc`) with every
+//! connection task. [`RecordStore::open`] replays the journal into the in-memory index, and
+//! every start line without an end line is an invocation that was running when scfsim died: it
+//! is completed as `gateway_crashed` and that end line is appended, so the next open sees a
+//! complete record and does not complete it again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::RecordError;
+use crate::invocation::{Invocation, LogLine};
+use crate::outcome::EndReason;
+
+const JOURNAL_FILE: &str = "invocations.jsonl";
+const LOGS_DIR: &str = "logs";
+/// How many records the in-memory index keeps; older ones stay in the journal only. Bounds the
+/// memory of a long-running scfsim (a record is well under 1 KB).
+const MEMORY_RETENTION: usize = 100_000;
+
+/// What [`RecordStore::open`] found in the journal.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Distinct invocations read back, including those completed as crashed.
+    pub loaded: usize,
+    /// Invocations that were running when scfsim died, now completed as `gateway_crashed`.
+    pub crashed_completed: usize,
+    /// Lines that could not be parsed (a torn last write, a garbled line); they are left in
+    /// place and skipped again at every open.
+    pub skipped_lines: usize,
+}
+
+/// Filters for [`RecordStore::query`], AND-ed. Deserializable from the admin API's query string.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Query {
+    pub function: Option<String>,
+    pub status_code: Option<u16>,
+    /// Defaults to [`Query::DEFAULT_LIMIT`], capped at [`Query::MAX_LIMIT`].
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 10_000;
+
+    fn matches(&self, inv: &Invocation) -> bool {
+        // `Option::is_none_or` would read better but is newer than the workspace's MSRV.
+        let function_ok = match &self.function {
+            Some(f) => *f == inv.function,
+            None => true,
+        };
+        let status_ok = match self.status_code {
+            Some(code) => inv.status_code.map(|s| s.0) == Some(code),
+            None => true,
+        };
+        function_ok && status_ok
+    }
+}
+
+/// An invocation's log as saved by [`RecordStore::save_logs`].
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Logs {
+    pub lines: Vec<LogLine>,
+    /// Lines the gateway dropped (over its buffer limit) and that are not in `lines`.
+    pub dropped: u64,
+}
+
+/// Invocation records: an append-only journal plus an in-memory index for queries.
+///
+/// Two locks, never held together: `journal` serializes appends so lines never interleave, and
+/// `index` guards the query view. Neither is held across anything slower than one `write(2)`
+/// or an in-memory copy, so concurrent connection tasks only wait on each other's writes.
+pub struct RecordStore {
+    journal_path: PathBuf,
+    logs_dir: PathBuf,
+    journal: Mutex<Journal>,
+    index: Mutex<Index>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "event", content = "invocation", rename_all = "snake_case")]
+enum EntryOut<'a> {
+    Start(&'a Invocation),
+    End(&'a Invocation),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "event", content = "invocation", rename_all = "snake_case")]
+enum EntryIn {
+    Start(Invocation),
+    End(Invocation),
+}
+
+impl RecordStore {
+    /// Opens (creating if needed) the store in `data_dir` and replays its journal. Unreadable
+    /// lines are skipped and counted, never fatal: a torn last line is what a kill in the middle
+    /// of a write leaves, and it must not keep scfsim from starting.
+    pub fn open(data_dir: &Path) -> Result<(RecordStore, OpenReport), RecordError> {
+        Self::open_with_retention(data_dir, MEMORY_RETENTION)
+    }
+
+    pub(crate) fn open_with_retention(
+        data_dir: &Path,
+        retention: usize,
+    ) -> Result<(RecordStore, OpenReport), RecordError> {
+        // Taken first: a crashed invocation ends no later than the moment we noticed it.
+        let opened_at = OffsetDateTime::now_utc();
+        let journal_path = data_dir.join(JOURNAL_FILE);
+        let logs_dir = data_dir.join(LOGS_DIR);
+        fs::create_dir_all(&logs_dir).map_err(RecordError::io(&logs_dir))?;
+
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&journal_path)
+            .map_err(RecordError::io(&journal_path))?;
+
+        let mut index = Index::new(retention);
+        let mut report = OpenReport::default();
+        let mut seen = HashSet::new();
+        // Started but not (yet) ended, with the line they started on, to complete them in
+        // journal order. Kept apart from the index so retention cannot make us forget one.
+        let mut running: HashMap<Uuid, (usize, Invocation)> = HashMap::new();
+        let mut ends_with_newline = true;
+
+        let mut reader = BufReader::new(&file);
+        let mut buf = Vec::new();
+        let mut line_no = 0usize;
+        loop {
+            buf.clear();
+            // Bytes, not `lines()`: a torn write can cut a UTF-8 sequence in half.
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(RecordError::io(&journal_path))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            ends_with_newline = buf.last() == Some(&b'\n');
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<EntryIn>(&buf) {
+                Ok(EntryIn::Start(inv)) => {
+                    // A start after the id is known would turn a finished record back into a
+                    // running one; the first start is the real one.
+                    if seen.insert(inv.request_id) {
+                        running.insert(inv.request_id, (line_no, inv.clone()));
+                        index.upsert(inv);
+                    }
+                }
+                Ok(EntryIn::End(inv)) => {
+                    seen.insert(inv.request_id);
+                    running.remove(&inv.request_id);
+                    index.upsert(inv);
+                }
+                Err(error) => {
+                    report.skipped_lines += 1;
+                    tracing::warn!(
+                        path = %journal_path.display(),
+                        line = line_no,
+                        %error,
+                        "skipping unreadable invocation record line"
+                    );
+                }
+            }
+        }
+        drop(reader);
+        report.loaded = seen.len();
+
+        let store = RecordStore {
+            journal_path,
+            logs_dir,
+            journal: Mutex::new(Journal {
+                file,
+                // Without this, the next append would glue itself onto a torn last line and be
+                // lost with it.
+                needs_newline: !ends_with_newline,
+            }),
+            index: Mutex::new(index),
+        };
+
+        let mut crashed: Vec<_> = running.into_values().collect();
+        crashed.sort_by_key(|(line, _)| *line);
+        for (_, mut inv) in crashed {
+            inv.finish(&EndReason::GatewayCrashed, opened_at);
+            store.append(EntryOut::End(&inv), inv.request_id)?;
+            lock(&store.index).upsert(inv);
+            report.crashed_completed += 1;
+        }
+
+        Ok((store, report))
+    }
+
+    /// Records that `inv` has started: the start line reaches the OS before this returns, so a
+    /// crash from here on is completed as `gateway_crashed` at the next open.
+    pub fn begin(&self, inv: &Invocation) -> Result<(), RecordError> {
+        // Best effort against a caller bug, not a guarantee under races: request ids are v4
+        // UUIDs, so two concurrent begins of one id do not happen in practice.
+        if lock(&self.index).contains(inv.request_id) {
+            return Err(RecordError::AlreadyRecorded {
+                request_id: inv.request_id,
+            });
+        }
+        self.append(EntryOut::Start(inv), inv.request_id)?;
+        lock(&self.index).upsert(inv.clone());
+        Ok(())
+    }
+
+    /// Records the complete invocation; visible in queries once its end line is written. Also
+    /// valid without a prior [`begin`](Self::begin), for invocations that never got to start.
+    pub fn finish(&self, inv: Invocation) -> Result<(), RecordError> {
+        if inv.is_running() {
+            return Err(RecordError::NotFinished {
+                request_id: inv.request_id,
+            });
+        }
+        self.append(EntryOut::End(&inv), inv.request_id)?;
+        lock(&self.index).upsert(inv);
+        Ok(())
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<Invocation> {
+        lock(&self.index).get(id).cloned()
+    }
+
+    /// Newest first (by `started_at`, then by the order the store first saw them).
+    pub fn query(&self, q: &Query) -> Vec<Invocation> {
+        let limit = q
+            .limit
+            .unwrap_or(Query::DEFAULT_LIMIT)
+            .min(Query::MAX_LIMIT);
+        lock(&self.index)
+            .by_start
+            .values()
+            .rev()
+            .filter(|inv| q.matches(inv))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Number of records in memory (at most the retention, 100 000).
+    pub fn len(&self) -> usize {
+        lock(&self.index).by_start.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Saves the instance's log for `id`, replacing any earlier save. Written to a temporary
+    /// file and renamed, so a reader (or a crash) sees the old log or the new one, never half.
+    pub fn save_logs(&self, id: Uuid, lines: &[LogLine], dropped: u64) -> Result<(), RecordError> {
+        let path = self.log_path(id);
+        let tmp = path.with_extension("jsonl.tmp");
+        let file = File::create(&tmp).map_err(RecordError::io(&tmp))?;
+        let mut out = BufWriter::new(file);
+        let encode = |source| RecordError::EncodeLog {
+            request_id: id,
+            source,
+        };
+        for line in lines {
+            serde_json::to_writer(&mut out, line).map_err(encode)?;
+            out.write_all(b"\n").map_err(RecordError::io(&tmp))?;
+        }
+        if dropped > 0 {
+            serde_json::to_writer(&mut out, &DroppedMarker { dropped }).map_err(encode)?;
+            out.write_all(b"\n").map_err(RecordError::io(&tmp))?;
+        }
+        out.flush().map_err(RecordError::io(&tmp))?;
+        drop(out);
+        fs::rename(&tmp, &path).map_err(RecordError::io(&path))
+    }
+
+    /// The saved log of `id`: `None` if the invocation is unknown, empty if it is known but
+    /// nothing was saved. A log file outlives the in-memory retention, so it is returned even
+    /// for a record that only the journal still holds.
+    pub fn logs(&self, id: Uuid) -> Result<Option<Logs>, RecordError> {
+        let path = self.log_path(id);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Ok(lock(&self.index).contains(id).then(Logs::default));
+            }
+            Err(e) => return Err(RecordError::Io { path, source: e }),
+        };
+        let mut logs = Logs::default();
+        for line in BufReader::new(file).split(b'\n') {
+            let line = line.map_err(RecordError::io(&path))?;
+            match serde_json::from_slice::<LogEntry>(&line) {
+                Ok(LogEntry::Line(l)) => logs.lines.push(l),
+                Ok(LogEntry::Dropped(m)) => logs.dropped += m.dropped,
+                // Only a bug or a hand edit gets here (saves are atomic); keep the rest.
+                Err(_) => {}
+            }
+        }
+        Ok(Some(logs))
+    }
+
+    fn log_path(&self, id: Uuid) -> PathBuf {
+        self.logs_dir.join(format!("{}.jsonl", id.hyphenated()))
+    }
+
+    fn append(&self, entry: EntryOut<'_>, request_id: Uuid) -> Result<(), RecordError> {
+        // Encoded before taking the lock: only the write itself is serialized.
+        let mut line = serde_json::to_vec(&entry)
+            .map_err(|source| RecordError::Encode { request_id, source })?;
+        line.push(b'\n');
+        lock(&self.journal)
+            .append(&line)
+            .map_err(RecordError::io(&self.journal_path))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DroppedMarker {
+    dropped: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LogEntry {
+    Line(LogLine),
+    Dropped(DroppedMarker),
+}
+
+/// The journal's write end.
+struct Journal {
+    // An unbuffered `File` in append mode: `write_all` hands the line to the kernel before it
+    // returns, which is what survives a SIGKILL of scfsim (the page cache is the kernel's). No
+    // fsync: surviving a power loss would cost a disk flush per connection, and an emulator on
+    // a developer machine does not need it.
+    file: File,
+    /// The last line on disk is unterminated (torn tail found at open, or a failed write).
+    needs_newline: bool,
+}
+
+impl Journal {
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.needs_newline {
+            self.file.write_all(b"\n")?;
+            self.needs_newline = false;
+        }
+        // One write for the whole line, so a kill tears at most this line.
+        self.file.write_all(line).inspect_err(|_| {
+            // Part of the line may be on disk; isolate it from the next one.
+            self.needs_newline = true;
+        })
+    }
+}
+
+/// The query view: records ordered by (start time, first-seen sequence), newest last.
+struct Index {
+    by_start: BTreeMap<(OffsetDateTime, u64), Invocation>,
+    keys: HashMap<Uuid, (OffsetDateTime, u64)>,
+    next_seq: u64,
+    retention: usize,
+}
+
+impl Index {
+    fn new(retention: usize) -> Self {
+        Index {
+            by_start: BTreeMap::new(),
+            keys: HashMap::new(),
+            next_seq: 0,
+            retention,
+        }
+    }
+
+    fn contains(&self, id: Uuid) -> bool {
+        self.keys.contains_key(&id)
+    }
+
+    fn get(&self, id: Uuid) -> Option<&Invocation> {
+        self.keys.get(&id).and_then(|key| self.by_start.get(key))
+    }
+
+    /// Inserts or replaces the record for its id, keeping its place among equal start times.
+    fn upsert(&mut self, inv: Invocation) {
+        let id = inv.request_id;
+        let seq = match self.keys.get(&id) {
+            Some(&key) => {
+                self.by_start.remove(&key);
+                key.1
+            }
+            None => {
+                self.next_seq += 1;
+                self.next_seq
+            }
+        };
+        let key = (inv.started_at, seq);
+        self.keys.insert(id, key);
+        self.by_start.insert(key, inv);
+        while self.by_start.len() > self.retention {
+            if let Some((_, old)) = self.by_start.pop_first() {
+                self.keys.remove(&old.request_id);
+            }
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-operation; every critical section here
+/// leaves the data consistent at each step, so carrying on beats losing all later records.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn done(start: OffsetDateTime) -> Invocation {
+        let mut inv = Invocation::begin(Uuid::new_v4(), "f", start);
+        inv.finish(&EndReason::ClientDropped, start);
+        inv
+    }
+
+    #[test]
+    fn memory_keeps_only_the_newest_records_but_the_journal_keeps_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = datetime!(2024-01-01 00:00:00 UTC);
+        let (store, _) = RecordStore::open_with_retention(dir.path(), 3).unwrap();
+        let invs: Vec<_> = (0..5)
+            .map(|i| done(t0 + time::Duration::seconds(i)))
+            .collect();
+        for inv in &invs {
+            store.finish(inv.clone()).unwrap();
+        }
+        assert_eq!(store.len(), 3);
+        assert!(store.get(invs[0].request_id).is_none());
+        assert!(store.get(invs[4].request_id).is_some());
+        drop(store);
+
+        let (store, report) = RecordStore::open_with_retention(dir.path(), 3).unwrap();
+        assert_eq!(report.loaded, 5);
+        assert_eq!(store.len(), 3);
+        let ids: Vec<_> = store
+            .query(&Query::default())
+            .into_iter()
+            .map(|i| i.request_id)
+            .collect();
+        let newest: Vec<_> = invs[2..].iter().rev().map(|i| i.request_id).collect();
+        assert_eq!(ids, newest);
+    }
+}
