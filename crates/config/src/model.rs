@@ -1,0 +1,252 @@
+//! The typed, validated config that the rest of scfsim reads. Built only by `validate` (or by
+//! hand in tests); every value here is already within its allowed range.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::duration::serialize_as_string;
+
+/// A validated config file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Values outside the platform's ranges were allowed.
+    pub relaxed_limits: bool,
+    /// Listeners and gateway-wide settings.
+    pub gateway: GatewayConfig,
+    /// The `[limits]` table with defaults filled in; each function holds its effective copy.
+    pub limits: Limits,
+    /// In file order; names and paths are unique.
+    pub functions: Vec<FunctionConfig>,
+    /// The file this came from, for messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[gateway]` with defaults filled in.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayConfig {
+    /// ws:// listener.
+    pub listen: SocketAddr,
+    /// wss:// listener, if any.
+    pub tls_listen: Option<SocketAddr>,
+    /// Resolved against the config file's directory; set together with `tls_key` or not at all.
+    pub tls_cert: Option<PathBuf>,
+    /// Resolved against the config file's directory; set together with `tls_cert` or not at all.
+    pub tls_key: Option<PathBuf>,
+    /// Admin HTTP API listener.
+    pub admin_listen: SocketAddr,
+    /// As written: relative paths are relative to the process's working directory.
+    pub data_dir: PathBuf,
+    /// Bearer token for the admin API. Serialized as `"<redacted>"` so the admin API can show the
+    /// config without handing out its own credential.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub admin_token: Option<String>,
+}
+
+impl GatewayConfig {
+    /// ws:// listener when the file names none.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+    /// Admin listener when the file names none.
+    pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+    /// Data directory when the file names none.
+    pub const DEFAULT_DATA_DIR: &'static str = ".scfsim";
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: Self::DEFAULT_LISTEN,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            admin_listen: Self::DEFAULT_ADMIN_LISTEN,
+            data_dir: PathBuf::from(Self::DEFAULT_DATA_DIR),
+            admin_token: None,
+        }
+    }
+}
+
+fn serialize_redacted<S: Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Per-connection limits. `Default` is the platform's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Largest single message in bytes, either direction (406 upstream / 407 downstream).
+    pub max_message_bytes: u64,
+    /// Client-to-function bytes per second.
+    pub max_bytes_per_second: u64,
+    /// Client-to-function messages per second.
+    pub max_messages_per_second: u32,
+    /// What happens when a rate is exceeded.
+    pub rate_limit_action: RateLimitAction,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 256 * 1024,
+            max_bytes_per_second: 128 * 1024,
+            max_messages_per_second: 10,
+            rate_limit_action: RateLimitAction::Throttle,
+        }
+    }
+}
+
+/// What the gateway does when a connection goes over its byte or message rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAction {
+    /// Delay forwarding to stay within the limit; count throttled messages.
+    Throttle,
+    /// Close the connection (status 429).
+    Close,
+    /// Do not enforce rates.
+    Off,
+}
+
+/// One function, with defaults filled in and paths made absolute.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionConfig {
+    /// Unique name.
+    pub name: String,
+    /// Gateway path: "/" or "/seg[/seg...]" without a trailing '/'.
+    pub path: String,
+    /// Absolute; an existing directory when the config was validated. The instance's cwd.
+    pub code_dir: PathBuf,
+    /// Absolute: `code_dir` joined with the configured bootstrap. May not exist (that is a
+    /// runtime 445, see `Config::warnings`).
+    pub bootstrap: PathBuf,
+    /// No text/binary message either way for this long ends the invocation (455).
+    #[serde(serialize_with = "serialize_as_string")]
+    pub idle_timeout: Duration,
+    /// A connection still open after this long ends the invocation (433).
+    #[serde(serialize_with = "serialize_as_string")]
+    pub execution_timeout: Duration,
+    /// The bootstrap must listen on port 9000 within this long (else 446).
+    #[serde(serialize_with = "serialize_as_string")]
+    pub init_timeout: Duration,
+    /// Concurrency quota (432 beyond it).
+    pub max_instances: u32,
+    /// Instance memory size (434 above it).
+    pub memory_mb: u32,
+    /// The function's own environment variables (built-ins are added by the pool).
+    pub env: BTreeMap<String, String>,
+    /// Effective limits: `[limits]` overridden field by field by `[functions.limits]`.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// The function serving a request `path` (without its query string): the longest function
+    /// path equal to `path` or followed in it by '/'. "/echo" serves "/echo", "/echo/" and
+    /// "/echo/a" but not "/echoes"; "/" serves everything no longer path claims.
+    pub fn route(&self, path: &str) -> Option<&FunctionConfig> {
+        self.functions
+            .iter()
+            .filter(|f| path_matches(&f.path, path))
+            .max_by_key(|f| f.path.len())
+    }
+
+    /// The function called `name`.
+    pub fn function(&self, name: &str) -> Option<&FunctionConfig> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+
+    /// Things that are allowed but will probably not work: a missing or non-executable
+    /// bootstrap (each connection would end with 445), TLS files that do not exist, TLS files
+    /// without a wss:// listener. Looks at the file system now; the answer can change later.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .functions
+            .iter()
+            .filter_map(bootstrap_warning)
+            .collect();
+        let gw = &self.gateway;
+        for (field, path) in [("tls_cert", &gw.tls_cert), ("tls_key", &gw.tls_key)] {
+            if let Some(path) = path.as_deref().filter(|p| !p.is_file()) {
+                out.push(format!(
+                    "gateway.{field}: {} is not a readable file; the wss:// listener will fail \
+                     to start",
+                    path.display()
+                ));
+            }
+        }
+        if gw.tls_listen.is_none() && gw.tls_cert.is_some() {
+            out.push(
+                "gateway.tls_cert and gateway.tls_key are set but gateway.tls_listen is not; \
+                 no wss:// listener will start"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+}
+
+fn path_matches(function_path: &str, request_path: &str) -> bool {
+    function_path == "/"
+        || request_path
+            .strip_prefix(function_path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+fn bootstrap_warning(f: &FunctionConfig) -> Option<String> {
+    let problem = match std::fs::metadata(&f.bootstrap) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        Err(e) => format!("cannot be read ({e})"),
+        Ok(meta) if !meta.is_file() => "is not a file".to_owned(),
+        Ok(meta) if !is_executable(&meta) => {
+            format!("is not executable (chmod 755 {})", f.bootstrap.display())
+        }
+        Ok(_) => return None,
+    };
+    Some(format!(
+        "function {:?}: bootstrap {} {problem}; every connection to {} will fail with status 445",
+        f.name,
+        f.bootstrap.display(),
+        f.path
+    ))
+}
+
+#[cfg(unix)]
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable(_meta: &std::fs::Metadata) -> bool {
+    true
+}
+
+/// `path.parent()` of a bare file name is `""`; treat that as the current directory.
+pub(crate) fn config_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_dir_of_a_bare_file_name_is_the_current_directory() {
+        assert_eq!(config_dir(Path::new("scfsim.toml")), Path::new("."));
+        assert_eq!(
+            config_dir(Path::new("config/scfsim.toml")),
+            Path::new("config")
+        );
+        assert_eq!(config_dir(Path::new("/etc/scfsim.toml")), Path::new("/etc"));
+    }
+}

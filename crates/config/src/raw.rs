@@ -1,0 +1,92 @@
+//! The config file exactly as written: every field optional where the file may omit it, no
+//! defaults applied, nothing checked beyond TOML types. `validate` turns these into the typed
+//! config; keeping the two apart lets validation name the field that is wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::duration::RawDuration;
+use crate::RateLimitAction;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    /// Allow values outside the platform's documented ranges (tests need sub-second timeouts).
+    #[serde(default)]
+    pub relaxed_limits: bool,
+    /// `[gateway]`: listeners, TLS material, data directory, admin access.
+    #[serde(default)]
+    pub gateway: RawGateway,
+    /// `[limits]`: per-connection limits for every function unless it overrides them.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[[functions]]`: at least one is required.
+    #[serde(default)]
+    pub functions: Vec<RawFunction>,
+}
+
+/// `[gateway]`. Addresses stay strings here so a bad one is reported with its field name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    /// `IP:PORT` of the ws:// listener.
+    pub listen: Option<String>,
+    /// `IP:PORT` of the wss:// listener; no TLS listener when absent.
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain, relative to the config file; requires `tls_key`.
+    pub tls_cert: Option<String>,
+    /// PEM private key, relative to the config file; requires `tls_cert`.
+    pub tls_key: Option<String>,
+    /// `IP:PORT` of the admin HTTP API.
+    pub admin_listen: Option<String>,
+    /// Where records, logs and generated certificates live, relative to the working directory.
+    pub data_dir: Option<String>,
+    /// Bearer token for the admin API; required when `admin_listen` is not a loopback address.
+    pub admin_token: Option<String>,
+}
+
+/// `[limits]` and `[functions.limits]`: integers stay `i64` (TOML's integer) so that negative
+/// values reach validation and get a message naming the range.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    /// Largest single message, in bytes, either direction.
+    pub max_message_bytes: Option<i64>,
+    /// Client-to-function bytes per second per connection.
+    pub max_bytes_per_second: Option<i64>,
+    /// Client-to-function messages per second per connection.
+    pub max_messages_per_second: Option<i64>,
+    /// What to do when a rate limit is exceeded.
+    pub rate_limit_action: Option<RateLimitAction>,
+}
+
+/// One `[[functions]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFunction {
+    /// Unique function name, `[A-Za-z][A-Za-z0-9_-]{0,59}`.
+    pub name: String,
+    /// Gateway path, e.g. "/echo"; matches "/echo" and "/echo/...".
+    pub path: String,
+    /// Directory holding the code and the bootstrap, relative to the config file.
+    pub code_dir: String,
+    /// Bootstrap file, relative to `code_dir`; "scf_bootstrap" when absent.
+    pub bootstrap: Option<String>,
+    /// Time with no text/binary message either way before the gateway ends the connection.
+    pub idle_timeout: Option<RawDuration>,
+    /// Longest a connection may stay open.
+    pub execution_timeout: Option<RawDuration>,
+    /// Time for the bootstrap to start listening on port 9000.
+    pub init_timeout: Option<RawDuration>,
+    /// Concurrency quota: at most this many live instances.
+    pub max_instances: Option<i64>,
+    /// Instance memory size in MB.
+    pub memory_mb: Option<i64>,
+    /// The function's own environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Overrides of `[limits]`, field by field.
+    pub limits: Option<RawLimits>,
+}

@@ -1,0 +1,160 @@
+//! One `[[functions]]` table: identity, code directory, timeouts, sizes, env, limit overrides.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Checked, Checker};
+use crate::duration::{format_duration, RawDuration};
+use crate::names;
+use crate::raw::RawFunction;
+use crate::{FunctionConfig, Limits};
+
+// The platform's defaults and documented ranges (semantics.md §2, §5).
+const IDLE_DEFAULT: Duration = Duration::from_secs(15);
+const IDLE_PLATFORM: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(7200));
+const EXECUTION_DEFAULT: Duration = Duration::from_secs(900);
+const EXECUTION_PLATFORM_MAX: Duration = Duration::from_secs(86_400);
+const INIT_DEFAULT: Duration = Duration::from_secs(60);
+const INIT_PLATFORM: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(300));
+const MAX_INSTANCES_DEFAULT: u32 = 100;
+const MEMORY_DEFAULT: u32 = 128;
+const BOOTSTRAP_DEFAULT: &str = "scf_bootstrap";
+
+impl Checker<'_> {
+    pub(super) fn function(
+        &self,
+        index: usize,
+        raw: RawFunction,
+        default_limits: Limits,
+        base_dir: &Path,
+    ) -> Checked<FunctionConfig> {
+        names::check_function_name(&raw.name)
+            .map_err(|message| self.invalid(format!("functions[{index}].name"), message))?;
+        // From here on the name is known to be plain ASCII, so it identifies the table.
+        let at = |field: &str| format!("functions.{:?}.{field}", raw.name);
+
+        names::check_route_path(&raw.path).map_err(|message| self.invalid(at("path"), message))?;
+        let code_dir = self.code_dir(&at("code_dir"), &raw.code_dir, base_dir)?;
+        let bootstrap = raw.bootstrap.as_deref().unwrap_or(BOOTSTRAP_DEFAULT);
+        if bootstrap.is_empty() {
+            return Err(self.invalid(at("bootstrap"), "must not be empty"));
+        }
+
+        let idle_timeout = self.duration(
+            &at("idle_timeout"),
+            raw.idle_timeout.as_ref(),
+            IDLE_DEFAULT,
+            Some(IDLE_PLATFORM),
+        )?;
+        let execution_timeout = self.execution_timeout(
+            &at("execution_timeout"),
+            raw.execution_timeout.as_ref(),
+            idle_timeout,
+        )?;
+        let init_timeout = self.duration(
+            &at("init_timeout"),
+            raw.init_timeout.as_ref(),
+            INIT_DEFAULT,
+            Some(INIT_PLATFORM),
+        )?;
+
+        let max_instances = match raw.max_instances {
+            Some(v) => self.count_u32(&at("max_instances"), v, None)?,
+            None => MAX_INSTANCES_DEFAULT,
+        };
+        let memory_mb = match raw.memory_mb {
+            Some(v) => self.memory_mb(&at("memory_mb"), v)?,
+            None => MEMORY_DEFAULT,
+        };
+        names::check_env(&raw.env).map_err(|message| self.invalid(at("env"), message))?;
+        let limits = match &raw.limits {
+            Some(overrides) => self.limits(&at("limits"), overrides, default_limits)?,
+            None => default_limits,
+        };
+
+        Ok(FunctionConfig {
+            bootstrap: code_dir.join(bootstrap),
+            code_dir,
+            name: raw.name,
+            path: raw.path,
+            idle_timeout,
+            execution_timeout,
+            init_timeout,
+            max_instances,
+            memory_mb,
+            env: raw.env,
+            limits,
+        })
+    }
+
+    fn execution_timeout(
+        &self,
+        field: &str,
+        raw: Option<&RawDuration>,
+        idle_timeout: Duration,
+    ) -> Checked<Duration> {
+        let value = self.duration(field, raw, EXECUTION_DEFAULT, None)?;
+        // The default can clash with a long idle_timeout; say so rather than quoting a value the
+        // user never wrote.
+        let shown = raw.map_or_else(
+            || format!("the default {}", format_duration(EXECUTION_DEFAULT)),
+            ToString::to_string,
+        );
+        if value > EXECUTION_PLATFORM_MAX {
+            self.platform(
+                field,
+                format!(
+                    "got {shown}; the platform allows at most {}",
+                    format_duration(EXECUTION_PLATFORM_MAX)
+                ),
+            )?;
+        }
+        if value < idle_timeout {
+            self.platform(
+                field,
+                format!(
+                    "got {shown}, shorter than idle_timeout ({}); the platform requires \
+                     idle_timeout <= execution_timeout <= {}",
+                    format_duration(idle_timeout),
+                    format_duration(EXECUTION_PLATFORM_MAX)
+                ),
+            )?;
+        }
+        Ok(value)
+    }
+
+    fn memory_mb(&self, field: &str, value: i64) -> Checked<u32> {
+        let mb = self.count_u32(field, value, None)?;
+        let on_platform = mb == 64 || ((128..=3072).contains(&mb) && mb % 128 == 0);
+        if !on_platform {
+            self.platform(
+                field,
+                format!("got {mb}; the platform allows 64, or 128 to 3072 in steps of 128"),
+            )?;
+        }
+        Ok(mb)
+    }
+
+    /// `text` resolved against the config file's directory; must be an existing directory.
+    fn code_dir(&self, field: &str, text: &str, base_dir: &Path) -> Checked<PathBuf> {
+        let joined = self.file_path(field, text, base_dir)?;
+        let problem = match std::fs::metadata(&joined) {
+            Ok(meta) if meta.is_dir() => None,
+            Ok(_) => Some("is not a directory".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".to_owned()),
+            Err(e) => Some(format!("cannot be read ({e})")),
+        };
+        if let Some(problem) = problem {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "{text:?} resolves to {} which {problem} (code_dir is relative to the config \
+                     file's directory)",
+                    joined.display()
+                ),
+            ));
+        }
+        // Canonical form keeps messages and the instance's cwd free of "..".
+        Ok(joined.canonicalize().unwrap_or(joined))
+    }
+}
