@@ -58,9 +58,21 @@ async fn exit_before_listening_reports_code_and_output() {
         StartFailureKind::ExitedBeforeListening { .. }
     ));
     assert_eq!(failure.exit.unwrap().code, Some(3));
-    let lines: Vec<_> = failure.output.lines.iter().map(|l| l.line.as_str()).collect();
-    assert!(lines.contains(&"about to fail") && lines.contains(&"oops"), "{lines:?}");
-    assert!(failure.message().contains("exited with code 3"), "{}", failure.message());
+    let lines: Vec<_> = failure
+        .output
+        .lines
+        .iter()
+        .map(|l| l.line.as_str())
+        .collect();
+    assert!(
+        lines.contains(&"about to fail") && lines.contains(&"oops"),
+        "{lines:?}"
+    );
+    assert!(
+        failure.message().contains("exited with code 3"),
+        "{}",
+        failure.message()
+    );
 }
 
 #[tokio::test]
@@ -69,7 +81,10 @@ async fn never_listening_ends_at_the_init_timeout() {
     let mut spec = bootstrap(dir.path(), "sleep 1000");
     spec.init_timeout = Duration::from_millis(300);
     let failure = launcher().start(&spec).await.err().unwrap();
-    assert!(matches!(failure.kind, StartFailureKind::NotListening { .. }));
+    assert!(matches!(
+        failure.kind,
+        StartFailureKind::NotListening { .. }
+    ));
 }
 
 #[tokio::test]
@@ -78,10 +93,16 @@ async fn missing_and_non_executable_bootstraps() {
     let mut spec = bootstrap(dir.path(), "true");
     std::fs::set_permissions(&spec.bootstrap, std::fs::Permissions::from_mode(0o644)).unwrap();
     let failure = launcher().start(&spec).await.err().unwrap();
-    assert!(matches!(failure.kind, StartFailureKind::BootstrapNotExecutable { .. }));
+    assert!(matches!(
+        failure.kind,
+        StartFailureKind::BootstrapNotExecutable { .. }
+    ));
     spec.bootstrap = dir.path().join("nope");
     let failure = launcher().start(&spec).await.err().unwrap();
-    assert!(matches!(failure.kind, StartFailureKind::BootstrapMissing { .. }));
+    assert!(matches!(
+        failure.kind,
+        StartFailureKind::BootstrapMissing { .. }
+    ));
 }
 
 #[tokio::test]
@@ -90,7 +111,10 @@ async fn bad_interpreter_is_a_spawn_failure() {
     let spec = bootstrap(dir.path(), "true");
     std::fs::write(&spec.bootstrap, "#!/var/lang/nothing/bin/nothing\n").unwrap();
     let failure = launcher().start(&spec).await.err().unwrap();
-    assert!(matches!(failure.kind, StartFailureKind::Spawn { .. }), "{failure}");
+    assert!(
+        matches!(failure.kind, StartFailureKind::Spawn { .. }),
+        "{failure}"
+    );
 }
 
 fn running(marker: &str) -> bool {
@@ -108,7 +132,10 @@ async fn stop_ends_daemonized_grandchildren() {
     let body = format!("setsid sleep {marker} </dev/null >/dev/null 2>&1 &\n{LISTENER}");
     let spec = bootstrap(dir.path(), &body);
     let ready = launcher().start(&spec).await.unwrap();
-    assert!(running(&marker), "daemon should run while the instance does");
+    assert!(
+        running(&marker),
+        "daemon should run while the instance does"
+    );
     let stopped = ready.instance.stop(Duration::from_secs(2)).await;
     assert_eq!(stopped.exit.signal, Some(libc_sigterm()));
     // The namespace's teardown is asynchronous in the kernel; give it a bounded moment.

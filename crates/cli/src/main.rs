@@ -1,0 +1,273 @@
+//! The `scfsim` command line.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use scfsim::Server;
+use scfsim_pool::IsolationRequest;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "scfsim",
+    version,
+    about = "Run Tencent Cloud SCF WebSocket functions locally"
+)]
+struct Cli {
+    /// Log format of scfsim's own log (stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IsolationArg {
+    Auto,
+    Namespaces,
+    None,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured functions: one real instance per WebSocket connection.
+    Serve {
+        /// Config file.
+        #[arg(long, default_value = "config/scfsim.toml")]
+        config: PathBuf,
+        /// ws:// listen address (overrides gateway.listen); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// wss:// listen address (overrides gateway.tls_listen).
+        #[arg(long)]
+        tls_listen: Option<SocketAddr>,
+        /// Admin API listen address (overrides gateway.admin_listen).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Where records and logs are kept (overrides gateway.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How instances are isolated: own network+PID namespaces (root), none, or auto.
+        #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
+        isolation: IsolationArg,
+    },
+    /// Validate a config file: exit 0 if valid, 2 with the field and what is allowed if not.
+    Check {
+        #[arg(long, default_value = "config/scfsim.toml")]
+        config: PathBuf,
+    },
+    /// List recorded invocations, newest first.
+    Invocations {
+        /// Admin API of a running scfsim.
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        admin: String,
+        #[arg(long)]
+        function: Option<String>,
+        /// Only this function status code (e.g. 200, 439, 456).
+        #[arg(long)]
+        status: Option<u16>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code 2: bad usage or config, as the interface promises.
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("scfsim: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(UsageError(msg))) => {
+            eprintln!("scfsim: {msg}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("scfsim: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
+    match command {
+        Command::Check { config } => Ok(check(&config)),
+        Command::Serve {
+            config,
+            listen,
+            tls_listen,
+            admin_listen,
+            data_dir,
+            isolation,
+        } => {
+            let mut config = match scfsim_config::load(&config) {
+                Ok(config) => config,
+                Err(err) => return Ok(Err(UsageError(err.to_string()))),
+            };
+            let gw = &mut config.gateway;
+            gw.listen = listen.unwrap_or(gw.listen);
+            gw.tls_listen = tls_listen.or(gw.tls_listen);
+            gw.admin_listen = admin_listen.unwrap_or(gw.admin_listen);
+            gw.data_dir = data_dir.unwrap_or(gw.data_dir.clone());
+            if !gw.admin_listen.ip().is_loopback() && gw.admin_token.is_none() {
+                return Ok(Err(UsageError(format!(
+                    "--admin-listen {} is not a loopback address: set gateway.admin_token in the config first",
+                    gw.admin_listen
+                ))));
+            }
+            serve(config, isolation).await.map(Ok)
+        }
+        Command::Invocations {
+            admin,
+            function,
+            status,
+            limit,
+            json,
+        } => invocations(&admin, function, status, limit, json)
+            .await
+            .map(Ok),
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<(), UsageError> {
+    let config = scfsim_config::load(path).map_err(|err| UsageError(err.to_string()))?;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "{}: valid ({} function(s))",
+        path.display(),
+        config.functions.len()
+    );
+    Ok(())
+}
+
+async fn serve(config: scfsim_config::Config, isolation: IsolationArg) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let isolation = match isolation {
+        IsolationArg::Auto => IsolationRequest::Auto,
+        IsolationArg::Namespaces => IsolationRequest::Namespaces,
+        IsolationArg::None => IsolationRequest::None,
+    };
+    let functions: Vec<String> = config
+        .functions
+        .iter()
+        .map(|f| format!("{} -> {}", f.path, f.name))
+        .collect();
+    let server = Server::start(config, isolation).await?;
+    tracing::info!("{}", server.isolation);
+    tracing::info!(functions = ?functions, "serving");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening ws://{}", server.ws_addr)?;
+        writeln!(out, "listening admin http://{}", server.admin_addr)?;
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let which = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!("{which}: closing every connection and recording its outcome");
+    if !server.shutdown(Duration::from_secs(30)).await {
+        tracing::warn!("some connections did not finish within 30s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn invocations(
+    admin: &str,
+    function: Option<String>,
+    status: Option<u16>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut url = format!(
+        "{}/api/invocations?limit={limit}",
+        admin.trim_end_matches('/')
+    );
+    if let Some(f) = &function {
+        url.push_str(&format!("&function={f}"));
+    }
+    if let Some(s) = status {
+        url.push_str(&format!("&status_code={s}"));
+    }
+    let body = scfsim::client::get(&url).await?;
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&body)
+        .context("the admin API answered something that is not a list of invocations")?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in &records {
+            writeln!(out, "{r}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<16}  {:>6}  {:<22}  {:>5}  {:>9}  STARTED",
+        "REQUEST_ID", "FUNCTION", "STATUS", "END_REASON", "CLOSE", "DURATION"
+    )?;
+    for r in &records {
+        let s = |k: &str| match &r[k] {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        let duration = match r["duration_ms"].as_u64() {
+            Some(ms) => format!("{ms}ms"),
+            None => "running".into(),
+        };
+        writeln!(
+            out,
+            "{:<36}  {:<16}  {:>6}  {:<22}  {:>5}  {:>9}  {}",
+            s("request_id"),
+            s("function"),
+            s("status_code"),
+            s("end_reason"),
+            s("close_code"),
+            duration,
+            s("started_at")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! One invocation: a client's connection and its instance, from the upgrade request to the
+//! record.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use scfsim_config::FunctionConfig;
+use scfsim_pool::{InstanceSpec, StartFailure, StartFailureKind, StoppedInstance};
+use scfsim_record::{EndReason, Invocation as Record, LogLine, LogStream};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use uuid::Uuid;
+
+use crate::handshake::{switching_protocols, upstream_request, GatewayHeaders};
+use crate::live::{LiveInstance, Traffic};
+use crate::proxy::{self, Timers};
+use crate::server::{json_error, json_response, Body};
+use crate::Gateway;
+
+pub(crate) struct Invocation {
+    pub gateway: Arc<Gateway>,
+    pub function: FunctionConfig,
+    pub request: Request<()>,
+    pub peer: SocketAddr,
+    pub request_id: Uuid,
+}
+
+type Reply = oneshot::Sender<Response<Body>>;
+
+fn ws_config(function: &FunctionConfig) -> WebSocketConfig {
+    let limit = usize::try_from(function.limits.max_message_bytes).unwrap_or(usize::MAX);
+    // A frame is refused by the length in its header, before its payload is read, so an
+    // announced 2 GB frame costs nothing.
+    WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+}
+
+impl Invocation {
+    pub(crate) async fn run(self, on_upgrade: OnUpgrade, reply: Reply) {
+        let mut record = Record::begin(
+            self.request_id,
+            &self.function.name,
+            OffsetDateTime::now_utc(),
+        );
+        record.client_addr = Some(self.peer.to_string());
+        record.path = self.request.uri().path_and_query().map(|p| p.to_string());
+        if let Err(err) = self.gateway.store.begin(&record) {
+            tracing::error!(%err, "could not write the invocation's start record");
+        }
+        let cancel = self.gateway.shutdown.child_token();
+
+        let spec = InstanceSpec {
+            bootstrap: self.function.bootstrap.clone(),
+            code_dir: self.function.code_dir.clone(),
+            env: crate::env::instance_env(&self.function, &self.gateway.identity),
+            init_timeout: self.function.init_timeout,
+        };
+        let started = tokio::select! {
+            started = self.gateway.launcher.start(&spec) => started,
+            _ = cancel.cancelled() => {
+                let _ = reply.send(json_error(StatusCode::SERVICE_UNAVAILABLE, Some(self.request_id), "scfsim is shutting down"));
+                return self.finish(record, EndReason::GatewayShutdown, None);
+            }
+        };
+        let ready = match started {
+            Ok(ready) => ready,
+            Err(failure) => return self.start_failed(record, failure, reply),
+        };
+        let pid = ready.instance.pid();
+        tracing::Span::current().record("pid", pid);
+        record.instance_pid = Some(pid);
+        record.startup_ms = Some(ready.startup.as_millis() as u64);
+        tracing::debug!(startup_ms = record.startup_ms, "instance listening");
+
+        let config = ws_config(&self.function);
+        let gw_headers = GatewayHeaders {
+            request_id: self.request_id,
+            peer: self.peer,
+            proto: "ws",
+            function: &self.function.name,
+            memory_mb: self.function.memory_mb,
+            timeout_ms: self.function.execution_timeout.as_millis(),
+            identity: &self.gateway.identity,
+        };
+        let upstream = upstream_request(&self.request, &gw_headers);
+        let handshake = tokio::time::timeout(
+            self.function.init_timeout,
+            tokio_tungstenite::client_async_with_config(upstream, ready.stream, Some(config)),
+        );
+        let (function_ws, accepted) = match handshake.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(WsError::Http(resp))) => {
+                let status = resp.status().as_u16();
+                let _ = reply.send(passthrough(*resp));
+                let stopped = ready.instance.stop(self.gateway.stop_grace).await;
+                return self.finish(
+                    record,
+                    EndReason::UpgradeRejected {
+                        http_status: status,
+                    },
+                    Some(stopped),
+                );
+            }
+            Ok(Err(err)) => {
+                let detail = format!("the function instance failed the WebSocket handshake: {err}");
+                return self
+                    .failed_before_upgrade(record, reply, ready.instance, detail, |detail| {
+                        EndReason::InstanceExited { detail }
+                    })
+                    .await;
+            }
+            Err(_) => {
+                let detail = format!(
+                    "the function instance accepted a TCP connection on port 9000 but did not \
+                     answer the WebSocket handshake within the init timeout of {}",
+                    scfsim_config::format_duration(self.function.init_timeout)
+                );
+                return self
+                    .failed_before_upgrade(record, reply, ready.instance, detail, |detail| {
+                        EndReason::NotListening { detail }
+                    })
+                    .await;
+            }
+        };
+
+        let switching = switching_protocols(&self.request, &accepted, self.request_id);
+        let instance = ready.instance;
+        if reply.send(switching.map(|()| Full::default())).is_err() {
+            let stopped = instance.stop(self.gateway.stop_grace).await;
+            return self.finish(record, EndReason::ClientDropped, Some(stopped));
+        }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(%err, "client upgrade failed");
+                let stopped = instance.stop(self.gateway.stop_grace).await;
+                return self.finish(record, EndReason::ClientDropped, Some(stopped));
+            }
+        };
+        let client_ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+
+        let traffic = Arc::new(Traffic::default());
+        let live_id = Uuid::new_v4();
+        self.gateway.live.insert(LiveInstance {
+            id: live_id,
+            function: self.function.name.clone(),
+            request_id: self.request_id,
+            pid,
+            started_at: record.started_at,
+            traffic: traffic.clone(),
+            cancel: cancel.clone(),
+        });
+        let (mut client_tx, mut client_rx) = client_ws.split();
+        let (mut function_tx, mut function_rx) = function_ws.split();
+        let timers = Timers {
+            idle: self.function.idle_timeout,
+            execution: self.function.execution_timeout,
+        };
+        let reason = proxy::run(
+            (&mut client_tx, &mut client_rx),
+            (&mut function_tx, &mut function_rx),
+            timers,
+            &traffic,
+            &cancel,
+        )
+        .await;
+        drop((client_tx, client_rx, function_tx, function_rx));
+        let stopped = instance.stop(self.gateway.stop_grace).await;
+        self.gateway.live.remove(live_id);
+        let counts = traffic.snapshot();
+        record.messages_in = counts.messages_in;
+        record.messages_out = counts.messages_out;
+        record.bytes_in = counts.bytes_in;
+        record.bytes_out = counts.bytes_out;
+        record.throttled_messages = counts.throttled_messages;
+        self.finish(record, reason, Some(stopped));
+    }
+
+    async fn failed_before_upgrade(
+        &self,
+        mut record: Record,
+        reply: Reply,
+        instance: scfsim_pool::Instance,
+        detail: String,
+        reason: impl FnOnce(String) -> EndReason,
+    ) {
+        let _ = reply.send(start_error_response(self.request_id, &detail, None));
+        record.http_status = Some(StatusCode::BAD_GATEWAY.as_u16());
+        record.error = Some(detail.clone());
+        let stopped = instance.stop(self.gateway.stop_grace).await;
+        self.finish(record, reason(detail), Some(stopped));
+    }
+
+    fn start_failed(&self, mut record: Record, failure: StartFailure, reply: Reply) {
+        let message = failure.message();
+        let reason = match &failure.kind {
+            StartFailureKind::BootstrapMissing { .. }
+            | StartFailureKind::BootstrapNotExecutable { .. }
+            | StartFailureKind::Spawn { .. }
+            | StartFailureKind::Namespace { .. } => EndReason::BootstrapNotFound {
+                detail: message.clone(),
+            },
+            StartFailureKind::ExitedBeforeListening { .. } => EndReason::BootstrapExited {
+                detail: message.clone(),
+            },
+            StartFailureKind::NotListening { .. } => EndReason::NotListening {
+                detail: message.clone(),
+            },
+        };
+        let status = scfsim_record::classify(&reason).status_code.as_u16();
+        tracing::warn!(status, "instance failed to start: {message}");
+        let _ = reply.send(start_error_response(
+            self.request_id,
+            &message,
+            Some(status),
+        ));
+        record.http_status = Some(StatusCode::BAD_GATEWAY.as_u16());
+        record.error = Some(message);
+        record.instance_pid = failure.pid;
+        if let Some(exit) = failure.exit {
+            record.instance_exit_code = exit.code;
+            record.instance_signal = exit.signal;
+        }
+        self.save_logs(&failure.output);
+        self.finish(record, reason, None);
+    }
+
+    fn save_logs(&self, output: &scfsim_pool::CapturedOutput) {
+        let lines: Vec<LogLine> = output
+            .lines
+            .iter()
+            .map(|l| LogLine {
+                at: l.at,
+                stream: match l.stream {
+                    scfsim_pool::OutputStream::Stdout => LogStream::Stdout,
+                    scfsim_pool::OutputStream::Stderr => LogStream::Stderr,
+                },
+                line: l.line.clone(),
+            })
+            .collect();
+        if let Err(err) = self
+            .gateway
+            .store
+            .save_logs(self.request_id, &lines, output.dropped)
+        {
+            tracing::error!(%err, "could not save the instance's log");
+        }
+    }
+
+    fn finish(&self, mut record: Record, reason: EndReason, stopped: Option<StoppedInstance>) {
+        if let Some(stopped) = stopped {
+            record.instance_pid = Some(stopped.pid);
+            record.instance_exit_code = stopped.exit.code;
+            record.instance_signal = stopped.exit.signal;
+            self.save_logs(&stopped.output);
+        }
+        record.finish(&reason, OffsetDateTime::now_utc());
+        tracing::info!(
+            status_code = record.status_code.map(|s| s.as_u16()),
+            end_reason = record.end_reason.as_deref(),
+            close_code = record.close_code,
+            duration_ms = record.duration_ms,
+            messages_in = record.messages_in,
+            messages_out = record.messages_out,
+            "invocation ended"
+        );
+        if let Err(err) = self.gateway.store.finish(record) {
+            tracing::error!(%err, "could not write the invocation's record");
+        }
+    }
+}
+
+/// HTTP 502 for a start failure: the platform's status code and what to fix.
+fn start_error_response(
+    request_id: Uuid,
+    message: &str,
+    status_code: Option<u16>,
+) -> Response<Body> {
+    json_response(
+        StatusCode::BAD_GATEWAY,
+        serde_json::json!({
+            "error": message,
+            "status_code": status_code,
+            "request_id": request_id,
+        }),
+    )
+}
+
+/// The instance refused the upgrade: the client gets its answer as it is.
+fn passthrough(resp: Response<Option<Vec<u8>>>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.remove(http::header::TRANSFER_ENCODING);
+    parts.headers.remove(http::header::CONNECTION);
+    Response::from_parts(parts, Full::new(Bytes::from(body.unwrap_or_default())))
+}

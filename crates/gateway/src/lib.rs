@@ -1,0 +1,103 @@
+//! The WebSocket gateway: takes a client's upgrade, starts its instance, passes the handshake
+//! and the frames through, and records how the invocation ended.
+//!
+//! Data flows one way: [`Gateway::serve`] accepts a connection, the pool's `Launcher` starts an
+//! instance, [`proxy`] forwards frames under the function's limits, `scfsim_record::classify`
+//! turns the [`EndReason`](scfsim_record::EndReason) into a platform status code, and the
+//! record store keeps it. This crate never binds a socket: it is handed a bound listener and a
+//! shutdown token.
+//!
+//! # Layout
+//! - `handshake`: checking the client's upgrade, the request to the instance, the client's 101.
+//! - `invocation`: one connection's life, from request to record.
+//! - `proxy`: frames one to one, timers, the closing handshakes.
+//! - `live`: the registry of open connections that the admin API shows.
+
+mod env;
+mod handshake;
+mod invocation;
+pub mod live;
+mod proxy;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scfsim_config::Config;
+use scfsim_pool::Launcher;
+use scfsim_record::RecordStore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use live::{LiveInstance, LiveInstanceView, LiveInstances, TrafficSnapshot};
+
+/// The account an instance believes it runs in (its `TENCENTCLOUD_*` variables and `X-Scf-*`
+/// headers).
+#[derive(Debug, Clone)]
+pub struct PlatformIdentity {
+    pub region: String,
+    pub appid: String,
+    pub uin: String,
+    pub namespace: String,
+}
+
+impl Default for PlatformIdentity {
+    fn default() -> Self {
+        PlatformIdentity {
+            region: "ap-guangzhou".into(),
+            appid: "1250000000".into(),
+            uin: "100000000001".into(),
+            namespace: "default".into(),
+        }
+    }
+}
+
+/// Everything one gateway shares between its connections.
+pub struct Gateway {
+    config: Arc<Config>,
+    launcher: Arc<Launcher>,
+    store: Arc<RecordStore>,
+    live: Arc<LiveInstances>,
+    identity: PlatformIdentity,
+    /// Root of the cancellation tree: every invocation holds a child token.
+    shutdown: CancellationToken,
+    /// Every connection and invocation task, so shutdown can wait for their records.
+    tasks: TaskTracker,
+    /// How long a stopped instance gets between SIGTERM and SIGKILL.
+    stop_grace: Duration,
+}
+
+impl Gateway {
+    pub fn new(
+        config: Arc<Config>,
+        launcher: Arc<Launcher>,
+        store: Arc<RecordStore>,
+        shutdown: CancellationToken,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            config,
+            launcher,
+            store,
+            live: Arc::new(LiveInstances::default()),
+            identity: PlatformIdentity::default(),
+            shutdown,
+            tasks: TaskTracker::new(),
+            stop_grace: Duration::from_secs(2),
+        })
+    }
+
+    pub fn live(&self) -> Arc<LiveInstances> {
+        self.live.clone()
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Waits until every connection has ended and been recorded, or `bound` has passed.
+    /// Returns false if some were still running.
+    pub async fn drain(&self, bound: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
+    }
+}

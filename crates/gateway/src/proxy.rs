@@ -1,0 +1,458 @@
+//! Frames one to one between the client and its instance, until one side or a limit ends it.
+//!
+//! Two forwarding directions run concurrently in one task, each owning one read half and the
+//! opposite write half, so each direction stays in order and neither waits for the other: a
+//! function that writes while it never reads cannot stall the client's messages behind its own.
+//! Back-pressure is natural: a direction reads its next message only after the previous one was
+//! written, so memory per connection is bounded by tungstenite's buffers.
+//!
+//! Written over `Sink + Stream` so it can be tested without sockets.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use scfsim_record::{EndReason, Side};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::live::Traffic;
+
+/// How long scfsim waits for the far side's close frame (and the forwarding of the end) before
+/// it drops the TCP connection anyway.
+pub(crate) const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// The limits that end a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timers {
+    pub idle: Duration,
+    pub execution: Duration,
+}
+
+/// Why a connection is being ended by someone other than its two peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupt {
+    Shutdown,
+}
+
+/// How one forwarding direction ended.
+#[derive(Debug)]
+enum DirectionEnd {
+    /// The source sent a close frame (tungstenite has queued the reply to it).
+    Closed(Option<CloseFrame>),
+    /// The source's stream ended, or broke, without a close frame.
+    Dropped(String),
+    /// The source broke the protocol; the code to send it.
+    Protocol { code: CloseCode, detail: String },
+    /// The source sent a message over the size limit.
+    TooLarge { size: Option<u64>, limit: u64 },
+    /// Writing to the destination failed: the other direction knows why.
+    DestinationFailed,
+}
+
+/// Pings forwarded in one direction, so that the answering pong (already given to the pinger by
+/// its own leg) is not passed on a second time.
+#[derive(Default)]
+struct OutstandingPings(Mutex<VecDeque<Bytes>>);
+
+impl OutstandingPings {
+    const MAX: usize = 16;
+
+    fn sent(&self, payload: &Bytes) {
+        let mut q = self.0.lock().expect("pings poisoned");
+        if q.len() == Self::MAX {
+            q.pop_front();
+        }
+        q.push_back(payload.clone());
+    }
+
+    /// True if this pong answers a ping we forwarded (and forgets that ping).
+    fn answered(&self, payload: &Bytes) -> bool {
+        let mut q = self.0.lock().expect("pings poisoned");
+        match q.iter().position(|p| p == payload) {
+            Some(i) => {
+                q.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct Direction<'a> {
+    from: Side,
+    traffic: &'a Traffic,
+    /// Pings this direction forwarded.
+    forwarded: &'a OutstandingPings,
+    /// Pings the opposite direction forwarded; pongs here may answer them.
+    opposite: &'a OutstandingPings,
+}
+
+impl Direction<'_> {
+    fn count(&self, len: usize) {
+        let (messages, bytes) = match self.from {
+            Side::Client => (&self.traffic.messages_in, &self.traffic.bytes_in),
+            Side::Function => (&self.traffic.messages_out, &self.traffic.bytes_out),
+        };
+        messages.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.traffic.touch();
+    }
+
+    async fn run<R, W>(&self, source: &mut R, destination: &mut W) -> DirectionEnd
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+        W: Sink<Message, Error = WsError> + Unpin,
+    {
+        loop {
+            let msg = match source.next().await {
+                Some(Ok(msg)) => msg,
+                Some(Err(err)) => return read_error(err),
+                None => return DirectionEnd::Dropped("connection ended".into()),
+            };
+            match &msg {
+                Message::Text(t) => self.count(t.len()),
+                Message::Binary(b) => self.count(b.len()),
+                Message::Ping(p) => self.forwarded.sent(p),
+                Message::Pong(p) => {
+                    if self.opposite.answered(p) {
+                        continue;
+                    }
+                }
+                Message::Close(frame) => return DirectionEnd::Closed(frame.clone()),
+                Message::Frame(_) => continue,
+            }
+            if destination.send(msg).await.is_err() {
+                return DirectionEnd::DestinationFailed;
+            }
+        }
+    }
+}
+
+fn read_error(err: WsError) -> DirectionEnd {
+    match err {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            DirectionEnd::TooLarge {
+                size: Some(size as u64),
+                limit: max_size as u64,
+            }
+        }
+        WsError::Utf8(detail) => DirectionEnd::Protocol {
+            code: CloseCode::Invalid,
+            detail: format!("invalid UTF-8 in a text message: {detail}"),
+        },
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            DirectionEnd::Dropped("connection reset without a close frame".into())
+        }
+        WsError::Protocol(p) => DirectionEnd::Protocol {
+            code: CloseCode::Protocol,
+            detail: p.to_string(),
+        },
+        WsError::Capacity(c) => DirectionEnd::Protocol {
+            code: CloseCode::Protocol,
+            detail: c.to_string(),
+        },
+        other => DirectionEnd::Dropped(other.to_string()),
+    }
+}
+
+enum Event {
+    Client(DirectionEnd),
+    Function(DirectionEnd),
+    Idle,
+    Execution,
+    Interrupted(Interrupt),
+}
+
+/// Forwards until the connection ends, performs the closing handshakes, and says why it ended.
+pub(crate) async fn run<CR, CW, FR, FW>(
+    client: (&mut CW, &mut CR),
+    function: (&mut FW, &mut FR),
+    timers: Timers,
+    traffic: &Traffic,
+    interrupt: &CancellationToken,
+) -> EndReason
+where
+    CR: Stream<Item = Result<Message, WsError>> + Unpin,
+    CW: Sink<Message, Error = WsError> + Unpin,
+    FR: Stream<Item = Result<Message, WsError>> + Unpin,
+    FW: Sink<Message, Error = WsError> + Unpin,
+{
+    let (client_tx, client_rx) = client;
+    let (function_tx, function_rx) = function;
+    let to_function = OutstandingPings::default();
+    let to_client = OutstandingPings::default();
+    let upstream = Direction {
+        from: Side::Client,
+        traffic,
+        forwarded: &to_function,
+        opposite: &to_client,
+    };
+    let downstream = Direction {
+        from: Side::Function,
+        traffic,
+        forwarded: &to_client,
+        opposite: &to_function,
+    };
+    traffic.touch();
+    let execution_deadline = Instant::now() + timers.execution;
+
+    let event = {
+        let mut up = pin!(upstream.run(client_rx, function_tx));
+        let mut down = pin!(downstream.run(function_rx, client_tx));
+        let idle = async {
+            loop {
+                let deadline = Instant::from_std(traffic.last_activity()) + timers.idle;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                sleep_until(deadline).await;
+            }
+        };
+        let first = tokio::select! {
+            end = &mut up => Event::Client(end),
+            end = &mut down => Event::Function(end),
+            _ = idle => Event::Idle,
+            _ = sleep_until(execution_deadline) => Event::Execution,
+            _ = interrupt.cancelled() => Event::Interrupted(Interrupt::Shutdown),
+        };
+        // A failed write means the destination broke; let its own direction say how.
+        match first {
+            Event::Client(DirectionEnd::DestinationFailed) => Event::Function(
+                timeout(CLOSE_HANDSHAKE, &mut down)
+                    .await
+                    .unwrap_or(DirectionEnd::Dropped("write failed".into())),
+            ),
+            Event::Function(DirectionEnd::DestinationFailed) => Event::Client(
+                timeout(CLOSE_HANDSHAKE, &mut up)
+                    .await
+                    .unwrap_or(DirectionEnd::Dropped("write failed".into())),
+            ),
+            other => other,
+        }
+    };
+
+    let client_leg = Leg {
+        tx: client_tx,
+        rx: client_rx,
+    };
+    let function_leg = Leg {
+        tx: function_tx,
+        rx: function_rx,
+    };
+    end(event, client_leg, function_leg, timers).await
+}
+
+struct Leg<'a, W, R> {
+    tx: &'a mut W,
+    rx: &'a mut R,
+}
+
+impl<W, R> Leg<'_, W, R>
+where
+    W: Sink<Message, Error = WsError> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    /// Sends our close frame and waits, bounded, for the peer's.
+    async fn close(self, frame: Option<CloseFrame>) {
+        let _ = timeout(CLOSE_HANDSHAKE, async {
+            if self.tx.send(Message::Close(frame)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(msg)) = self.rx.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The peer closed first: tungstenite queued the reply; make sure it is written.
+    async fn reply_to_close(self) {
+        let _ = timeout(CLOSE_HANDSHAKE, self.tx.close()).await;
+    }
+
+    /// The peer is gone: nothing to say to it.
+    fn abandon(self) {}
+}
+
+fn frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code,
+        reason: truncate_reason(reason).into(),
+    })
+}
+
+/// A close reason must fit in a control frame: 123 bytes after the code.
+fn truncate_reason(reason: &str) -> &str {
+    if reason.len() <= 123 {
+        return reason;
+    }
+    let mut end = 123;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+fn code_of(frame: &Option<CloseFrame>) -> (Option<u16>, String) {
+    match frame {
+        Some(f) => (Some(f.code.into()), f.reason.to_string()),
+        None => (None, String::new()),
+    }
+}
+
+async fn end<CW, CR, FW, FR>(
+    event: Event,
+    client: Leg<'_, CW, CR>,
+    function: Leg<'_, FW, FR>,
+    timers: Timers,
+) -> EndReason
+where
+    CR: Stream<Item = Result<Message, WsError>> + Unpin,
+    CW: Sink<Message, Error = WsError> + Unpin,
+    FR: Stream<Item = Result<Message, WsError>> + Unpin,
+    FW: Sink<Message, Error = WsError> + Unpin,
+{
+    match event {
+        Event::Client(DirectionEnd::Closed(close)) => {
+            let (code, reason) = code_of(&close);
+            tokio::join!(client.reply_to_close(), function.close(close));
+            EndReason::ClientClosed { code, reason }
+        }
+        Event::Function(DirectionEnd::Closed(close)) => {
+            let (code, reason) = code_of(&close);
+            tokio::join!(function.reply_to_close(), client.close(close));
+            EndReason::FunctionClosed { code, reason }
+        }
+        // A direction whose destination failed reports the destination's side as broken.
+        Event::Client(DirectionEnd::Dropped(_))
+        | Event::Function(DirectionEnd::DestinationFailed) => {
+            client.abandon();
+            function
+                .close(frame(CloseCode::Away, "client went away"))
+                .await;
+            EndReason::ClientDropped
+        }
+        Event::Function(DirectionEnd::Dropped(detail)) => {
+            function.abandon();
+            let detail = format!(
+                "the function instance's connection ended without a close frame ({detail})"
+            );
+            client
+                .close(frame(CloseCode::Error, "function instance exited"))
+                .await;
+            EndReason::InstanceExited { detail }
+        }
+        Event::Client(DirectionEnd::DestinationFailed) => {
+            function.abandon();
+            client
+                .close(frame(CloseCode::Error, "function instance exited"))
+                .await;
+            EndReason::InstanceExited {
+                detail: "writing to the function instance failed".into(),
+            }
+        }
+        Event::Client(DirectionEnd::Protocol { code, detail }) => {
+            tokio::join!(
+                client.close(frame(code, &detail)),
+                function.close(frame(
+                    CloseCode::Away,
+                    "client broke the WebSocket protocol"
+                ))
+            );
+            EndReason::ClientProtocolError {
+                code: code.into(),
+                detail,
+            }
+        }
+        Event::Function(DirectionEnd::Protocol { code, detail }) => {
+            tokio::join!(
+                function.close(frame(code, &detail)),
+                client.close(frame(
+                    CloseCode::Error,
+                    "function broke the WebSocket protocol"
+                ))
+            );
+            EndReason::FunctionProtocolError { detail }
+        }
+        Event::Client(DirectionEnd::TooLarge { size, limit }) => {
+            tokio::join!(
+                client.close(frame(
+                    CloseCode::Size,
+                    &format!("message over {limit} bytes")
+                )),
+                function.close(frame(
+                    CloseCode::Away,
+                    "client sent a message over the size limit"
+                ))
+            );
+            EndReason::MessageTooLarge {
+                from: Side::Client,
+                size,
+                limit,
+            }
+        }
+        Event::Function(DirectionEnd::TooLarge { size, limit }) => {
+            tokio::join!(
+                function.close(frame(
+                    CloseCode::Size,
+                    &format!("message over {limit} bytes")
+                )),
+                client.close(frame(
+                    CloseCode::Away,
+                    "function sent a message over the size limit"
+                ))
+            );
+            EndReason::MessageTooLarge {
+                from: Side::Function,
+                size,
+                limit,
+            }
+        }
+        Event::Idle => {
+            let reason = format!(
+                "idle timeout: no message for {}",
+                scfsim_config::format_duration(timers.idle)
+            );
+            both_away(client, function, &reason).await;
+            EndReason::IdleTimeout { after: timers.idle }
+        }
+        Event::Execution => {
+            let reason = format!(
+                "execution timeout of {} reached",
+                scfsim_config::format_duration(timers.execution)
+            );
+            both_away(client, function, &reason).await;
+            EndReason::ExecutionTimeout {
+                after: timers.execution,
+            }
+        }
+        Event::Interrupted(Interrupt::Shutdown) => {
+            both_away(client, function, "scfsim is shutting down").await;
+            EndReason::GatewayShutdown
+        }
+    }
+}
+
+async fn both_away<CW, CR, FW, FR>(client: Leg<'_, CW, CR>, function: Leg<'_, FW, FR>, reason: &str)
+where
+    CR: Stream<Item = Result<Message, WsError>> + Unpin,
+    CW: Sink<Message, Error = WsError> + Unpin,
+    FR: Stream<Item = Result<Message, WsError>> + Unpin,
+    FW: Sink<Message, Error = WsError> + Unpin,
+{
+    tokio::join!(
+        client.close(frame(CloseCode::Away, reason)),
+        function.close(frame(CloseCode::Away, reason))
+    );
+}
