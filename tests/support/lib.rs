@@ -1,1 +1,502 @@
-//! placeholder
+//! The one test harness of scfsim's end-to-end tests.
+//!
+//! [`Scfsim`] starts the real `scfsim` binary on port 0 with a generated config, reads its
+//! `listening` lines, and talks to it as users do: a real WebSocket client ([`Client`]) on the
+//! gateway, HTTP on the admin API. Functions are the multi-mode `scfsim-fixture` bootstrap
+//! ([`Function::fixture`]), a bash script ([`Function::script`]) or an existing code directory
+//! ([`Function::code_dir`]).
+//!
+//! Nothing here asserts on elapsed time: waits are bounded only so that a broken build fails
+//! instead of hanging.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use serde_json::json;
+
+/// Bound on any single wait in a test; only reached when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A directory next to the test executable's (`target/debug`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf()
+}
+
+fn built_binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The `scfsim` binary under test.
+pub fn scfsim_bin() -> PathBuf {
+    built_binary("scfsim")
+}
+
+/// The multi-mode fixture bootstrap.
+pub fn fixture_bin() -> PathBuf {
+    built_binary("scfsim-fixture")
+}
+
+/// The repository root (for the examples).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+enum Code {
+    Script(String),
+    Dir(PathBuf),
+}
+
+/// One `[[functions]]` entry of the generated config.
+pub struct Function {
+    name: String,
+    path: String,
+    code: Code,
+    settings: Vec<(String, String)>,
+}
+
+impl Function {
+    /// The fixture in `mode` (e.g. `["close-after", "1", "4001", "bye"]`), served on `/<name>`.
+    pub fn fixture(name: &str, mode: &[&str]) -> Function {
+        let args: Vec<String> = mode.iter().map(|a| shell_quote(a)).collect();
+        Function::script(
+            name,
+            &format!(
+                "exec {} {}",
+                shell_quote(&fixture_bin().display().to_string()),
+                args.join(" ")
+            ),
+        )
+    }
+
+    /// A bash bootstrap with this body, served on `/<name>`.
+    pub fn script(name: &str, body: &str) -> Function {
+        Function {
+            name: name.into(),
+            path: format!("/{name}"),
+            code: Code::Script(format!("#!/bin/bash\n{body}\n")),
+            settings: Vec::new(),
+        }
+    }
+
+    /// An existing code directory (e.g. an example), served on `/<name>`.
+    pub fn code_dir(name: &str, dir: PathBuf) -> Function {
+        Function {
+            name: name.into(),
+            path: format!("/{name}"),
+            code: Code::Dir(dir),
+            settings: Vec::new(),
+        }
+    }
+
+    /// A raw TOML setting of this function, e.g. `.set("idle_timeout", "\"1s\"")`.
+    pub fn set(mut self, key: &str, toml_value: &str) -> Function {
+        self.settings.push((key.into(), toml_value.into()));
+        self
+    }
+
+    pub fn path(mut self, path: &str) -> Function {
+        self.path = path.into();
+        self
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A running `scfsim serve`, killed when dropped.
+pub struct Scfsim {
+    child: Option<Child>,
+    pub ws: String,
+    pub admin: String,
+    pub dir: PathBuf,
+    _tmp: Option<TempDir>,
+    stderr: PathBuf,
+}
+
+/// How a test wants scfsim started.
+#[derive(Default)]
+pub struct Options {
+    /// Extra environment for the scfsim process (to prove it does not leak into instances).
+    pub env: Vec<(String, String)>,
+    /// Reuse this directory (config and data) instead of a fresh one: a restart.
+    pub dir: Option<PathBuf>,
+}
+
+impl Scfsim {
+    pub async fn start(functions: Vec<Function>) -> Scfsim {
+        Scfsim::start_with(functions, Options::default()).await
+    }
+
+    pub async fn start_with(functions: Vec<Function>, options: Options) -> Scfsim {
+        let (tmp, dir) = match options.dir {
+            Some(dir) => (None, dir),
+            None => {
+                let tmp = tempfile::tempdir().expect("temp dir");
+                let dir = tmp.path().to_path_buf();
+                (Some(tmp), dir)
+            }
+        };
+        if !functions.is_empty() {
+            write_config(&dir, &functions);
+        }
+        let stderr = dir.join("scfsim.stderr");
+        let mut cmd = Command::new(scfsim_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(dir.join("scfsim.toml"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "info,scfsim_gateway=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn scfsim");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.expect("scfsim stdout");
+                let done = line == "ready";
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            lines
+        });
+        let lines = tokio::time::timeout(PATIENCE, lines)
+            .await
+            .expect("scfsim printed `ready`")
+            .expect("reader thread");
+        let addr = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no `{prefix}` line in {lines:?}; stderr: {}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    )
+                })
+                .to_string()
+        };
+        let ws = format!("ws://{}", addr("listening ws://"));
+        let admin = format!("http://{}", addr("listening admin http://"));
+        Scfsim {
+            child: Some(child),
+            ws,
+            admin,
+            dir,
+            _tmp: tmp,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// scfsim's own log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.ws)
+    }
+
+    /// Connects and expects the upgrade to succeed.
+    pub async fn connect(&self, path: &str) -> Client {
+        self.connect_with(path, &[])
+            .await
+            .unwrap_or_else(|err| panic!("connect {path}: {err}\nscfsim log:\n{}", self.log()))
+    }
+
+    /// Connects with extra request headers; the error carries a refused upgrade's response.
+    pub async fn connect_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, WsError> {
+        let mut req = self.url(path).into_client_request()?;
+        for (k, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake finished")?;
+        let request_id = response
+            .headers()
+            .get("x-scf-request-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("101 carries X-Scf-Request-Id")
+            .to_string();
+        Ok(Client {
+            ws,
+            request_id,
+            response,
+        })
+    }
+
+    /// GET on the admin API, as JSON; panics on a non-200.
+    pub async fn get(&self, path: &str) -> Value {
+        let body = scfsim::client::get(&format!("{}{path}", self.admin))
+            .await
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+        serde_json::from_slice(&body).expect("admin API answers JSON")
+    }
+
+    /// GET on the admin API, returning the status and body whatever the status.
+    pub async fn get_status(&self, path: &str) -> (u16, String) {
+        let (head, body) = raw_http(
+            self.admin.trim_start_matches("http://"),
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        (status_of(&head), body)
+    }
+
+    /// The finished record of `request_id`: waits (bounded) until the invocation has ended.
+    pub async fn record(&self, request_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self
+                .get_status(&format!("/api/invocations/{request_id}"))
+                .await;
+            if status == 200 {
+                let record: Value = serde_json::from_str(&body).expect("record JSON");
+                if !record["status_code"].is_null() {
+                    return record;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "invocation {request_id} never finished (last answer {status} {body})\nscfsim log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The newest finished record of `function`, for invocations that never got a 101.
+    pub async fn last_record(&self, function: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let list = self
+                .get(&format!("/api/invocations?function={function}&limit=1"))
+                .await;
+            if let Some(record) = list.as_array().and_then(|a| a.first()) {
+                if !record["status_code"].is_null() {
+                    return record.clone();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no finished invocation of {function}\nscfsim log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` to scfsim and waits for it to exit.
+    pub async fn signal(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        tokio::task::spawn_blocking(move || child.wait().expect("wait for scfsim"))
+            .await
+            .expect("waiter")
+    }
+
+    /// A raw HTTP request to the gateway port: (response head, body).
+    pub async fn raw(&self, request: &str) -> (String, String) {
+        raw_http(self.ws.trim_start_matches("ws://"), request).await
+    }
+}
+
+impl Drop for Scfsim {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM so that scfsim stops its instances; SIGKILL is tested on purpose elsewhere.
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write_config(dir: &Path, functions: &[Function]) {
+    let mut toml = String::from("relaxed_limits = true\n\n[gateway]\ndata_dir = \"data\"\n\n");
+    for f in functions {
+        let code_dir = match &f.code {
+            Code::Dir(path) => path.clone(),
+            Code::Script(body) => {
+                let code_dir = dir.join("functions").join(&f.name);
+                std::fs::create_dir_all(&code_dir).expect("code dir");
+                let bootstrap = code_dir.join("scf_bootstrap");
+                std::fs::write(&bootstrap, body).expect("write bootstrap");
+                std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod bootstrap");
+                code_dir
+            }
+        };
+        toml.push_str(&format!(
+            "[[functions]]\nname = {:?}\npath = {:?}\ncode_dir = {:?}\n",
+            f.name,
+            f.path,
+            code_dir.display().to_string()
+        ));
+        for (k, v) in &f.settings {
+            toml.push_str(&format!("{k} = {v}\n"));
+        }
+        toml.push('\n');
+    }
+    std::fs::write(dir.join("scfsim.toml"), toml).expect("write config");
+}
+
+async fn raw_http(addr: &str, request: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut buf = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buf))
+        .await
+        .expect("response within patience")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) => (head.to_string(), body.to_string()),
+        None => (text, String::new()),
+    }
+}
+
+/// The status code of a response head.
+pub fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {head:?}"))
+}
+
+/// A refused upgrade's status and body.
+pub fn refused(err: WsError) -> (u16, http::HeaderMap, String) {
+    match err {
+        WsError::Http(resp) => (
+            resp.status().as_u16(),
+            resp.headers().clone(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        other => panic!("expected an HTTP answer, got {other}"),
+    }
+}
+
+/// A WebSocket client connected through scfsim.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub request_id: String,
+    pub response: http::Response<Option<Vec<u8>>>,
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send text");
+    }
+
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        self.ws
+            .send(Message::binary(data))
+            .await
+            .expect("send binary");
+    }
+
+    /// The next text or binary message (pings and pongs are skipped).
+    pub async fn next_message(&mut self) -> Message {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a message within patience")
+                .expect("connection still open")
+                .expect("a valid frame");
+            if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+                return msg;
+            }
+        }
+    }
+
+    pub async fn expect_text(&mut self, expected: &str) {
+        match self.next_message().await {
+            Message::Text(t) => assert_eq!(t.as_str(), expected),
+            other => panic!("expected text {expected:?}, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_binary(&mut self, expected: &[u8]) {
+        match self.next_message().await {
+            Message::Binary(b) => assert_eq!(&b[..], expected),
+            other => panic!("expected binary, got {other:?}"),
+        }
+    }
+
+    /// Reads until the peer's close frame; returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_message().await {
+                Message::Close(Some(frame)) => {
+                    return (frame.code.into(), frame.reason.to_string())
+                }
+                Message::Close(None) => return (1005, String::new()),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Starts the closing handshake and waits for the answer.
+    pub async fn close(&mut self, code: u16, reason: &str) {
+        self.ws
+            .close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            }))
+            .await
+            .expect("send close");
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, self.ws.next()).await {}
+    }
+}

@@ -51,14 +51,23 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+    ApiError(status, message.to_string()).into_response()
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, Response> {
+/// Every error of the API is JSON with a message.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
-        error(
+        ApiError(
             StatusCode::BAD_REQUEST,
-            &format!("{raw:?} is not a request id (a UUID)"),
+            format!("{raw:?} is not a request id (a UUID)"),
         )
     })
 }
@@ -90,7 +99,7 @@ async fn instances(State(state): State<AdminState>) -> Response {
 async fn end_instance(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(resp) => return resp,
+        Err(err) => return err.into_response(),
     };
     if state.live.end(id) {
         (
@@ -116,7 +125,7 @@ async fn invocations(
 async fn invocation(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(resp) => return resp,
+        Err(err) => return err.into_response(),
     };
     match state.store.get(id) {
         Some(record) => Json(record).into_response(),
@@ -127,7 +136,7 @@ async fn invocation(State(state): State<AdminState>, Path(id): Path<String>) -> 
 async fn logs(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(resp) => return resp,
+        Err(err) => return err.into_response(),
     };
     match state.store.logs(id) {
         Ok(Some(logs)) => Json(logs).into_response(),

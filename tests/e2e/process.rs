@@ -1,0 +1,137 @@
+//! scfsim's own lifecycle: drain on SIGTERM, nothing left behind on SIGKILL, records that
+//! survive a restart.
+
+use std::time::Duration;
+
+use scfsim_e2e::{Function, Options, Scfsim, PATIENCE};
+
+/// Processes whose environment holds `marker` (instances of one test).
+fn processes_with(marker: &str) -> Vec<u32> {
+    let needle = format!("SCFSIM_TEST_MARKER={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+async fn wait_until_gone(marker: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !processes_with(marker).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance processes survived: {:?}",
+            processes_with(marker)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn marked(name: &str, marker: &str, mode: &[&str]) -> Function {
+    Function::fixture(name, mode).set("env", &format!("{{ SCFSIM_TEST_MARKER = {marker:?} }}"))
+}
+
+#[tokio::test]
+async fn sigterm_drains_every_connection_with_1001_and_records_500() {
+    let marker = uuid::Uuid::new_v4().to_string();
+    let mut scfsim = Scfsim::start(vec![marked("echo", &marker, &["echo"])]).await;
+    let mut a = scfsim.connect("/echo").await;
+    let mut b = scfsim.connect("/echo").await;
+    a.send_text("x").await;
+    a.expect_text("x").await;
+    assert_eq!(processes_with(&marker).len(), 2);
+    let dir = scfsim.dir.clone();
+    let (status, closes) = tokio::join!(scfsim.signal(libc::SIGTERM), async {
+        (a.expect_close().await, b.expect_close().await)
+    });
+    assert!(status.success(), "scfsim exited with {status}");
+    assert_eq!(closes.0 .0, 1001);
+    assert_eq!(closes.1 .0, 1001);
+    wait_until_gone(&marker).await;
+
+    // The records were written before scfsim exited: a new scfsim on the same data reads them.
+    let restarted = Scfsim::start_with(
+        vec![],
+        Options {
+            dir: Some(dir),
+            ..Options::default()
+        },
+    )
+    .await;
+    for id in [&a.request_id, &b.request_id] {
+        let record = restarted.record(id).await;
+        assert_eq!(record["status_code"], 500, "{record:#}");
+        assert_eq!(record["end_reason"], "gateway_shutdown");
+        assert_eq!(record["close_code"], 1001);
+    }
+    assert_eq!(
+        restarted
+            .get(&format!("/api/invocations/{}", a.request_id))
+            .await["messages_in"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn sigkill_of_scfsim_leaves_no_instance_behind_and_the_restart_completes_the_records() {
+    let marker = uuid::Uuid::new_v4().to_string();
+    let mut scfsim = Scfsim::start(vec![
+        marked("echo", &marker, &["echo"]),
+        marked("daemon", &marker, &["fork-daemon"]),
+    ])
+    .await;
+    let mut finished = scfsim.connect("/echo").await;
+    finished.close(1000, "").await;
+    scfsim.record(&finished.request_id).await;
+    let mut open = Vec::new();
+    for path in ["/echo", "/echo", "/daemon"] {
+        let mut c = scfsim.connect(path).await;
+        c.send_text("up").await;
+        c.expect_text("up").await;
+        open.push(c);
+    }
+    // Three bootstraps, and the daemonized grandchild that left the process group.
+    assert!(
+        processes_with(&marker).len() >= 4,
+        "{:?}",
+        processes_with(&marker)
+    );
+    let dir = scfsim.dir.clone();
+    let status = scfsim.signal(libc::SIGKILL).await;
+    assert!(!status.success());
+    wait_until_gone(&marker).await;
+
+    let restarted = Scfsim::start_with(
+        vec![],
+        Options {
+            dir: Some(dir),
+            ..Options::default()
+        },
+    )
+    .await;
+    let record = restarted.record(&finished.request_id).await;
+    assert_eq!(record["status_code"], 200);
+    for c in &open {
+        let record = restarted.record(&c.request_id).await;
+        assert_eq!(record["status_code"], 500, "{record:#}");
+        assert_eq!(record["end_reason"], "gateway_crashed");
+    }
+}
+
+#[tokio::test]
+async fn stopping_an_instance_ends_its_forked_daemons() {
+    let marker = uuid::Uuid::new_v4().to_string();
+    let scfsim = Scfsim::start(vec![marked("daemon", &marker, &["fork-daemon"])]).await;
+    let mut c = scfsim.connect("/daemon").await;
+    c.send_text("x").await;
+    c.expect_text("x").await;
+    assert!(processes_with(&marker).len() >= 2);
+    c.close(1000, "").await;
+    scfsim.record(&c.request_id).await;
+    wait_until_gone(&marker).await;
+}
