@@ -417,10 +417,12 @@ fn bytes_of(s: &'static str) -> tokio_tungstenite::tungstenite::Bytes {
 async fn order_is_kept_both_ways_under_concurrent_sends() {
     const FLOOD: usize = 2000;
     const SENT: usize = 2000;
+    // Rate limits off: this is about order, not the 10 messages/s quota.
     let scfsim = Scfsim::start(vec![Function::fixture(
         "flood",
         &["flood", &FLOOD.to_string(), "512"],
-    )])
+    )
+    .set("limits", "{ rate_limit_action = \"off\" }")])
     .await;
     let client = scfsim.connect("/flood").await;
     let (mut tx, mut rx) = client.ws.split();
@@ -537,6 +539,27 @@ async fn invocations_filter_by_function_and_status() {
     assert_eq!(status, 400);
     let (status, _) = scfsim
         .get_status(&format!("/api/invocations/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn delete_on_a_live_instance_ends_it_with_1001_both_ways() {
+    let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
+    let mut client = scfsim.connect("/echo").await;
+    let live = scfsim.get("/api/instances").await;
+    let id = live[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(live[0]["request_id"], client.request_id.as_str());
+    let (status, _) = scfsim
+        .admin_request("DELETE", &format!("/api/instances/{id}"))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(client.expect_close().await.0, 1001);
+    let record = scfsim.record(&client.request_id).await;
+    assert_outcome(&record, 500, "ended_by_admin", Some(1001));
+    assert_eq!(record["closed_by"], "gateway");
+    let (status, _) = scfsim
+        .admin_request("DELETE", &format!("/api/instances/{id}"))
         .await;
     assert_eq!(status, 404);
 }

@@ -148,6 +148,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Reuse this directory (config and data) instead of a fresh one: a restart.
     pub dir: Option<PathBuf>,
+    /// Extra raw TOML settings of `[gateway]`, e.g. `("max_total_instances", "5")`.
+    pub gateway: Vec<(String, String)>,
 }
 
 impl Scfsim {
@@ -165,7 +167,7 @@ impl Scfsim {
             }
         };
         if !functions.is_empty() {
-            write_config(&dir, &functions);
+            write_config(&dir, &functions, &options.gateway);
         }
         let stderr = dir.join("scfsim.stderr");
         let mut cmd = Command::new(scfsim_bin());
@@ -283,9 +285,14 @@ impl Scfsim {
 
     /// GET on the admin API, returning the status and body whatever the status.
     pub async fn get_status(&self, path: &str) -> (u16, String) {
+        self.admin_request("GET", path).await
+    }
+
+    /// Any bodiless request to the admin API: (status, body).
+    pub async fn admin_request(&self, method: &str, path: &str) -> (u16, String) {
         let (head, body) = raw_http(
             self.admin.trim_start_matches("http://"),
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            &format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
         )
         .await;
         (status_of(&head), body)
@@ -361,8 +368,12 @@ impl Drop for Scfsim {
     }
 }
 
-fn write_config(dir: &Path, functions: &[Function]) {
-    let mut toml = String::from("relaxed_limits = true\n\n[gateway]\ndata_dir = \"data\"\n\n");
+fn write_config(dir: &Path, functions: &[Function], gateway: &[(String, String)]) {
+    let mut toml = String::from("relaxed_limits = true\n\n[gateway]\ndata_dir = \"data\"\n");
+    for (k, v) in gateway {
+        toml.push_str(&format!("{k} = {v}\n"));
+    }
+    toml.push('\n');
     for f in functions {
         let code_dir = match &f.code {
             Code::Dir(path) => path.clone(),

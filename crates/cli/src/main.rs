@@ -58,9 +58,10 @@ enum Command {
         /// Where records and logs are kept (overrides gateway.data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// How instances are isolated: own network+PID namespaces (root), none, or auto.
-        #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
-        isolation: IsolationArg,
+        /// How instances are isolated (overrides gateway.isolation): own network+PID namespaces
+        /// (needs root), none, or auto (namespaces where possible).
+        #[arg(long, value_enum)]
+        isolation: Option<IsolationArg>,
     },
     /// Validate a config file: exit 0 if valid, 2 with the field and what is allowed if not.
     Check {
@@ -177,14 +178,20 @@ fn check(path: &std::path::Path) -> Result<(), UsageError> {
     Ok(())
 }
 
-async fn serve(config: scfsim_config::Config, isolation: IsolationArg) -> anyhow::Result<()> {
+async fn serve(
+    config: scfsim_config::Config,
+    isolation: Option<IsolationArg>,
+) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let isolation = match isolation {
-        IsolationArg::Auto => IsolationRequest::Auto,
-        IsolationArg::Namespaces => IsolationRequest::Namespaces,
-        IsolationArg::None => IsolationRequest::None,
+    use scfsim_config::Isolation as Configured;
+    let isolation = match (isolation, config.gateway.isolation) {
+        (Some(IsolationArg::Auto), _) | (None, Configured::Auto) => IsolationRequest::Auto,
+        (Some(IsolationArg::Namespaces), _) | (None, Configured::Namespaces) => {
+            IsolationRequest::Namespaces
+        }
+        (Some(IsolationArg::None), _) | (None, Configured::None) => IsolationRequest::None,
     };
     let functions: Vec<String> = config
         .functions

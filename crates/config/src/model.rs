@@ -45,6 +45,25 @@ pub struct GatewayConfig {
     /// config without handing out its own credential.
     #[serde(serialize_with = "serialize_redacted")]
     pub admin_token: Option<String>,
+    /// Instances alive at once across all functions.
+    pub max_total_instances: u32,
+    /// New instances per minute across all functions; `None` = unlimited.
+    pub max_new_instances_per_minute: Option<u32>,
+    /// How instances are isolated.
+    pub isolation: Isolation,
+}
+
+/// `gateway.isolation`: how instances are kept apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Namespaces where the machine allows them, else none (said at startup).
+    #[default]
+    Auto,
+    /// Own network and PID namespace per instance, or refuse to start.
+    Namespaces,
+    /// Host network and PID space: one instance at a time on port 9000.
+    None,
 }
 
 impl GatewayConfig {
@@ -56,6 +75,8 @@ impl GatewayConfig {
         SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
     /// Data directory when the file names none.
     pub const DEFAULT_DATA_DIR: &'static str = ".scfsim";
+    /// Instances alive at once when the file names no limit.
+    pub const DEFAULT_MAX_TOTAL_INSTANCES: u32 = 1000;
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +89,9 @@ impl Default for GatewayConfig {
             admin_listen: Self::DEFAULT_ADMIN_LISTEN,
             data_dir: PathBuf::from(Self::DEFAULT_DATA_DIR),
             admin_token: None,
+            max_total_instances: Self::DEFAULT_MAX_TOTAL_INSTANCES,
+            max_new_instances_per_minute: None,
+            isolation: Isolation::Auto,
         }
     }
 }

@@ -45,6 +45,13 @@ pub(crate) struct RawGateway {
     pub data_dir: Option<String>,
     /// Bearer token for the admin API; required when `admin_listen` is not a loopback address.
     pub admin_token: Option<String>,
+    /// Instances alive at once across all functions: protects the machine.
+    pub max_total_instances: Option<i64>,
+    /// New instances per minute across all functions (the platform's regional burst quota);
+    /// unlimited when absent.
+    pub max_new_instances_per_minute: Option<i64>,
+    /// How instances are isolated: "auto", "namespaces" or "none".
+    pub isolation: Option<crate::Isolation>,
 }
 
 /// `[limits]` and `[functions.limits]`: integers stay `i64` (TOML's integer) so that negative

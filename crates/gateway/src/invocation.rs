@@ -21,8 +21,9 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use crate::handshake::{switching_protocols, upstream_request, GatewayHeaders};
+use crate::limits::Permit;
 use crate::live::{LiveInstance, Traffic};
-use crate::proxy::{self, Timers};
+use crate::proxy::{self, ConnectionLimits};
 use crate::server::{json_error, json_response, Body};
 use crate::Gateway;
 
@@ -32,6 +33,9 @@ pub(crate) struct Invocation {
     pub request: Request<()>,
     pub peer: SocketAddr,
     pub request_id: Uuid,
+    /// The instance's quota slot, freed when this invocation is dropped (after its instance is
+    /// stopped and reaped).
+    pub _permit: Permit,
 }
 
 type Reply = oneshot::Sender<Response<Body>>;
@@ -133,24 +137,8 @@ impl Invocation {
             }
         };
 
-        let switching = switching_protocols(&self.request, &accepted, self.request_id);
-        let instance = ready.instance;
-        if reply.send(switching.map(|()| Full::default())).is_err() {
-            let stopped = instance.stop(self.gateway.stop_grace).await;
-            return self.finish(record, EndReason::ClientDropped, Some(stopped));
-        }
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(err) => {
-                tracing::debug!(%err, "client upgrade failed");
-                let stopped = instance.stop(self.gateway.stop_grace).await;
-                return self.finish(record, EndReason::ClientDropped, Some(stopped));
-            }
-        };
-        let client_ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-
+        // Registered before the client's 101, so that a client that got its 101 always finds
+        // its instance in the admin API.
         let traffic = Arc::new(Traffic::default());
         let live_id = Uuid::new_v4();
         self.gateway.live.insert(LiveInstance {
@@ -162,17 +150,38 @@ impl Invocation {
             traffic: traffic.clone(),
             cancel: cancel.clone(),
         });
+        let switching = switching_protocols(&self.request, &accepted, self.request_id);
+        let instance = ready.instance;
+        let upgraded = if reply.send(switching.map(|()| Full::default())).is_err() {
+            None
+        } else {
+            on_upgrade
+                .await
+                .inspect_err(|err| tracing::debug!(%err, "client upgrade failed"))
+                .ok()
+        };
+        let Some(upgraded) = upgraded else {
+            let stopped = instance.stop(self.gateway.stop_grace).await;
+            self.gateway.live.remove(live_id);
+            return self.finish(record, EndReason::ClientDropped, Some(stopped));
+        };
+        let client_ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+
         let (mut client_tx, mut client_rx) = client_ws.split();
         let (mut function_tx, mut function_rx) = function_ws.split();
-        let timers = Timers {
+        let timers = ConnectionLimits {
             idle: self.function.idle_timeout,
             execution: self.function.execution_timeout,
+            request: self.function.limits,
         };
         let reason = proxy::run(
             (&mut client_tx, &mut client_rx),
             (&mut function_tx, &mut function_rx),
             timers,
             &traffic,
+            &self.gateway.shutdown,
             &cancel,
         )
         .await;

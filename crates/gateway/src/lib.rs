@@ -16,6 +16,7 @@
 mod env;
 mod handshake;
 mod invocation;
+mod limits;
 pub mod live;
 mod proxy;
 mod server;
@@ -58,6 +59,7 @@ pub struct Gateway {
     launcher: Arc<Launcher>,
     store: Arc<RecordStore>,
     live: Arc<LiveInstances>,
+    quotas: limits::Quotas,
     identity: PlatformIdentity,
     /// Root of the cancellation tree: every invocation holds a child token.
     shutdown: CancellationToken,
@@ -75,6 +77,7 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
+            quotas: limits::Quotas::new(&config),
             config,
             launcher,
             store,

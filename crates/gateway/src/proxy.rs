@@ -24,23 +24,30 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::RequestRate;
 use crate::live::Traffic;
+use scfsim_config::{Limits, RateLimitAction};
 
 /// How long scfsim waits for the far side's close frame (and the forwarding of the end) before
 /// it drops the TCP connection anyway.
 pub(crate) const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
-/// The limits that end a connection.
+/// The limits of one connection.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timers {
+pub(crate) struct ConnectionLimits {
     pub idle: Duration,
     pub execution: Duration,
+    /// Message size and client → function rates.
+    pub request: Limits,
 }
 
 /// Why a connection is being ended by someone other than its two peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interrupt {
+    /// scfsim is stopping.
     Shutdown,
+    /// `DELETE /api/instances/{id}`.
+    Admin,
 }
 
 /// How one forwarding direction ended.
@@ -54,6 +61,8 @@ enum DirectionEnd {
     Protocol { code: CloseCode, detail: String },
     /// The source sent a message over the size limit.
     TooLarge { size: Option<u64>, limit: u64 },
+    /// The source went over its rate with `rate_limit_action = "close"`.
+    RateLimited(String),
     /// Writing to the destination failed: the other direction knows why.
     DestinationFailed,
 }
@@ -87,9 +96,62 @@ impl OutstandingPings {
     }
 }
 
+/// A direction's rate limit and what to do when it is reached.
+struct Rate {
+    limiter: RequestRate,
+    action: RateLimitAction,
+    limits: Limits,
+    warned: bool,
+}
+
+impl Rate {
+    /// `None` when the action is `off`: no limit to keep.
+    fn new(limits: Limits) -> Option<Rate> {
+        (limits.rate_limit_action != RateLimitAction::Off).then(|| Rate {
+            limiter: RequestRate::new(&limits),
+            action: limits.rate_limit_action,
+            limits,
+            warned: false,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "over {} messages/s or {} bytes/s",
+            self.limits.max_messages_per_second, self.limits.max_bytes_per_second
+        )
+    }
+
+    /// Waits until a message of `len` bytes may be forwarded (`throttle`), or says it may not
+    /// (`close`). Waiting here, before the next read, is what pushes back on the client's TCP
+    /// window instead of buffering its messages.
+    async fn admit(&mut self, len: usize, traffic: &Traffic) -> Result<(), String> {
+        let now = std::time::Instant::now();
+        let delay = self.limiter.delay(now, len);
+        if !delay.is_zero() {
+            if self.action == RateLimitAction::Close {
+                return Err(format!("client sent {}", self.describe()));
+            }
+            traffic.throttled_messages.fetch_add(1, Ordering::Relaxed);
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!(
+                    "client is sending {}: delaying its messages (rate_limit_action = \"throttle\")",
+                    self.describe()
+                );
+            }
+            tokio::time::sleep(delay).await;
+        }
+        self.limiter.take(now + delay, len);
+        Ok(())
+    }
+}
+
 struct Direction<'a> {
     from: Side,
     traffic: &'a Traffic,
+    /// Client → function only: the platform limits requests, not responses.
+    rate: Option<Rate>,
     /// Pings this direction forwarded.
     forwarded: &'a OutstandingPings,
     /// Pings the opposite direction forwarded; pongs here may answer them.
@@ -107,7 +169,7 @@ impl Direction<'_> {
         self.traffic.touch();
     }
 
-    async fn run<R, W>(&self, source: &mut R, destination: &mut W) -> DirectionEnd
+    async fn run<R, W>(&mut self, source: &mut R, destination: &mut W) -> DirectionEnd
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
         W: Sink<Message, Error = WsError> + Unpin,
@@ -118,6 +180,16 @@ impl Direction<'_> {
                 Some(Err(err)) => return read_error(err),
                 None => return DirectionEnd::Dropped("connection ended".into()),
             };
+            let data_len = match &msg {
+                Message::Text(t) => Some(t.len()),
+                Message::Binary(b) => Some(b.len()),
+                _ => None,
+            };
+            if let (Some(len), Some(rate)) = (data_len, self.rate.as_mut()) {
+                if let Err(detail) = rate.admit(len, self.traffic).await {
+                    return DirectionEnd::RateLimited(detail);
+                }
+            }
             match &msg {
                 Message::Text(t) => self.count(t.len()),
                 Message::Binary(b) => self.count(b.len()),
@@ -176,8 +248,9 @@ enum Event {
 pub(crate) async fn run<CR, CW, FR, FW>(
     client: (&mut CW, &mut CR),
     function: (&mut FW, &mut FR),
-    timers: Timers,
+    timers: ConnectionLimits,
     traffic: &Traffic,
+    shutdown: &CancellationToken,
     interrupt: &CancellationToken,
 ) -> EndReason
 where
@@ -190,15 +263,17 @@ where
     let (function_tx, function_rx) = function;
     let to_function = OutstandingPings::default();
     let to_client = OutstandingPings::default();
-    let upstream = Direction {
+    let mut upstream = Direction {
         from: Side::Client,
         traffic,
+        rate: Rate::new(timers.request),
         forwarded: &to_function,
         opposite: &to_client,
     };
-    let downstream = Direction {
+    let mut downstream = Direction {
         from: Side::Function,
         traffic,
+        rate: None,
         forwarded: &to_client,
         opposite: &to_function,
     };
@@ -222,7 +297,11 @@ where
             end = &mut down => Event::Function(end),
             _ = idle => Event::Idle,
             _ = sleep_until(execution_deadline) => Event::Execution,
-            _ = interrupt.cancelled() => Event::Interrupted(Interrupt::Shutdown),
+            _ = interrupt.cancelled() => Event::Interrupted(if shutdown.is_cancelled() {
+                Interrupt::Shutdown
+            } else {
+                Interrupt::Admin
+            }),
         };
         // A failed write means the destination broke; let its own direction say how.
         match first {
@@ -315,7 +394,7 @@ async fn end<CW, CR, FW, FR>(
     event: Event,
     client: Leg<'_, CW, CR>,
     function: Leg<'_, FW, FR>,
-    timers: Timers,
+    timers: ConnectionLimits,
 ) -> EndReason
 where
     CR: Stream<Item = Result<Message, WsError>> + Unpin,
@@ -419,6 +498,18 @@ where
                 limit,
             }
         }
+        Event::Client(DirectionEnd::RateLimited(detail)) => {
+            tokio::join!(
+                client.close(frame(CloseCode::Policy, &detail)),
+                function.close(frame(CloseCode::Away, "client went over its rate limit"))
+            );
+            EndReason::RateLimited { detail }
+        }
+        // Responses are not rate limited; a function direction never reports this.
+        Event::Function(DirectionEnd::RateLimited(detail)) => {
+            both_away(client, function, &detail).await;
+            EndReason::RateLimited { detail }
+        }
         Event::Idle => {
             let reason = format!(
                 "idle timeout: no message for {}",
@@ -440,6 +531,10 @@ where
         Event::Interrupted(Interrupt::Shutdown) => {
             both_away(client, function, "scfsim is shutting down").await;
             EndReason::GatewayShutdown
+        }
+        Event::Interrupted(Interrupt::Admin) => {
+            both_away(client, function, "ended through the scfsim admin API").await;
+            EndReason::EndedByAdmin
         }
     }
 }

@@ -19,7 +19,10 @@ use uuid::Uuid;
 
 use crate::handshake::{check_upgrade, BadUpgrade};
 use crate::invocation::Invocation;
+use crate::limits::Refusal;
 use crate::Gateway;
+use scfsim_record::{EndReason, Invocation as Record};
+use time::OffsetDateTime;
 
 /// A client has this long to send its complete upgrade request.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -98,6 +101,10 @@ impl Gateway {
             return resp;
         }
         let request_id = Uuid::new_v4();
+        let permit = match self.quotas.acquire(&function.name) {
+            Ok(permit) => permit,
+            Err(refusal) => return self.refuse(refusal, function, request_id, peer, &req),
+        };
         let span = tracing::info_span!(
             "invocation",
             %request_id,
@@ -115,6 +122,7 @@ impl Gateway {
             request: req.map(|_| ()),
             peer,
             request_id,
+            _permit: permit,
         };
         self.tasks
             .spawn(invocation.run(on_upgrade, reply).instrument(span));
@@ -125,6 +133,49 @@ impl Gateway {
                 "scfsim is shutting down",
             )
         })
+    }
+}
+
+impl Gateway {
+    /// A connection over a quota: HTTP 429 naming the quota, and a record; no instance.
+    fn refuse<B>(
+        &self,
+        refusal: Refusal,
+        function: &scfsim_config::FunctionConfig,
+        request_id: Uuid,
+        peer: SocketAddr,
+        req: &Request<B>,
+    ) -> Response<Body> {
+        let detail = refusal.message();
+        let reason = match refusal {
+            Refusal::FunctionQuota { .. } | Refusal::TotalQuota { .. } => {
+                EndReason::QuotaExceeded {
+                    detail: detail.clone(),
+                }
+            }
+            Refusal::NewInstanceRate { .. } => EndReason::InstanceRateExceeded {
+                detail: detail.clone(),
+            },
+        };
+        let status_code = scfsim_record::classify(&reason).status_code.as_u16();
+        tracing::warn!(%request_id, function = %function.name, status_code, "{detail}");
+        let now = OffsetDateTime::now_utc();
+        let mut record = Record::begin(request_id, &function.name, now);
+        record.client_addr = Some(peer.to_string());
+        record.path = req.uri().path_and_query().map(|p| p.to_string());
+        record.http_status = Some(StatusCode::TOO_MANY_REQUESTS.as_u16());
+        record.finish(&reason, now);
+        if let Err(err) = self.store.finish(record) {
+            tracing::error!(%err, "could not write the invocation's record");
+        }
+        json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({
+                "error": detail,
+                "status_code": status_code,
+                "request_id": request_id,
+            }),
+        )
     }
 }
 

@@ -138,7 +138,8 @@ fn error_message(reason: &EndReason) -> Option<String> {
         | R::BootstrapNotFound { detail }
         | R::BootstrapExited { detail }
         | R::NotListening { detail }
-        | R::QuotaExceeded { detail } => detail.as_str(),
+        | R::QuotaExceeded { detail }
+        | R::InstanceRateExceeded { detail } => detail.as_str(),
         R::GatewayCrashed => {
             "scfsim stopped while this invocation was running; completed at the next start"
         }

@@ -46,6 +46,12 @@ pub enum EndReason {
     NotListening { detail: String },
     /// The function's concurrency quota was reached; no instance was started.
     QuotaExceeded { detail: String },
+    /// Too many new instances per minute (the platform's burst quota): 429, refused before
+    /// the upgrade, so no close code.
+    InstanceRateExceeded { detail: String },
+    /// Ended on request through the admin API (`DELETE /api/instances/{id}`): both sides got
+    /// close 1001.
+    EndedByAdmin,
     /// The function answered the handshake with `http_status` instead of 101.
     UpgradeRejected { http_status: u16 },
     /// scfsim shut down while the connection was open.
@@ -276,6 +282,14 @@ pub fn classify(reason: &EndReason) -> Classification {
             R::BootstrapExited { .. } => no_close(S::BOOTSTRAP_EXITED, "bootstrap_exited"),
             R::NotListening { .. } => no_close(S::NOT_LISTENING, "not_listening"),
             R::QuotaExceeded { .. } => no_close(S::QUOTA_EXCEEDED, "quota_exceeded"),
+            R::InstanceRateExceeded { .. } => no_close(S::RATE_LIMITED, "rate_limited"),
+            R::EndedByAdmin => (
+                S::GATEWAY_ERROR,
+                "ended_by_admin",
+                Some(Gateway),
+                Some(GOING_AWAY),
+                "ended through the admin API".into(),
+            ),
             // The function itself refused the handshake; the platform counts that as a
             // completed invocation (the HTTP status goes into the record, not here).
             R::UpgradeRejected { .. } => (
@@ -414,6 +428,8 @@ mod tests {
             (EndReason::BootstrapExited { detail: s("exit 2") }, 405, Fail, "bootstrap_exited", Some(G), None),
             (EndReason::NotListening { detail: s("60s") }, 446, Fail, "not_listening", Some(G), None),
             (EndReason::QuotaExceeded { detail: s("10 running") }, 432, Fail, "quota_exceeded", Some(G), None),
+            (EndReason::InstanceRateExceeded { detail: s("500/min") }, 429, Fail, "rate_limited", Some(G), None),
+            (EndReason::EndedByAdmin, 500, Fail, "ended_by_admin", Some(G), Some(1001)),
             (EndReason::UpgradeRejected { http_status: 403 }, 200, Ok, "upgrade_rejected", Some(F), None),
             // scfsim itself.
             (EndReason::GatewayShutdown, 500, Fail, "gateway_shutdown", Some(G), Some(1001)),

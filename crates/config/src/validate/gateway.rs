@@ -82,6 +82,15 @@ impl Checker<'_> {
             ));
         }
 
+        let max_total_instances = match raw.max_total_instances {
+            Some(v) => self.count_u32("gateway.max_total_instances", v, None)?,
+            None => GatewayConfig::DEFAULT_MAX_TOTAL_INSTANCES,
+        };
+        let max_new_instances_per_minute = match raw.max_new_instances_per_minute {
+            Some(v) => Some(self.count_u32("gateway.max_new_instances_per_minute", v, None)?),
+            None => None,
+        };
+
         Ok(GatewayConfig {
             listen,
             tls_listen,
@@ -90,6 +99,9 @@ impl Checker<'_> {
             admin_listen,
             data_dir: PathBuf::from(data_dir),
             admin_token: raw.admin_token,
+            max_total_instances,
+            max_new_instances_per_minute,
+            isolation: raw.isolation.unwrap_or_default(),
         })
     }
 
