@@ -181,7 +181,7 @@ async fn start_failures_are_502_with_what_to_fix_and_recorded() {
     .unwrap();
     std::fs::write(
         functions.join("badshebang/scf_bootstrap"),
-        "#!/var/lang/python3/bin/python3\n",
+        "#!/opt/no-such-interpreter/bin/run\n",
     )
     .unwrap();
 

@@ -150,6 +150,8 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// Extra raw TOML settings of `[gateway]`, e.g. `("max_total_instances", "5")`.
     pub gateway: Vec<(String, String)>,
+    /// Raw TOML appended to the config, e.g. a `[runtimes]` table.
+    pub extra_toml: String,
 }
 
 impl Scfsim {
@@ -167,7 +169,7 @@ impl Scfsim {
             }
         };
         if !functions.is_empty() {
-            write_config(&dir, &functions, &options.gateway);
+            write_config(&dir, &functions, &options.gateway, &options.extra_toml);
         }
         let stderr = dir.join("scfsim.stderr");
         let mut cmd = Command::new(scfsim_bin());
@@ -368,7 +370,7 @@ impl Drop for Scfsim {
     }
 }
 
-fn write_config(dir: &Path, functions: &[Function], gateway: &[(String, String)]) {
+fn write_config(dir: &Path, functions: &[Function], gateway: &[(String, String)], extra: &str) {
     let mut toml = String::from("relaxed_limits = true\n\n[gateway]\ndata_dir = \"data\"\n");
     for (k, v) in gateway {
         toml.push_str(&format!("{k} = {v}\n"));
@@ -398,6 +400,7 @@ fn write_config(dir: &Path, functions: &[Function], gateway: &[(String, String)]
         }
         toml.push('\n');
     }
+    toml.push_str(extra);
     std::fs::write(dir.join("scfsim.toml"), toml).expect("write config");
 }
 

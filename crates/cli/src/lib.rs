@@ -10,7 +10,7 @@ use std::time::Duration;
 use scfsim_admin::AdminState;
 use scfsim_config::Config;
 use scfsim_gateway::Gateway;
-use scfsim_pool::{IsolationRequest, Launcher};
+use scfsim_pool::{IsolationRequest, Launcher, LauncherOptions};
 use scfsim_record::RecordStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -44,7 +44,8 @@ pub enum ServeError {
 pub struct Server {
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub isolation: String,
+    /// What isolation and limits are in force, for the startup log.
+    pub isolation: Vec<String>,
     pub store: Arc<RecordStore>,
     pub gateway: Arc<Gateway>,
     shutdown: CancellationToken,
@@ -73,8 +74,13 @@ impl Server {
             );
         }
         let store = Arc::new(store);
-        let launcher = Arc::new(Launcher::new(isolation)?);
-        let isolation = launcher.describe();
+        let launcher = Arc::new(Launcher::new(LauncherOptions {
+            isolation,
+            runtimes: config.runtimes.clone(),
+            work_dir: data_dir.clone(),
+        })?);
+        let mut isolation = vec![launcher.describe()];
+        isolation.extend(launcher.details());
 
         let ws_listener = bind("ws", config.gateway.listen).await?;
         let admin_listener = bind("admin", config.gateway.admin_listen).await?;

@@ -199,7 +199,9 @@ async fn serve(
         .map(|f| format!("{} -> {}", f.path, f.name))
         .collect();
     let server = Server::start(config, isolation).await?;
-    tracing::info!("{}", server.isolation);
+    for line in &server.isolation {
+        tracing::info!("{line}");
+    }
     tracing::info!(functions = ?functions, "serving");
     {
         let mut out = std::io::stdout().lock();

@@ -28,7 +28,9 @@ mod validate;
 
 pub use duration::format_duration;
 pub use error::ConfigError;
-pub use model::{Config, FunctionConfig, GatewayConfig, Isolation, Limits, RateLimitAction};
+pub use model::{
+    Config, FunctionConfig, GatewayConfig, Isolation, Limits, Platform, RateLimitAction,
+};
 
 /// Reads, parses and validates the config file at `path`. Relative paths inside it (`code_dir`,
 /// TLS files) are resolved against the file's directory; `data_dir` is kept as written.

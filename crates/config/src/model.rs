@@ -21,9 +21,31 @@ pub struct Config {
     pub limits: Limits,
     /// In file order; names and paths are unique.
     pub functions: Vec<FunctionConfig>,
+    /// The account instances believe they run in.
+    pub platform: Platform,
+    /// `/var/lang` paths (relative, e.g. `node12/bin/node`) mapped to interpreters here.
+    pub runtimes: BTreeMap<String, PathBuf>,
     /// The file this came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[platform]` with defaults filled in.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Platform {
+    pub region: String,
+    pub appid: String,
+    pub uin: String,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            region: "ap-guangzhou".into(),
+            appid: "1250000000".into(),
+            uin: "100000000001".into(),
+        }
+    }
 }
 
 /// `[gateway]` with defaults filled in.
@@ -51,6 +73,8 @@ pub struct GatewayConfig {
     pub max_new_instances_per_minute: Option<u32>,
     /// How instances are isolated.
     pub isolation: Isolation,
+    /// Variables of scfsim's environment that instances also get (beyond PATH, HOME, LANG).
+    pub pass_env: Vec<String>,
 }
 
 /// `gateway.isolation`: how instances are kept apart.
@@ -92,6 +116,7 @@ impl Default for GatewayConfig {
             max_total_instances: Self::DEFAULT_MAX_TOTAL_INSTANCES,
             max_new_instances_per_minute: None,
             isolation: Isolation::Auto,
+            pass_env: Vec::new(),
         }
     }
 }

@@ -52,15 +52,20 @@ pub(crate) fn check_route_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `[a-zA-Z][a-zA-Z0-9_]*`.
+pub(crate) fn is_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Keys `[a-zA-Z][a-zA-Z0-9_]*` outside the platform's reserved prefixes, values without NUL
 /// (they become process environment), and at most 4096 bytes counting key + value + 2 per entry.
 pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
     let mut total = 0usize;
     let mut over_at: Option<&str> = None;
     for (key, value) in env {
-        let mut chars = key.chars();
-        let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
-        if !starts_with_letter || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if !is_env_key(key) {
             return Err(format!(
                 "key {key:?} is not allowed: keys must match [a-zA-Z][a-zA-Z0-9_]*"
             ));

@@ -25,6 +25,25 @@ pub(crate) struct RawConfig {
     /// `[[functions]]`: at least one is required.
     #[serde(default)]
     pub functions: Vec<RawFunction>,
+    /// `[platform]`: the account instances believe they run in.
+    #[serde(default)]
+    pub platform: RawPlatform,
+    /// `[runtimes]`: `"node12/bin/node" = "/opt/node12/bin/node"` maps a path under `/var/lang`
+    /// to an interpreter on this machine.
+    #[serde(default)]
+    pub runtimes: BTreeMap<String, String>,
+}
+
+/// `[platform]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlatform {
+    /// `TENCENTCLOUD_REGION` and `X-Scf-Region`.
+    pub region: Option<String>,
+    /// `TENCENTCLOUD_APPID` and `X-Scf-Appid`.
+    pub appid: Option<String>,
+    /// `TENCENTCLOUD_UIN` and `X-Scf-Uin`.
+    pub uin: Option<String>,
 }
 
 /// `[gateway]`. Addresses stay strings here so a bad one is reported with its field name.
@@ -52,6 +71,8 @@ pub(crate) struct RawGateway {
     pub max_new_instances_per_minute: Option<i64>,
     /// How instances are isolated: "auto", "namespaces" or "none".
     pub isolation: Option<crate::Isolation>,
+    /// Variables of scfsim's own environment passed to instances, beyond PATH, HOME and LANG.
+    pub pass_env: Option<Vec<String>>,
 }
 
 /// `[limits]` and `[functions.limits]`: integers stay `i64` (TOML's integer) so that negative

@@ -11,9 +11,13 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub(crate) fn instance_env(
     function: &FunctionConfig,
     identity: &PlatformIdentity,
+    pass_env: &[String],
+    host_address: Option<&str>,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = PASSED_FROM_HOST
         .iter()
+        .copied()
+        .chain(pass_env.iter().map(String::as_str))
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
     if !env.iter().any(|(k, _)| k == "PATH") {
@@ -35,5 +39,8 @@ pub(crate) fn instance_env(
         ("USER_CODE_ROOT", code_root),
     ];
     env.extend(builtins.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if let Some(host) = host_address {
+        env.push(("SCFSIM_HOST".into(), host.to_string()));
+    }
     env
 }

@@ -66,8 +66,14 @@ impl Invocation {
         let spec = InstanceSpec {
             bootstrap: self.function.bootstrap.clone(),
             code_dir: self.function.code_dir.clone(),
-            env: crate::env::instance_env(&self.function, &self.gateway.identity),
+            env: crate::env::instance_env(
+                &self.function,
+                &self.gateway.identity,
+                &self.gateway.config.gateway.pass_env,
+                self.gateway.launcher.host_address(),
+            ),
             init_timeout: self.function.init_timeout,
+            memory_mb: Some(self.function.memory_mb),
         };
         let started = tokio::select! {
             started = self.gateway.launcher.start(&spec) => started,
@@ -175,6 +181,7 @@ impl Invocation {
             idle: self.function.idle_timeout,
             execution: self.function.execution_timeout,
             request: self.function.limits,
+            memory_mb: self.function.memory_mb,
         };
         let reason = proxy::run(
             (&mut client_tx, &mut client_rx),
@@ -183,6 +190,7 @@ impl Invocation {
             &traffic,
             &self.gateway.shutdown,
             &cancel,
+            &|| instance.memory_exceeded(),
         )
         .await;
         drop((client_tx, client_rx, function_tx, function_rx));
@@ -205,7 +213,12 @@ impl Invocation {
         detail: String,
         reason: impl FnOnce(String) -> EndReason,
     ) {
-        let _ = reply.send(start_error_response(self.request_id, &detail, None));
+        let _ = reply.send(error_response(
+            StatusCode::BAD_GATEWAY,
+            self.request_id,
+            &detail,
+            None,
+        ));
         record.http_status = Some(StatusCode::BAD_GATEWAY.as_u16());
         record.error = Some(detail.clone());
         let stopped = instance.stop(self.gateway.stop_grace).await;
@@ -217,8 +230,13 @@ impl Invocation {
         let reason = match &failure.kind {
             StartFailureKind::BootstrapMissing { .. }
             | StartFailureKind::BootstrapNotExecutable { .. }
-            | StartFailureKind::Spawn { .. }
-            | StartFailureKind::Namespace { .. } => EndReason::BootstrapNotFound {
+            | StartFailureKind::Spawn { .. } => EndReason::BootstrapNotFound {
+                detail: message.clone(),
+            },
+            StartFailureKind::HostPortBusy { .. } => EndReason::QuotaExceeded {
+                detail: message.clone(),
+            },
+            StartFailureKind::Internal { .. } => EndReason::GatewayError {
                 detail: message.clone(),
             },
             StartFailureKind::ExitedBeforeListening { .. } => EndReason::BootstrapExited {
@@ -228,14 +246,24 @@ impl Invocation {
                 detail: message.clone(),
             },
         };
-        let status = scfsim_record::classify(&reason).status_code.as_u16();
-        tracing::warn!(status, "instance failed to start: {message}");
-        let _ = reply.send(start_error_response(
+        let status = scfsim_record::classify(&reason).status_code;
+        // A quota is the client's to retry (429); anything else is the function's or scfsim's.
+        let http = if status == scfsim_record::StatusCode::QUOTA_EXCEEDED {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        tracing::warn!(
+            status = status.as_u16(),
+            "instance failed to start: {message}"
+        );
+        let _ = reply.send(error_response(
+            http,
             self.request_id,
             &message,
-            Some(status),
+            Some(status.as_u16()),
         ));
-        record.http_status = Some(StatusCode::BAD_GATEWAY.as_u16());
+        record.http_status = Some(http.as_u16());
         record.error = Some(message);
         record.instance_pid = failure.pid;
         if let Some(exit) = failure.exit {
@@ -291,14 +319,15 @@ impl Invocation {
     }
 }
 
-/// HTTP 502 for a start failure: the platform's status code and what to fix.
-fn start_error_response(
+/// An HTTP error for a failed start: the platform's status code and what to fix.
+pub(crate) fn error_response(
+    http: StatusCode,
     request_id: Uuid,
     message: &str,
     status_code: Option<u16>,
 ) -> Response<Body> {
     json_response(
-        StatusCode::BAD_GATEWAY,
+        http,
         serde_json::json!({
             "error": message,
             "status_code": status_code,

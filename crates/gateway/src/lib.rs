@@ -44,10 +44,11 @@ pub struct PlatformIdentity {
 
 impl Default for PlatformIdentity {
     fn default() -> Self {
+        let platform = scfsim_config::Platform::default();
         PlatformIdentity {
-            region: "ap-guangzhou".into(),
-            appid: "1250000000".into(),
-            uin: "100000000001".into(),
+            region: platform.region,
+            appid: platform.appid,
+            uin: platform.uin,
             namespace: "default".into(),
         }
     }
@@ -78,11 +79,16 @@ impl Gateway {
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             quotas: limits::Quotas::new(&config),
+            identity: PlatformIdentity {
+                region: config.platform.region.clone(),
+                appid: config.platform.appid.clone(),
+                uin: config.platform.uin.clone(),
+                namespace: "default".into(),
+            },
             config,
             launcher,
             store,
             live: Arc::new(LiveInstances::default()),
-            identity: PlatformIdentity::default(),
             shutdown,
             tasks: TaskTracker::new(),
             stop_grace: Duration::from_secs(2),

@@ -39,7 +39,13 @@ pub(crate) struct ConnectionLimits {
     pub execution: Duration,
     /// Message size and client → function rates.
     pub request: Limits,
+    /// The function's memory size, for the 434 message.
+    pub memory_mb: u32,
 }
+
+/// How often the instance's memory cgroup is asked whether it OOM-killed a process: the
+/// kernel has already enforced the limit, this only notices it.
+const MEMORY_POLL: Duration = Duration::from_millis(100);
 
 /// Why a connection is being ended by someone other than its two peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +247,7 @@ enum Event {
     Function(DirectionEnd),
     Idle,
     Execution,
+    MemoryLimit,
     Interrupted(Interrupt),
 }
 
@@ -252,6 +259,7 @@ pub(crate) async fn run<CR, CW, FR, FW>(
     traffic: &Traffic,
     shutdown: &CancellationToken,
     interrupt: &CancellationToken,
+    memory_exceeded: &(dyn Fn() -> bool + Sync),
 ) -> EndReason
 where
     CR: Stream<Item = Result<Message, WsError>> + Unpin,
@@ -292,11 +300,20 @@ where
                 sleep_until(deadline).await;
             }
         };
+        let memory = async {
+            loop {
+                tokio::time::sleep(MEMORY_POLL).await;
+                if memory_exceeded() {
+                    break;
+                }
+            }
+        };
         let first = tokio::select! {
             end = &mut up => Event::Client(end),
             end = &mut down => Event::Function(end),
             _ = idle => Event::Idle,
             _ = sleep_until(execution_deadline) => Event::Execution,
+            _ = memory => Event::MemoryLimit,
             _ = interrupt.cancelled() => Event::Interrupted(if shutdown.is_cancelled() {
                 Interrupt::Shutdown
             } else {
@@ -315,6 +332,8 @@ where
                     .await
                     .unwrap_or(DirectionEnd::Dropped("write failed".into())),
             ),
+            // An OOM kill usually shows first as the instance's socket dropping.
+            Event::Function(DirectionEnd::Dropped(_)) if memory_exceeded() => Event::MemoryLimit,
             other => other,
         }
     };
@@ -509,6 +528,14 @@ where
         Event::Function(DirectionEnd::RateLimited(detail)) => {
             both_away(client, function, &detail).await;
             EndReason::RateLimited { detail }
+        }
+        Event::MemoryLimit => {
+            function.abandon();
+            let reason = format!("memory limit of {} MB exceeded", timers.memory_mb);
+            client.close(frame(CloseCode::Error, &reason)).await;
+            EndReason::MemoryLimit {
+                limit_mb: timers.memory_mb,
+            }
         }
         Event::Idle => {
             let reason = format!(

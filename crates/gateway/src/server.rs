@@ -168,13 +168,11 @@ impl Gateway {
         if let Err(err) = self.store.finish(record) {
             tracing::error!(%err, "could not write the invocation's record");
         }
-        json_response(
+        crate::invocation::error_response(
             StatusCode::TOO_MANY_REQUESTS,
-            serde_json::json!({
-                "error": detail,
-                "status_code": status_code,
-                "request_id": request_id,
-            }),
+            request_id,
+            &detail,
+            Some(status_code),
         )
     }
 }

@@ -34,11 +34,11 @@ pub enum StartFailureKind {
     ExitedBeforeListening { exit: ExitInfo, port: u16 },
     #[error("nothing listened on 0.0.0.0:{port} within the init timeout of {waited:?}: the bootstrap must start a server on port {port}")]
     NotListening { waited: Duration, port: u16 },
-    #[error("could not prepare the instance's namespace: {source}")]
-    Namespace {
-        #[source]
-        source: io::Error,
-    },
+    #[error("isolation = \"none\": {reason}")]
+    HostPortBusy { reason: String },
+    /// scfsim's own failure (namespaces, cgroups, fork), not the function's.
+    #[error("scfsim could not prepare the instance: {detail}")]
+    Internal { detail: String },
 }
 
 /// A failed start, with everything the record needs: what went wrong, the process (if one ran)

@@ -8,6 +8,7 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::task::JoinHandle;
 
+use crate::cgroup::InstanceCgroup;
 use crate::netns::Netns;
 use crate::output::{CapturedOutput, OutputLog};
 
@@ -54,6 +55,10 @@ pub struct Instance {
     /// Held so the namespace outlives every socket scfsim still makes in it.
     pub(crate) _netns: Option<Arc<Netns>>,
     pub(crate) exit: Option<ExitInfo>,
+    /// Memory and process limits; removed after the processes are reaped.
+    pub(crate) cgroup: Option<InstanceCgroup>,
+    /// With `isolation = "none"`: the host's port 9000, held while this instance lives.
+    pub(crate) _host_port: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What is left of an instance once it is stopped and reaped.
@@ -89,6 +94,11 @@ impl Instance {
         exit
     }
 
+    /// True once the kernel OOM-killed a process of this instance (its memory limit).
+    pub fn memory_exceeded(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(InstanceCgroup::oom_killed)
+    }
+
     fn signal_group(&self, signal: Signal) {
         // The group may already be gone; that is the goal, not an error.
         let _ = killpg(Pid::from_raw(self.pid as i32), signal);
@@ -107,6 +117,9 @@ impl Instance {
         // and outlived the bootstrap survives: the documented weakness of isolation = "none".)
         let exit = self.exited().await;
         self.finish_output().await;
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove().await;
+        }
         StoppedInstance {
             pid: self.pid,
             exit,

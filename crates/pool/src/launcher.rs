@@ -1,16 +1,25 @@
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
 
+use crate::cgroup::Cgroups;
 use crate::error::{PoolError, StartFailure, StartFailureKind};
 use crate::instance::Instance;
 use crate::netns::{Netns, NetnsWorker};
 use crate::output::{OutputLog, OutputStream};
-use crate::spawn::{self, InstanceSpec};
+use crate::runtimes::RuntimeTree;
+use crate::spawn::{self, ChildSetup, InstanceSpec, MAX_PROCESSES};
+
+/// Where platform bootstraps find their runtimes.
+const VAR_LANG: &str = "/var/lang";
 
 /// The port every instance listens on, as on the platform.
 pub const INSTANCE_PORT: u16 = 9000;
@@ -43,11 +52,27 @@ pub struct Ready {
     pub startup: Duration,
 }
 
+/// How the launcher is set up.
+#[derive(Debug, Clone)]
+pub struct LauncherOptions {
+    pub isolation: IsolationRequest,
+    /// Config `[runtimes]`: `/var/lang`-relative paths mapped to interpreters here.
+    pub runtimes: BTreeMap<String, PathBuf>,
+    /// A directory of scfsim's own (under `data_dir`) for the generated `/var/lang` tree.
+    pub work_dir: PathBuf,
+}
+
 /// Starts instances. One per scfsim; cheap to share behind an `Arc`.
 pub struct Launcher {
     isolation: Isolation,
     netns: Option<NetnsWorker>,
     why: String,
+    cgroups: Result<Cgroups, String>,
+    runtimes: Result<RuntimeTree, String>,
+    /// With `isolation = "none"` the host's port 9000 fits one instance at a time.
+    host_port: Arc<Semaphore>,
+    /// Instance ids for cgroup names.
+    next_id: AtomicU64,
 }
 
 /// Readiness back-off: first retry well under a millisecond (a native bootstrap listens ~1 ms
@@ -57,8 +82,8 @@ const FIRST_RETRY: Duration = Duration::from_micros(100);
 const MAX_RETRY: Duration = Duration::from_millis(8);
 
 impl Launcher {
-    pub fn new(request: IsolationRequest) -> Result<Launcher, PoolError> {
-        let (isolation, netns, why) = match request {
+    pub fn new(options: LauncherOptions) -> Result<Launcher, PoolError> {
+        let (isolation, netns, why) = match options.isolation {
             IsolationRequest::None => (
                 Isolation::None,
                 None,
@@ -78,11 +103,63 @@ impl Launcher {
                 Err(err) => (Isolation::None, None, err.to_string()),
             },
         };
+        let namespaces = isolation == Isolation::Namespaces;
+        let cgroups = if namespaces {
+            Cgroups::setup()
+        } else {
+            Err("needs isolation = namespaces".into())
+        };
+        let runtimes = if namespaces {
+            // The mount point must exist on the host. It stays (empty) when scfsim stops:
+            // another scfsim may be using it as its mount point at that moment.
+            let mount_point = Path::new(VAR_LANG);
+            if !mount_point.exists() {
+                let _ = std::fs::create_dir_all(mount_point);
+            }
+            std::path::absolute(options.work_dir.join("var-lang"))
+                .and_then(|root| RuntimeTree::build(&root, &options.runtimes))
+                .map_err(|e| format!("cannot build the /var/lang tree: {e}"))
+        } else {
+            Err("/var/lang paths need isolation = namespaces (a mount namespace)".into())
+        };
         Ok(Launcher {
             isolation,
             netns,
             why,
+            cgroups,
+            runtimes,
+            host_port: Arc::new(Semaphore::new(1)),
+            next_id: AtomicU64::new(0),
         })
+    }
+
+    /// The host's address as instances see it (`SCFSIM_HOST`), if they can reach it.
+    pub fn host_address(&self) -> Option<&str> {
+        match self.isolation {
+            Isolation::None => Some("127.0.0.1"),
+            Isolation::Namespaces => None,
+        }
+    }
+
+    /// Startup log lines: limits and runtimes in force, or why not.
+    pub fn details(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        match &self.cgroups {
+            Ok(c) => lines.push(format!(
+                "instance limits: memory_mb, {MAX_PROCESSES} processes+threads via {}; {} open files",
+                c.describe(),
+                spawn::MAX_OPEN_FILES
+            )),
+            Err(why) => lines.push(format!(
+                "instance limits: memory_mb and the process limit are NOT enforced ({why}); {} open files",
+                spawn::MAX_OPEN_FILES
+            )),
+        }
+        match &self.runtimes {
+            Ok(tree) => lines.push(tree.describe()),
+            Err(why) => lines.push(format!("/var/lang runtimes: not mapped ({why})")),
+        }
+        lines
     }
 
     pub fn isolation(&self) -> Isolation {
@@ -99,9 +176,10 @@ impl Launcher {
             ),
             Isolation::None => format!(
                 "instance isolation: NONE ({}): instances share the host network, so only ONE \
-                 instance at a time can listen on port {INSTANCE_PORT} (later connections fail \
-                 with 405/446 while one is open), and processes that leave the bootstrap's \
-                 process group are not stopped; run scfsim as root for full isolation",
+                 instance at a time can run (later connections get HTTP 429 / status 432 while one \
+                 is open), /var/lang paths and memory limits do not work, and processes that \
+                 leave the bootstrap's process group are not stopped; run scfsim as root for \
+                 full isolation",
                 self.why
             ),
         }
@@ -110,24 +188,42 @@ impl Launcher {
     /// Spawns the bootstrap and waits until it accepts a connection on port 9000.
     pub async fn start(&self, spec: &InstanceSpec) -> Result<Ready, StartFailure> {
         check_bootstrap(spec)?;
+        let host_port = match self.isolation {
+            Isolation::None => Some(self.claim_host_port().await?),
+            Isolation::Namespaces => None,
+        };
+        let internal =
+            |detail: String| StartFailure::before_spawn(StartFailureKind::Internal { detail });
         let netns = match &self.netns {
-            Some(worker) => Some(Arc::new(worker.create().await.map_err(|source| {
-                StartFailure::before_spawn(StartFailureKind::Namespace { source })
-            })?)),
+            Some(worker) => {
+                Some(Arc::new(worker.create().await.map_err(|e| {
+                    internal(format!("creating a network namespace: {e}"))
+                })?))
+            }
             None => None,
         };
+        let cgroup = match &self.cgroups {
+            Ok(cgroups) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+                Some(
+                    cgroups
+                        .create(&id, spec.memory_mb, MAX_PROCESSES)
+                        .map_err(|e| internal(format!("creating the instance's cgroup: {e}")))?,
+                )
+            }
+            Err(_) => None,
+        };
         let began = Instant::now();
-        let mut cmd = spawn::command(
-            spec,
-            netns.as_ref().map(|ns| ns.raw_fd()),
-            self.isolation == Isolation::Namespaces,
-        );
-        let mut child = cmd.spawn().map_err(|source| {
-            StartFailure::before_spawn(StartFailureKind::Spawn {
-                path: spec.bootstrap.clone(),
-                source,
-            })
-        })?;
+        let setup = ChildSetup {
+            netns: netns.as_ref().map(|ns| ns.raw_fd()),
+            pid_namespace: self.isolation == Isolation::Namespaces,
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default(),
+            var_lang: self.runtimes.as_ref().ok().map(|t| t.root.clone()),
+        };
+        let mut cmd = spawn::command(spec, setup);
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| StartFailure::before_spawn(spawn_failure(&spec.bootstrap, source)))?;
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, "instance spawned");
         let output = OutputLog::default();
@@ -145,6 +241,8 @@ impl Launcher {
             readers,
             _netns: netns.clone(),
             exit: None,
+            cgroup,
+            _host_port: host_port,
         };
         match self
             .wait_listening(&mut instance, netns, spec.init_timeout)
@@ -208,6 +306,53 @@ impl Launcher {
         };
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+impl Launcher {
+    /// `isolation = "none"`: port 9000 of the host, one instance at a time, and only if no
+    /// other program holds it (else its readiness probe would reach that program).
+    async fn claim_host_port(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StartFailure> {
+        let busy =
+            |reason: String| StartFailure::before_spawn(StartFailureKind::HostPortBusy { reason });
+        let permit = self.host_port.clone().try_acquire_owned().map_err(|_| {
+            busy(format!(
+                "another instance holds port {INSTANCE_PORT} of this host; only one instance at a \
+                 time can run without namespaces (run scfsim as root for one per connection)"
+            ))
+        })?;
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, INSTANCE_PORT))
+            .await
+            .is_ok()
+        {
+            return Err(busy(format!(
+                "port {INSTANCE_PORT} of this host is already in use by another program"
+            )));
+        }
+        Ok(permit)
+    }
+}
+
+/// An exec error is the bootstrap's (445); anything else failed in scfsim's own setup.
+fn spawn_failure(bootstrap: &Path, source: io::Error) -> StartFailureKind {
+    match source.raw_os_error() {
+        Some(
+            libc::ENOENT
+            | libc::EACCES
+            | libc::ENOEXEC
+            | libc::ENOTDIR
+            | libc::ELOOP
+            | libc::ETXTBSY
+            | libc::EISDIR
+            | libc::ENAMETOOLONG
+            | libc::E2BIG,
+        ) => StartFailureKind::Spawn {
+            path: bootstrap.to_path_buf(),
+            source,
+        },
+        _ => StartFailureKind::Internal {
+            detail: format!("starting the bootstrap: {source}"),
+        },
     }
 }
 

@@ -9,15 +9,18 @@
 //! of the platform's status codes: failures are reported as facts ([`StartFailure`]) and the
 //! gateway decides what they mean.
 
+mod cgroup;
 mod error;
 mod instance;
 mod launcher;
 mod netns;
 mod output;
+mod runtimes;
 mod spawn;
 
 pub use error::{PoolError, StartFailure, StartFailureKind};
 pub use instance::{ExitInfo, Instance, StoppedInstance};
-pub use launcher::{Isolation, IsolationRequest, Launcher, Ready, INSTANCE_PORT};
+pub use launcher::{Isolation, IsolationRequest, Launcher, LauncherOptions, Ready, INSTANCE_PORT};
 pub use output::{CapturedOutput, OutputLine, OutputStream};
+pub use runtimes::{RuntimeEntry, RuntimeTree};
 pub use spawn::InstanceSpec;

@@ -1,26 +1,32 @@
-//! Forking a bootstrap into its namespaces.
+//! Forking a bootstrap into its namespaces and cgroups.
 //!
-//! With PID namespaces the process tree of one instance is:
+//! With namespaces the process tree of one instance is:
 //!
 //! ```text
-//! scfsim ─ keeper (host PID namespace; the pid scfsim waits on; session + group leader)
-//!            └─ init (PID 1 of a new PID namespace; reaps; exits when the bootstrap exits)
+//! scfsim ─ keeper (host PID namespace; the pid scfsim waits on; session + group leader;
+//!            │     own mount namespace with /var/lang mounted; joined the instance's cgroups)
+//!            └─ init (PID 1 of a new PID namespace; mounts its /proc; reaps; ends with the bootstrap)
 //!                 └─ scf_bootstrap (exec'd) ─ its children …
 //! ```
 //!
 //! When init exits the kernel kills everything left in its namespace, daemonized grandchildren
 //! included. The keeper dies with scfsim (parent-death signal, SIGKILL), init dies with the
-//! keeper (same), so nothing survives a SIGKILL of scfsim. The keeper mirrors the bootstrap's
-//! exit status (code or signal) so scfsim records the bootstrap's real end. The keeper ignores
-//! SIGTERM so that a stop request reaches the bootstrap's process group without cutting its
-//! grace period short; init, being PID 1, is immune to it anyway.
+//! keeper (same, plus a check that closes the race before its parent-death signal is set), so
+//! nothing survives a SIGKILL of scfsim. The keeper mirrors the bootstrap's exit status (code
+//! or signal) so scfsim records the bootstrap's real end. The keeper ignores SIGTERM so that a
+//! stop request reaches the bootstrap's process group without cutting its grace period short;
+//! init, being PID 1, is immune to it anyway. When the bootstrap exits, init sends SIGTERM to
+//! everything left in the namespace and gives it a grace period before its own exit ends it.
 //!
 //! Everything below runs between fork and exec in a copy of a multi-threaded process, so it uses
-//! only async-signal-safe system calls: no allocation, no locks.
+//! only raw system calls: no allocation, no locks, no libc `fork` (whose atfork handlers are not
+//! async-signal-safe): children are made with the `clone` system call.
 
+use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -35,9 +41,42 @@ pub struct InstanceSpec {
     pub env: Vec<(String, String)>,
     /// How long the bootstrap has to start listening on port 9000.
     pub init_timeout: Duration,
+    /// The function's memory size; the instance is OOM-killed above it (where cgroups work).
+    pub memory_mb: Option<u32>,
 }
 
-pub(crate) fn command(spec: &InstanceSpec, netns: Option<RawFd>, pid_namespace: bool) -> Command {
+/// Open files per instance, as on the platform.
+pub(crate) const MAX_OPEN_FILES: u64 = 1024;
+/// Processes + threads per instance, as on the platform.
+pub(crate) const MAX_PROCESSES: u32 = 1024;
+/// How long init lets what the bootstrap left behind finish after a SIGTERM, once the bootstrap
+/// itself exited. Shorter than scfsim's own stop grace, so that a stop that began with SIGTERM
+/// still sees the bootstrap's real exit status rather than its own SIGKILL.
+const CHILDREN_GRACE_MS: u32 = 1000;
+
+/// Everything the child needs, prepared (and allocated) before the fork.
+pub(crate) struct ChildSetup {
+    pub netns: Option<RawFd>,
+    pub pid_namespace: bool,
+    /// `cgroup.procs` descriptors to join, at most two (memory, pids).
+    pub cgroup_procs: Vec<RawFd>,
+    /// The generated runtime tree to mount on `/var/lang`.
+    pub var_lang: Option<PathBuf>,
+}
+
+struct Prepared {
+    scfsim: libc::pid_t,
+    netns: RawFd,
+    pid_namespace: bool,
+    cgroup_procs: [RawFd; 2],
+    var_lang: Option<CString>,
+}
+
+fn cstr(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).expect("paths from the filesystem have no NUL")
+}
+
+pub(crate) fn command(spec: &InstanceSpec, setup: ChildSetup) -> Command {
     let mut cmd = Command::new(&spec.bootstrap);
     cmd.current_dir(&spec.code_dir)
         .env_clear()
@@ -45,12 +84,21 @@ pub(crate) fn command(spec: &InstanceSpec, netns: Option<RawFd>, pid_namespace: 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: getpid has no preconditions.
-    let scfsim = unsafe { libc::getpid() };
-    let netns = netns.unwrap_or(-1);
-    // SAFETY: the closure only makes async-signal-safe system calls (see the module doc).
+    let mut procs = [-1; 2];
+    for (slot, fd) in procs.iter_mut().zip(&setup.cgroup_procs) {
+        *slot = *fd;
+    }
+    let prepared = Prepared {
+        // SAFETY: getpid has no preconditions.
+        scfsim: unsafe { libc::getpid() },
+        netns: setup.netns.unwrap_or(-1),
+        pid_namespace: setup.pid_namespace,
+        cgroup_procs: procs,
+        var_lang: setup.var_lang.as_deref().map(cstr),
+    };
+    // SAFETY: the closure only makes raw system calls (see the module doc).
     unsafe {
-        cmd.pre_exec(move || setup_child(scfsim, netns, pid_namespace));
+        cmd.pre_exec(move || prepared.run());
     }
     cmd
 }
@@ -63,71 +111,159 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-fn setup_child(scfsim: libc::pid_t, netns: RawFd, pid_namespace: bool) -> io::Result<()> {
-    // SAFETY (whole function): raw system calls in the freshly forked child.
+fn errno() -> libc::c_int {
+    // SAFETY: errno is thread-local.
+    unsafe { *libc::__errno_location() }
+}
+
+/// fork(2) without libc's atfork handlers.
+unsafe fn raw_fork() -> libc::pid_t {
+    // SAFETY: clone with only SIGCHLD and no new stack behaves as fork.
     unsafe {
-        check(libc::setsid())?;
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-        // scfsim may have died between fork and prctl; then nobody would kill us.
-        if libc::getppid() != scfsim {
-            libc::_exit(1);
-        }
-        if netns >= 0 {
-            check(libc::setns(netns, libc::CLONE_NEWNET))?;
-        }
-        if !pid_namespace {
-            return Ok(());
-        }
-        check(libc::unshare(libc::CLONE_NEWPID))?;
-        let mut pipe = [0 as libc::c_int; 2];
-        check(libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC))?;
-        let (status_r, status_w) = (pipe[0], pipe[1]);
-        match libc::fork() {
-            -1 => return Err(io::Error::last_os_error()),
-            0 => {}
-            init => keeper(init, status_r, status_w),
-        }
-        // PID 1 of the new namespace. (Its parent's death cannot be re-checked here: getppid()
-        // is 0 across the namespace boundary. The window is a few instructions long.)
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::close(status_r);
-        match libc::fork() {
-            -1 => libc::_exit(127),
-            0 => {
-                libc::close(status_w);
-                Ok(()) // the bootstrap: std goes on to exec it
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as libc::pid_t
+    }
+}
+
+impl Prepared {
+    fn run(&self) -> io::Result<()> {
+        // SAFETY (whole function): raw system calls in the freshly forked child.
+        unsafe {
+            check(libc::setsid())?;
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+            // scfsim may have died between fork and prctl; then nobody would kill us.
+            if libc::getppid() != self.scfsim {
+                libc::_exit(1);
             }
-            bootstrap => init(bootstrap, status_w),
+            // Join the cgroups first, so every descendant is counted.
+            for fd in self.cgroup_procs.iter().filter(|fd| **fd >= 0) {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            let files = libc::rlimit {
+                rlim_cur: MAX_OPEN_FILES,
+                rlim_max: MAX_OPEN_FILES,
+            };
+            check(libc::setrlimit(libc::RLIMIT_NOFILE, &files))?;
+            if self.netns >= 0 {
+                check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
+            }
+            if !self.pid_namespace {
+                return Ok(());
+            }
+            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID))?;
+            // Nothing mounted here may propagate back to the host.
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            if let Some(tree) = &self.var_lang {
+                check(libc::mount(
+                    tree.as_ptr(),
+                    c"/var/lang".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+            }
+            let mut status = [0 as libc::c_int; 2];
+            check(libc::pipe2(status.as_mut_ptr(), libc::O_CLOEXEC))?;
+            let mut alive = [0 as libc::c_int; 2];
+            check(libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC))?;
+            match raw_fork() {
+                -1 => return Err(io::Error::last_os_error()),
+                0 => {}
+                init => keeper(init, status, alive),
+            }
+            // PID 1 of the new namespace.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::close(status[0]);
+            libc::close(alive[1]);
+            // getppid() is 0 across the namespace boundary, so the keeper's death before the
+            // prctl above is seen on the pipe whose only writer it holds.
+            let mut poll = libc::pollfd {
+                fd: alive[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLHUP != 0 {
+                libc::_exit(1);
+            }
+            libc::close(alive[0]);
+            // A /proc of this PID namespace, so the bootstrap sees itself, not the host.
+            libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong,
+                std::ptr::null(),
+            );
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+            match raw_fork() {
+                -1 => libc::_exit(127),
+                0 => {
+                    libc::close(status[1]);
+                    Ok(()) // the bootstrap: std goes on to exec it
+                }
+                bootstrap => init(bootstrap, status[1]),
+            }
         }
     }
 }
 
-/// Closes every descriptor but `keep`: the keeper and init never exec, and must not hold other
-/// connections' sockets (or std's exec-error pipe) open.
-unsafe fn close_all_but(keep: RawFd) {
-    // SAFETY: close_range on descriptor ranges of this process only.
+/// Closes every descriptor but `keep` (two, possibly equal): the keeper and init never exec,
+/// and must not hold other connections' sockets (or std's exec-error pipe) open.
+unsafe fn close_all_but(keep: [RawFd; 2]) {
+    let (lo, hi) = (keep[0].min(keep[1]), keep[0].max(keep[1]));
+    let range = |first: RawFd, last: RawFd| -> bool {
+        // SAFETY: closing descriptors of this (forked, single-threaded) process only.
+        first > last
+            || unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) } == 0
+    };
+    if range(0, lo - 1) && range(lo + 1, hi - 1) && range(hi + 1, RawFd::MAX) {
+        return;
+    }
+    // close_range is missing (kernel < 5.9) or filtered (some seccomp profiles).
+    // SAFETY: plain system calls on this process's own descriptors.
     unsafe {
-        if keep > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (keep - 1) as u32, 0u32);
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(1 << 20) as RawFd
+        } else {
+            1024
+        };
+        for fd in (0..max).filter(|fd| !keep.contains(fd)) {
+            libc::close(fd);
         }
-        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
     }
 }
 
-unsafe fn keeper(init: libc::pid_t, status_r: RawFd, status_w: RawFd) -> ! {
+unsafe fn keeper(init: libc::pid_t, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
     // SAFETY (whole function): raw system calls in a forked, single-threaded child.
     unsafe {
-        libc::close(status_w);
+        libc::close(status[1]);
+        libc::close(alive[0]);
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
             libc::signal(sig, libc::SIG_IGN);
         }
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        close_all_but(status_r);
+        // `alive[1]` stays open as long as the keeper lives: init checks it.
+        close_all_but([status[0], alive[1]]);
         let mut reported: libc::c_int = 0;
-        let got = read_full(status_r, &mut reported);
+        let got = read_full(status[0], &mut reported);
         let mut waited: libc::c_int = 0;
         while libc::waitpid(init, &mut waited, 0) < 0 {
-            if *libc::__errno_location() != libc::EINTR {
+            if errno() != libc::EINTR {
                 break;
             }
         }
@@ -138,21 +274,43 @@ unsafe fn keeper(init: libc::pid_t, status_r: RawFd, status_w: RawFd) -> ! {
 unsafe fn init(bootstrap: libc::pid_t, status_w: RawFd) -> ! {
     // SAFETY (whole function): raw system calls in a forked, single-threaded child.
     unsafe {
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        close_all_but(status_w);
+        close_all_but([status_w, status_w]);
+        let mut reported = false;
+        let mut waited_ms = 0u32;
         loop {
             let mut status: libc::c_int = 0;
-            let pid = libc::waitpid(-1, &mut status, 0);
+            let flags = if reported { libc::WNOHANG } else { 0 };
+            let pid = libc::waitpid(-1, &mut status, flags);
             if pid == bootstrap {
                 libc::write(
                     status_w,
                     (&status as *const libc::c_int).cast(),
                     std::mem::size_of::<libc::c_int>(),
                 );
-                libc::_exit(0);
+                reported = true;
+                // Whatever is left (children, daemons in other sessions) gets the same stop as
+                // the bootstrap: SIGTERM, a grace period, then the namespace's end.
+                libc::kill(-1, libc::SIGTERM);
+                continue;
             }
-            if pid < 0 && *libc::__errno_location() != libc::EINTR {
-                libc::_exit(0);
+            if pid < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if pid < 0 {
+                libc::_exit(0); // no children left
+            }
+            if pid == 0 {
+                // The bootstrap is gone; its children get a grace period, then init's exit
+                // ends them.
+                if waited_ms >= CHILDREN_GRACE_MS {
+                    libc::_exit(0);
+                }
+                let pause = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 10_000_000,
+                };
+                libc::nanosleep(&pause, std::ptr::null_mut());
+                waited_ms += 10;
             }
         }
     }
@@ -166,8 +324,7 @@ unsafe fn read_full(fd: RawFd, out: &mut libc::c_int) -> bool {
         if n == want as isize {
             return true;
         }
-        // SAFETY: errno is thread-local.
-        if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+        if n < 0 && errno() == libc::EINTR {
             continue;
         }
         return false;

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use scfsim_pool::{InstanceSpec, IsolationRequest, Launcher, StartFailureKind};
+use scfsim_pool::{InstanceSpec, IsolationRequest, Launcher, LauncherOptions, StartFailureKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LISTENER: &str = r#"exec python3 -c "
@@ -24,11 +24,18 @@ fn bootstrap(dir: &Path, body: &str) -> InstanceSpec {
         code_dir: dir.to_path_buf(),
         env: vec![("PATH".into(), std::env::var("PATH").unwrap())],
         init_timeout: Duration::from_secs(20),
+        memory_mb: None,
     }
 }
 
 fn launcher() -> Launcher {
-    Launcher::new(IsolationRequest::Namespaces).expect("tests run as root with namespaces")
+    let work_dir = std::env::temp_dir().join(format!("scfsim-pool-test-{}", std::process::id()));
+    Launcher::new(LauncherOptions {
+        isolation: IsolationRequest::Namespaces,
+        runtimes: Default::default(),
+        work_dir,
+    })
+    .expect("tests run as root with namespaces")
 }
 
 #[tokio::test]

@@ -139,7 +139,8 @@ fn error_message(reason: &EndReason) -> Option<String> {
         | R::BootstrapExited { detail }
         | R::NotListening { detail }
         | R::QuotaExceeded { detail }
-        | R::InstanceRateExceeded { detail } => detail.as_str(),
+        | R::InstanceRateExceeded { detail }
+        | R::GatewayError { detail } => detail.as_str(),
         R::GatewayCrashed => {
             "scfsim stopped while this invocation was running; completed at the next start"
         }

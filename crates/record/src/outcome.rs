@@ -49,6 +49,8 @@ pub enum EndReason {
     /// Too many new instances per minute (the platform's burst quota): 429, refused before
     /// the upgrade, so no close code.
     InstanceRateExceeded { detail: String },
+    /// scfsim's own failure (namespaces, cgroups, fork) before the instance could start: 500.
+    GatewayError { detail: String },
     /// Ended on request through the admin API (`DELETE /api/instances/{id}`): both sides got
     /// close 1001.
     EndedByAdmin,
@@ -283,6 +285,7 @@ pub fn classify(reason: &EndReason) -> Classification {
             R::NotListening { .. } => no_close(S::NOT_LISTENING, "not_listening"),
             R::QuotaExceeded { .. } => no_close(S::QUOTA_EXCEEDED, "quota_exceeded"),
             R::InstanceRateExceeded { .. } => no_close(S::RATE_LIMITED, "rate_limited"),
+            R::GatewayError { .. } => no_close(S::GATEWAY_ERROR, "gateway_error"),
             R::EndedByAdmin => (
                 S::GATEWAY_ERROR,
                 "ended_by_admin",
@@ -429,6 +432,7 @@ mod tests {
             (EndReason::NotListening { detail: s("60s") }, 446, Fail, "not_listening", Some(G), None),
             (EndReason::QuotaExceeded { detail: s("10 running") }, 432, Fail, "quota_exceeded", Some(G), None),
             (EndReason::InstanceRateExceeded { detail: s("500/min") }, 429, Fail, "rate_limited", Some(G), None),
+            (EndReason::GatewayError { detail: s("fork failed") }, 500, Fail, "gateway_error", Some(G), None),
             (EndReason::EndedByAdmin, 500, Fail, "ended_by_admin", Some(G), Some(1001)),
             (EndReason::UpgradeRejected { http_status: 403 }, 200, Ok, "upgrade_rejected", Some(F), None),
             // scfsim itself.

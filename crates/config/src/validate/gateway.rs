@@ -102,7 +102,20 @@ impl Checker<'_> {
             max_total_instances,
             max_new_instances_per_minute,
             isolation: raw.isolation.unwrap_or_default(),
+            pass_env: self.pass_env(raw.pass_env.unwrap_or_default())?,
         })
+    }
+
+    fn pass_env(&self, names: Vec<String>) -> Checked<Vec<String>> {
+        for name in &names {
+            if !crate::names::is_env_key(name) {
+                return Err(self.invalid(
+                    "gateway.pass_env",
+                    format!("{name:?} is not an environment variable name ([A-Za-z][A-Za-z0-9_]*)"),
+                ));
+            }
+        }
+        Ok(names)
     }
 
     fn addr(&self, field: &str, raw: Option<String>, default: SocketAddr) -> Checked<SocketAddr> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::duration::{format_duration, RawDuration};
 use crate::raw::{RawConfig, RawLimits};
-use crate::{Config, ConfigError, FunctionConfig, Limits};
+use crate::{Config, ConfigError, FunctionConfig, Limits, Platform};
 
 const RELAX_HINT: &str = "(set relaxed_limits = true to lift the platform's ranges)";
 
@@ -65,11 +65,35 @@ pub(crate) fn validate(
         }
         functions.push(function);
     }
+    let defaults = Platform::default();
+    let platform = Platform {
+        region: raw.platform.region.unwrap_or(defaults.region),
+        appid: raw.platform.appid.unwrap_or(defaults.appid),
+        uin: raw.platform.uin.unwrap_or(defaults.uin),
+    };
+    let mut runtimes = std::collections::BTreeMap::new();
+    for (key, target) in raw.runtimes {
+        let field = format!("runtimes.{key:?}");
+        let parts: Vec<&str> = key.split('/').collect();
+        if parts.len() < 3
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            return Err(check.invalid(
+                field,
+                "must be a path under /var/lang such as \"node12/bin/node\" or \"python3/bin/python3\"",
+            ));
+        }
+        runtimes.insert(key, check.file_path(&field, &target, base_dir)?);
+    }
     Ok(Config {
         relaxed_limits: raw.relaxed_limits,
         gateway,
         limits,
         functions,
+        platform,
+        runtimes,
         source: source.to_path_buf(),
     })
 }

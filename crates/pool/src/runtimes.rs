@@ -1,0 +1,193 @@
+//! The `/var/lang` tree that platform bootstraps call runtimes through.
+//!
+//! Platform bootstraps run `/var/lang/python3/bin/python3 app.py` or `/var/lang/node16/bin/node
+//! app.js` unchanged. scfsim generates a tree of symlinks to this machine's interpreters and
+//! bind-mounts it on `/var/lang` inside each instance's mount namespace; the host's `/var/lang`
+//! is never written (only created, empty, if it did not exist, so it can serve as the mount
+//! point; it is left in place). A runtime that is not installed gets a stub that says so, and which config key maps
+//! it, on the instance's stderr: the message then reaches the user through the 405's text.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Which local command each `/var/lang` path stands for by default.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("python3/bin/python3", "python3"),
+    ("python3/bin/python", "python3"),
+    ("python36/bin/python3", "python3"),
+    ("python37/bin/python3", "python3"),
+    ("python38/bin/python3", "python3"),
+    ("python39/bin/python3", "python3"),
+    ("python310/bin/python3", "python3"),
+    ("python311/bin/python3", "python3"),
+    ("python312/bin/python3", "python3"),
+    ("node10/bin/node", "node"),
+    ("node12/bin/node", "node"),
+    ("node14/bin/node", "node"),
+    ("node16/bin/node", "node"),
+    ("node18/bin/node", "node"),
+    ("node20/bin/node", "node"),
+    ("php7/bin/php", "php"),
+    ("php8/bin/php", "php"),
+    ("php80/bin/php", "php"),
+    ("java8/bin/java", "java"),
+    ("java11/bin/java", "java"),
+];
+
+/// One `/var/lang` path and what it runs here (`None`: not installed, a stub says so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEntry {
+    pub path: String,
+    pub target: Option<PathBuf>,
+}
+
+/// The generated tree, ready to be mounted on `/var/lang`.
+#[derive(Debug, Clone)]
+pub struct RuntimeTree {
+    pub root: PathBuf,
+    pub entries: Vec<RuntimeEntry>,
+}
+
+impl RuntimeTree {
+    /// (Re)builds the tree under `root` from the defaults, with `overrides` (config
+    /// `[runtimes]`, e.g. `"node12/bin/node" -> /opt/node12/bin/node`) taking precedence.
+    pub fn build(root: &Path, overrides: &BTreeMap<String, PathBuf>) -> io::Result<RuntimeTree> {
+        if root.exists() {
+            std::fs::remove_dir_all(root)?;
+        }
+        std::fs::create_dir_all(root)?;
+        let mut resolved: BTreeMap<&str, Option<PathBuf>> = BTreeMap::new();
+        let mut wanted: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
+        for (path, command) in DEFAULTS {
+            let target = resolved
+                .entry(command)
+                .or_insert_with(|| resolve(command))
+                .clone();
+            wanted.insert(path.to_string(), target);
+        }
+        for (path, target) in overrides {
+            wanted.insert(path.clone(), Some(target.clone()));
+        }
+        let mut entries = Vec::with_capacity(wanted.len());
+        for (path, target) in wanted {
+            let file = root.join(&path);
+            std::fs::create_dir_all(file.parent().expect("entries are dir/bin/exe"))?;
+            match &target {
+                Some(target) => std::os::unix::fs::symlink(target, &file)?,
+                None => {
+                    std::fs::write(&file, stub(&path))?;
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+                }
+            }
+            entries.push(RuntimeEntry { path, target });
+        }
+        Ok(RuntimeTree {
+            root: root.to_path_buf(),
+            entries,
+        })
+    }
+
+    /// One line for the startup log.
+    pub fn describe(&self) -> String {
+        let mut found: Vec<&str> = Vec::new();
+        let mut missing: Vec<&str> = Vec::new();
+        for e in &self.entries {
+            let runtime = e.path.split('/').next().unwrap_or(&e.path);
+            let list = if e.target.is_some() {
+                &mut found
+            } else {
+                &mut missing
+            };
+            if !list.contains(&runtime) {
+                list.push(runtime);
+            }
+        }
+        format!(
+            "/var/lang runtimes: {} mapped; not installed here: {}",
+            found.join(" "),
+            if missing.is_empty() {
+                "none".to_string()
+            } else {
+                missing.join(" ")
+            }
+        )
+    }
+}
+
+fn stub(path: &str) -> String {
+    format!(
+        "#!/bin/sh\necho \"scfsim: the runtime /var/lang/{path} is not installed on this machine: \
+         install it, or map it in the config: [runtimes] \\\"{path}\\\" = \\\"/path/to/interpreter\\\"\" >&2\nexit 127\n"
+    )
+}
+
+/// The real interpreter behind `command`: interpreters are asked (a pyenv or nvm shim on PATH
+/// is a script, not the interpreter), others are looked up on PATH.
+fn resolve(command: &str) -> Option<PathBuf> {
+    let asked = match command {
+        "python3" => ask("python3", &["-c", "import sys; print(sys.executable)"]),
+        "node" => ask("node", &["-p", "process.execPath"]),
+        _ => None,
+    };
+    asked.or_else(|| on_path(command))
+}
+
+fn ask(command: &str, args: &[&str]) -> Option<PathBuf> {
+    let out = Command::new(command).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    path.is_absolute().then_some(path)
+}
+
+fn on_path(command: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(command))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+        .and_then(|p| p.canonicalize().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_links_stubs_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("var-lang");
+        let overrides =
+            BTreeMap::from([("custom9/bin/run".to_string(), PathBuf::from("/bin/true"))]);
+        let tree = RuntimeTree::build(&root, &overrides).unwrap();
+        let custom = tree
+            .entries
+            .iter()
+            .find(|e| e.path == "custom9/bin/run")
+            .unwrap();
+        assert_eq!(custom.target.as_deref(), Some(Path::new("/bin/true")));
+        assert_eq!(
+            std::fs::read_link(root.join("custom9/bin/run")).unwrap(),
+            Path::new("/bin/true")
+        );
+        for entry in &tree.entries {
+            let file = root.join(&entry.path);
+            match &entry.target {
+                Some(_) => assert!(std::fs::symlink_metadata(&file).unwrap().is_symlink()),
+                None => assert!(std::fs::read_to_string(&file)
+                    .unwrap()
+                    .contains("[runtimes]")),
+            }
+        }
+        // Rebuilding replaces the old tree.
+        RuntimeTree::build(&root, &BTreeMap::new()).unwrap();
+        assert!(!root.join("custom9").exists());
+    }
+}

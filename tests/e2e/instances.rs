@@ -1,0 +1,244 @@
+//! Instances as the platform runs them: unchanged bootstraps calling /var/lang runtimes, the
+//! instance's limits, and nothing left behind after many connections.
+
+use std::path::Path;
+use std::time::Duration;
+
+use scfsim_e2e::{fixture_bin, repo_root, Function, Options, Scfsim};
+use serde_json::Value;
+
+async fn log_lines(scfsim: &Scfsim, request_id: &str) -> Vec<String> {
+    let logs = scfsim
+        .get(&format!("/api/invocations/{request_id}/logs"))
+        .await;
+    logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_platform_bootstrap_calling_var_lang_python3_runs_unchanged() {
+    let server = repo_root().join("examples/echo/server.py");
+    let scfsim = Scfsim::start(vec![Function::script(
+        "py",
+        &format!("/var/lang/python3/bin/python3 {}", server.display()),
+    )])
+    .await;
+    let mut client = scfsim.connect("/py").await;
+    client.send_text("through /var/lang").await;
+    client.expect_text("through /var/lang").await;
+    client.close(1000, "").await;
+    assert_eq!(scfsim.record(&client.request_id).await["status_code"], 200);
+}
+
+#[tokio::test]
+async fn a_runtime_that_is_not_installed_is_405_naming_it_and_the_config_key() {
+    if Path::new("/usr/bin/php").exists() {
+        eprintln!("SKIPPED: php is installed here, so /var/lang/php7 is not missing");
+        return;
+    }
+    let scfsim = Scfsim::start(vec![Function::script(
+        "php",
+        "/var/lang/php7/bin/php index.php",
+    )])
+    .await;
+    let err = scfsim.connect_with("/php", &[]).await.err().unwrap();
+    let (status, _, body) = scfsim_e2e::refused(err);
+    assert_eq!(status, 502);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status_code"], 405);
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("/var/lang/php7/bin/php"), "{message}");
+    assert!(message.contains("[runtimes]"), "{message}");
+}
+
+#[tokio::test]
+async fn runtimes_in_the_config_map_var_lang_paths() {
+    let scfsim = Scfsim::start_with(
+        vec![Function::script("custom", "/var/lang/custom1/bin/run echo")],
+        Options {
+            extra_toml: format!(
+                "[runtimes]\n\"custom1/bin/run\" = {:?}\n",
+                fixture_bin().display().to_string()
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut client = scfsim.connect("/custom").await;
+    client.send_text("mapped").await;
+    client.expect_text("mapped").await;
+}
+
+#[tokio::test]
+async fn the_instance_has_the_platforms_limits_and_its_own_proc() {
+    let body = format!(
+        "echo \"nofile=$(ulimit -n)\"\n\
+         echo \"pids.max=$(cat /sys/fs/cgroup/pids$(grep ':pids:' /proc/self/cgroup | cut -d: -f3)/pids.max)\"\n\
+         echo \"memory.limit=$(cat /sys/fs/cgroup/memory$(grep ':memory:' /proc/self/cgroup | cut -d: -f3)/memory.limit_in_bytes)\"\n\
+         echo \"processes=$(ls /proc | grep -c '^[0-9]')\"\n\
+         touch /tmp/scfsim-instance-write-test && echo tmp-writable\n\
+         exec {} echo",
+        fixture_bin().display()
+    );
+    let scfsim = Scfsim::start(vec![
+        Function::script("limits", &body).set("memory_mb", "256")
+    ])
+    .await;
+    let mut client = scfsim.connect("/limits").await;
+    client.close(1000, "").await;
+    scfsim.record(&client.request_id).await;
+    let lines = log_lines(&scfsim, &client.request_id).await;
+    assert!(lines.contains(&"nofile=1024".to_string()), "{lines:?}");
+    assert!(lines.contains(&"pids.max=1024".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&format!("memory.limit={}", 256 * 1024 * 1024)),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"tmp-writable".to_string()), "{lines:?}");
+    // Its own PID namespace and /proc: init, the bootstrap, and the subshell counting.
+    let processes: usize = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("processes="))
+        .expect("process count line")
+        .parse()
+        .unwrap();
+    assert!(
+        processes < 10,
+        "the instance sees the host's processes: {processes}"
+    );
+}
+
+#[tokio::test]
+async fn going_over_memory_mb_ends_with_434() {
+    let body = format!(
+        "(sleep 0.5; exec python3 -c \"a = b'x' * (400 * 1024 * 1024); import time; time.sleep(60)\") &\n\
+         exec {} echo",
+        fixture_bin().display()
+    );
+    let scfsim = Scfsim::start(vec![Function::script("hog", &body).set("memory_mb", "128")]).await;
+    let mut client = scfsim.connect("/hog").await;
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 1011);
+    assert!(reason.contains("memory"), "{reason}");
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 434, "{record:#}");
+    assert_eq!(record["end_reason"], "memory_limit");
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn line_count(path: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Children of `pid` (zombies included) and scfsim cgroups of `pid`.
+fn leftovers(pid: u32) -> (Vec<String>, usize) {
+    let children: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            after.split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .collect();
+    let cgroups = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"]
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root).ok())
+        .flat_map(|d| d.flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("scfsim-{pid}-")))
+        })
+        .map(|e| {
+            std::fs::read_dir(e.path())
+                .map(|d| d.flatten().filter(|c| c.path().is_dir()).count())
+                .unwrap_or(0)
+        })
+        .sum();
+    (children, cgroups)
+}
+
+#[tokio::test]
+async fn a_thousand_connections_leave_nothing_behind() {
+    const CYCLES: usize = 1000;
+    let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
+    let pid = scfsim.pid();
+    let cycle = |i: usize| {
+        let scfsim = &scfsim;
+        async move {
+            let mut client = scfsim.connect("/echo").await;
+            client.send_text(&i.to_string()).await;
+            client.expect_text(&i.to_string()).await;
+            client.close(1000, "").await;
+            client.request_id
+        }
+    };
+    // Warm up: thread pools, allocator arenas and buffers reach their working size.
+    for i in 0..50 {
+        let id = cycle(i).await;
+        scfsim.record(&id).await;
+    }
+    let fds = fd_count(pid);
+    let rss = rss_kib(pid);
+    let mounts = line_count(&format!("/proc/{pid}/mountinfo"));
+    let mut last = String::new();
+    for i in 0..CYCLES {
+        last = cycle(i).await;
+    }
+    scfsim.record(&last).await;
+    let failed = scfsim
+        .get("/api/invocations?status_code=200&limit=10000")
+        .await;
+    assert!(
+        failed.as_array().unwrap().len() >= CYCLES,
+        "every cycle recorded as 200"
+    );
+
+    // Instances are reaped and their cgroups removed a moment after their records are
+    // written; wait for that (bounded), then compare.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (children, cgroups) = leftovers(pid);
+        if children.is_empty() && cgroups == 0 && fd_count(pid) <= fds {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left behind: children {children:?}, cgroups {cgroups}, fds {} (baseline {fds})",
+            fd_count(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        line_count(&format!("/proc/{pid}/mountinfo")),
+        mounts,
+        "mounts leaked"
+    );
+    let grown = rss_kib(pid).saturating_sub(rss);
+    assert!(
+        grown < 32 * 1024,
+        "scfsim's RSS grew by {grown} KiB over {CYCLES} connections"
+    );
+}
