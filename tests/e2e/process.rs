@@ -135,3 +135,81 @@ async fn stopping_an_instance_ends_its_forked_daemons() {
     scfsim.record(&c.request_id).await;
     wait_until_gone(&marker).await;
 }
+
+const SILENT_LISTENER: &str = "exec python3 -c \"
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9000)); s.listen()
+c, _ = s.accept(); time.sleep(600)
+\"";
+
+#[tokio::test]
+async fn sigterm_during_the_instances_handshake_answers_503_and_records_shutdown() {
+    let mut scfsim = Scfsim::start(vec![Function::script("mute", SILENT_LISTENER)]).await;
+    let url = scfsim.url("/mute");
+    let pending = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await });
+    // The record exists (running) once the invocation began; then the instance is listening
+    // but mute.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while scfsim
+        .get("/api/invocations?function=mute")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dir = scfsim.dir.clone();
+    let log = scfsim.dir.join("scfsim.stderr");
+    let status = scfsim.signal(libc::SIGTERM).await;
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    let (http, _, _) = scfsim_e2e::refused(pending.await.unwrap().err().expect("refused"));
+    assert_eq!(http, 503);
+    let restarted = Scfsim::start_with(
+        vec![],
+        Options {
+            dir: Some(dir),
+            ..Options::default()
+        },
+    )
+    .await;
+    let record = restarted.last_record("mute").await;
+    assert_eq!(record["end_reason"], "gateway_shutdown", "{record:#}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_during_the_start_frees_its_instance_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let scfsim = Scfsim::start(vec![Function::fixture("slow", &["slow-listen", "20000"])]).await;
+    let addr = scfsim.ws.trim_start_matches("ws://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while scfsim
+        .get("/api/invocations?function=slow")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tcp);
+    let record = scfsim.last_record("slow").await;
+    assert_eq!(record["status_code"], 456, "{record:#}");
+    assert_eq!(record["end_reason"], "client_dropped");
+    // It ended before the instance listened (20 s from now), not after.
+    assert!(record["startup_ms"].is_null(), "{record:#}");
+}

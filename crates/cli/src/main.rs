@@ -198,6 +198,9 @@ async fn serve(
         .iter()
         .map(|f| format!("{} -> {}", f.path, f.name))
         .collect();
+    // Before `ready`: a supervisor may send SIGTERM as soon as it reads that line.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let server = Server::start(config, isolation).await?;
     for line in &server.isolation {
         tracing::info!("{line}");
@@ -210,8 +213,6 @@ async fn serve(
         writeln!(out, "ready")?;
         out.flush()?;
     }
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",

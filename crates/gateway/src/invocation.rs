@@ -7,19 +7,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use scfsim_config::FunctionConfig;
 use scfsim_pool::{InstanceSpec, StartFailure, StartFailureKind, StoppedInstance};
 use scfsim_record::{EndReason, Invocation as Record, LogLine, LogStream};
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
+use crate::client::ClientConn;
 use crate::handshake::{switching_protocols, upstream_request, GatewayHeaders};
 use crate::limits::Permit;
 use crate::live::{LiveInstance, Traffic};
@@ -38,8 +34,6 @@ pub(crate) struct Invocation {
     pub _permit: Permit,
 }
 
-type Reply = oneshot::Sender<Response<Body>>;
-
 fn ws_config(function: &FunctionConfig) -> WebSocketConfig {
     let limit = usize::try_from(function.limits.max_message_bytes).unwrap_or(usize::MAX);
     // A frame is refused by the length in its header, before its payload is read, so an
@@ -50,7 +44,7 @@ fn ws_config(function: &FunctionConfig) -> WebSocketConfig {
 }
 
 impl Invocation {
-    pub(crate) async fn run(self, on_upgrade: OnUpgrade, reply: Reply) {
+    pub(crate) async fn run(self, mut client: ClientConn) {
         let mut record = Record::begin(
             self.request_id,
             &self.function.name,
@@ -78,13 +72,16 @@ impl Invocation {
         let started = tokio::select! {
             started = self.gateway.launcher.start(&spec) => started,
             _ = cancel.cancelled() => {
-                let _ = reply.send(json_error(StatusCode::SERVICE_UNAVAILABLE, Some(self.request_id), "scfsim is shutting down"));
+                let _ = client.respond(json_error(StatusCode::SERVICE_UNAVAILABLE, Some(self.request_id), "scfsim is shutting down")).await;
                 return self.finish(record, EndReason::GatewayShutdown, None);
             }
+            // The client gave up while its instance started: stop at once, do not hold a
+            // quota slot for a connection nobody will use.
+            _ = client.gone() => return self.finish(record, EndReason::ClientDropped, None),
         };
         let ready = match started {
             Ok(ready) => ready,
-            Err(failure) => return self.start_failed(record, failure, reply),
+            Err(failure) => return self.start_failed(record, failure, &mut client).await,
         };
         let pid = ready.instance.pid();
         tracing::Span::current().record("pid", pid);
@@ -107,11 +104,23 @@ impl Invocation {
             self.function.init_timeout,
             tokio_tungstenite::client_async_with_config(upstream, ready.stream, Some(config)),
         );
-        let (function_ws, accepted) = match handshake.await {
+        let handshake = tokio::select! {
+            done = handshake => done,
+            _ = cancel.cancelled() => {
+                let _ = client.respond(json_error(StatusCode::SERVICE_UNAVAILABLE, Some(self.request_id), "scfsim is shutting down")).await;
+                let stopped = ready.instance.stop(self.gateway.stop_grace).await;
+                return self.finish(record, EndReason::GatewayShutdown, Some(stopped));
+            }
+            _ = client.gone() => {
+                let stopped = ready.instance.stop(self.gateway.stop_grace).await;
+                return self.finish(record, EndReason::ClientDropped, Some(stopped));
+            }
+        };
+        let (function_ws, accepted) = match handshake {
             Ok(Ok(done)) => done,
             Ok(Err(WsError::Http(resp))) => {
                 let status = resp.status().as_u16();
-                let _ = reply.send(passthrough(*resp));
+                let _ = client.respond(passthrough(*resp)).await;
                 let stopped = ready.instance.stop(self.gateway.stop_grace).await;
                 return self.finish(
                     record,
@@ -124,7 +133,7 @@ impl Invocation {
             Ok(Err(err)) => {
                 let detail = format!("the function instance failed the WebSocket handshake: {err}");
                 return self
-                    .failed_before_upgrade(record, reply, ready.instance, detail, |detail| {
+                    .failed_before_upgrade(record, &mut client, ready.instance, detail, |detail| {
                         EndReason::InstanceExited { detail }
                     })
                     .await;
@@ -136,7 +145,7 @@ impl Invocation {
                     scfsim_config::format_duration(self.function.init_timeout)
                 );
                 return self
-                    .failed_before_upgrade(record, reply, ready.instance, detail, |detail| {
+                    .failed_before_upgrade(record, &mut client, ready.instance, detail, |detail| {
                         EndReason::NotListening { detail }
                     })
                     .await;
@@ -158,22 +167,22 @@ impl Invocation {
         });
         let switching = switching_protocols(&self.request, &accepted, self.request_id);
         let instance = ready.instance;
-        let upgraded = if reply.send(switching.map(|()| Full::default())).is_err() {
-            None
-        } else {
-            on_upgrade
-                .await
-                .inspect_err(|err| tracing::debug!(%err, "client upgrade failed"))
-                .ok()
+        let answered = client.respond(switching.map(|()| Bytes::new())).await;
+        let upgraded = match answered {
+            Ok(()) if !cancel.is_cancelled() => Some(client),
+            _ => None,
         };
-        let Some(upgraded) = upgraded else {
+        let Some(client) = upgraded else {
             let stopped = instance.stop(self.gateway.stop_grace).await;
             self.gateway.live.remove(live_id);
-            return self.finish(record, EndReason::ClientDropped, Some(stopped));
+            let reason = if self.gateway.shutdown.is_cancelled() {
+                EndReason::GatewayShutdown
+            } else {
+                EndReason::ClientDropped
+            };
+            return self.finish(record, reason, Some(stopped));
         };
-        let client_ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let client_ws = client.into_websocket(config).await;
 
         let (mut client_tx, mut client_rx) = client_ws.split();
         let (mut function_tx, mut function_rx) = function_ws.split();
@@ -208,24 +217,31 @@ impl Invocation {
     async fn failed_before_upgrade(
         &self,
         mut record: Record,
-        reply: Reply,
+        client: &mut ClientConn,
         instance: scfsim_pool::Instance,
         detail: String,
         reason: impl FnOnce(String) -> EndReason,
     ) {
-        let _ = reply.send(error_response(
-            StatusCode::BAD_GATEWAY,
-            self.request_id,
-            &detail,
-            None,
-        ));
+        let _ = client
+            .respond(error_response(
+                StatusCode::BAD_GATEWAY,
+                self.request_id,
+                &detail,
+                None,
+            ))
+            .await;
         record.http_status = Some(StatusCode::BAD_GATEWAY.as_u16());
         record.error = Some(detail.clone());
         let stopped = instance.stop(self.gateway.stop_grace).await;
         self.finish(record, reason(detail), Some(stopped));
     }
 
-    fn start_failed(&self, mut record: Record, failure: StartFailure, reply: Reply) {
+    async fn start_failed(
+        &self,
+        mut record: Record,
+        failure: StartFailure,
+        client: &mut ClientConn,
+    ) {
         let message = failure.message();
         let reason = match &failure.kind {
             StartFailureKind::BootstrapMissing { .. }
@@ -257,12 +273,14 @@ impl Invocation {
             status = status.as_u16(),
             "instance failed to start: {message}"
         );
-        let _ = reply.send(error_response(
-            http,
-            self.request_id,
-            &message,
-            Some(status.as_u16()),
-        ));
+        let _ = client
+            .respond(error_response(
+                http,
+                self.request_id,
+                &message,
+                Some(status.as_u16()),
+            ))
+            .await;
         record.http_status = Some(http.as_u16());
         record.error = Some(message);
         record.instance_pid = failure.pid;
@@ -342,5 +360,5 @@ fn passthrough(resp: Response<Option<Vec<u8>>>) -> Response<Body> {
     parts.headers.remove(http::header::CONTENT_LENGTH);
     parts.headers.remove(http::header::TRANSFER_ENCODING);
     parts.headers.remove(http::header::CONNECTION);
-    Response::from_parts(parts, Full::new(Bytes::from(body.unwrap_or_default())))
+    Response::from_parts(parts, Bytes::from(body.unwrap_or_default()))
 }

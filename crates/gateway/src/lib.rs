@@ -13,6 +13,7 @@
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
 
+mod client;
 mod env;
 mod handshake;
 mod invocation;

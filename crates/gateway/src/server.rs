@@ -1,35 +1,25 @@
 //! Accepting TCP connections and answering their HTTP requests.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use scfsim_config::FunctionConfig;
+use scfsim_record::{EndReason, Invocation as Record};
+use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::client::{self, ClientConn, HEAD_DEADLINE};
 use crate::handshake::{check_upgrade, BadUpgrade};
 use crate::invocation::Invocation;
-use crate::limits::Refusal;
+use crate::limits::{Permit, Refusal};
 use crate::Gateway;
-use scfsim_record::{EndReason, Invocation as Record};
-use time::OffsetDateTime;
 
-/// A client has this long to send its complete upgrade request.
-const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// Bound on the request head (hyper answers 431 past it).
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-
-pub(crate) type Body = Full<Bytes>;
+pub(crate) type Body = Bytes;
 
 impl Gateway {
     /// Accepts connections on `listener` until the shutdown token is cancelled.
@@ -55,42 +45,56 @@ impl Gateway {
 
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let gateway = self.clone();
-        let service = service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-        });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(HANDSHAKE_DEADLINE)
-            .max_buf_size(MAX_HEAD_BYTES.max(8192));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = self.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        let read = tokio::time::timeout(HEAD_DEADLINE, ClientConn::read(stream));
+        let (client, req) = tokio::select! {
+            read = read => match read {
+                Ok(Ok(read)) => read,
+                Ok(Err((stream, error))) => return client::refuse(stream, error).await,
+                // A slow client (slowloris) costs one bounded wait and no instance.
+                Err(_) => return,
+            },
+            _ = self.shutdown.cancelled() => return,
+        };
+        match self.route(&req, peer) {
+            Err(resp) => {
+                let mut client = client;
+                let _ = client.respond(resp).await;
+            }
+            Ok((function, request_id, permit)) => {
+                let span = tracing::info_span!(
+                    "invocation",
+                    %request_id,
+                    function = %function.name,
+                    %peer,
+                    pid = tracing::field::Empty
+                );
+                let invocation = Invocation {
+                    gateway: self.clone(),
+                    function: function.clone(),
+                    request: req,
+                    peer,
+                    request_id,
+                    _permit: permit,
+                };
+                invocation.run(client).instrument(span).await;
             }
         }
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
+    /// Which function serves `req`, with its quota slot; or the answer that ends it here.
+    fn route(
+        &self,
+        req: &Request<()>,
         peer: SocketAddr,
-    ) -> Response<Body> {
-        let path = req.uri().path().to_string();
-        let Some(function) = self.config.route(&path) else {
-            return text(
+    ) -> Result<(&FunctionConfig, Uuid, Permit), Response<Body>> {
+        let path = req.uri().path();
+        let Some(function) = self.config.route(path) else {
+            return Err(text(
                 StatusCode::NOT_FOUND,
                 format!("There is no api match uri[{path}]"),
-            );
+            ));
         };
-        if let Err(bad) = check_upgrade(&req) {
+        if let Err(bad) = check_upgrade(req) {
             let mut resp = json_error(bad.status(), None, &bad.message());
             if matches!(bad, BadUpgrade::Version(_) | BadUpgrade::NotUpgrade) {
                 resp.headers_mut().insert(
@@ -98,41 +102,13 @@ impl Gateway {
                     HeaderValue::from_static("13"),
                 );
             }
-            return resp;
+            return Err(resp);
         }
         let request_id = Uuid::new_v4();
-        let permit = match self.quotas.acquire(&function.name) {
-            Ok(permit) => permit,
-            Err(refusal) => return self.refuse(refusal, function, request_id, peer, &req),
-        };
-        let span = tracing::info_span!(
-            "invocation",
-            %request_id,
-            function = %function.name,
-            %peer,
-            pid = tracing::field::Empty
-        );
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let (reply, response) = oneshot::channel();
-        // The invocation runs in its own task: if the client goes away while its instance
-        // starts, hyper drops this handler, but the invocation still ends and is recorded.
-        let invocation = Invocation {
-            gateway: self.clone(),
-            function: function.clone(),
-            request: req.map(|_| ()),
-            peer,
-            request_id,
-            _permit: permit,
-        };
-        self.tasks
-            .spawn(invocation.run(on_upgrade, reply).instrument(span));
-        response.await.unwrap_or_else(|_| {
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(request_id),
-                "scfsim is shutting down",
-            )
-        })
+        match self.quotas.acquire(&function.name) {
+            Ok(permit) => Ok((function, request_id, permit)),
+            Err(refusal) => Err(self.refuse(refusal, function, request_id, peer, req)),
+        }
     }
 }
 
@@ -141,7 +117,7 @@ impl Gateway {
     fn refuse<B>(
         &self,
         refusal: Refusal,
-        function: &scfsim_config::FunctionConfig,
+        function: &FunctionConfig,
         request_id: Uuid,
         peer: SocketAddr,
         req: &Request<B>,
@@ -178,7 +154,7 @@ impl Gateway {
 }
 
 pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Bytes::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -200,7 +176,7 @@ pub(crate) fn json_error(
 }
 
 pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(Bytes::from(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

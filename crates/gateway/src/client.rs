@@ -1,0 +1,198 @@
+//! The client's side before the upgrade: reading its request head, answering in HTTP, noticing
+//! that it left, and turning the socket into a WebSocket once the instance accepted.
+//!
+//! scfsim parses the head itself (with httparse) rather than through an HTTP server library
+//! because it must keep the raw socket: to watch for the client leaving while its instance
+//! starts (an HTTP server does not read while a request is in flight), to bound the head's
+//! size and time, and to hand the bare `TcpStream` to the WebSocket layer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+/// A client has this long to send its complete upgrade request.
+pub(crate) const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// Bound on the request head.
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 128;
+
+/// Why no request could be read.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// Over `MAX_HEAD_BYTES` or `MAX_HEADERS`: 431.
+    TooLarge,
+    /// Not HTTP/1.1: 400 with what was wrong.
+    Malformed(String),
+    /// The client closed or the socket failed before a complete head.
+    Gone,
+}
+
+/// A client connection whose request has been read and not yet answered.
+pub(crate) struct ClientConn {
+    stream: TcpStream,
+    /// Bytes the client sent after its head (frames sent before our 101).
+    leftover: Vec<u8>,
+}
+
+impl ClientConn {
+    /// Reads one request head. Bounded in size here and in time by the caller.
+    pub(crate) async fn read(
+        mut stream: TcpStream,
+    ) -> Result<(ClientConn, Request<()>), (TcpStream, HeadError)> {
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Err((stream, HeadError::Gone)),
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            match parse(&buf) {
+                Ok(Some((request, used))) => {
+                    let leftover = buf.split_off(used);
+                    return Ok((ClientConn { stream, leftover }, request));
+                }
+                Ok(None) if buf.len() > MAX_HEAD_BYTES => {
+                    return Err((stream, HeadError::TooLarge))
+                }
+                Ok(None) => {}
+                Err(err) => return Err((stream, err)),
+            }
+        }
+    }
+
+    /// Writes an HTTP response (a final one closes the connection).
+    pub(crate) async fn respond(&mut self, resp: Response<Bytes>) -> std::io::Result<()> {
+        write_response(&mut self.stream, resp).await
+    }
+
+    /// Resolves when the client has closed its side (or the socket failed). Data sent early by
+    /// the client is left unread for the WebSocket layer.
+    pub(crate) async fn gone(&self) {
+        let mut probe = [0u8; 1];
+        match self.stream.peek(&mut probe).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        }
+    }
+
+    /// After our 101 was written: the same socket as a WebSocket.
+    pub(crate) async fn into_websocket(
+        self,
+        config: WebSocketConfig,
+    ) -> WebSocketStream<TcpStream> {
+        WebSocketStream::from_partially_read(self.stream, self.leftover, Role::Server, Some(config))
+            .await
+    }
+}
+
+/// Answers a connection whose head could not be read, if there is anything to say.
+pub(crate) async fn refuse(mut stream: TcpStream, error: HeadError) {
+    let resp = match error {
+        HeadError::Gone => return,
+        HeadError::TooLarge => crate::server::text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head over {MAX_HEAD_BYTES} bytes"),
+        ),
+        HeadError::Malformed(why) => crate::server::text(StatusCode::BAD_REQUEST, why),
+    };
+    let _ = write_response(&mut stream, resp).await;
+}
+
+pub(crate) async fn write_response(
+    stream: &mut TcpStream,
+    resp: Response<Bytes>,
+) -> std::io::Result<()> {
+    let status = resp.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    let final_response = status != StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in resp.headers() {
+        if final_response
+            && (name == http::header::CONTENT_LENGTH || name == http::header::CONNECTION)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if final_response {
+        out.extend_from_slice(
+            format!(
+                "content-length: {}\r\nconnection: close\r\n",
+                resp.body().len()
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(resp.body());
+    stream.write_all(&out).await?;
+    if final_response {
+        let _ = stream.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A complete head, and how many bytes it took; `None` if more bytes are needed.
+fn parse(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let used = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(err) => {
+            return Err(HeadError::Malformed(format!(
+                "malformed HTTP request: {err}"
+            )))
+        }
+    };
+    let mut request = Request::builder()
+        .method(parsed.method.unwrap_or("GET"))
+        .uri(parsed.path.unwrap_or("/"))
+        .body(())
+        .map_err(|err| HeadError::Malformed(format!("malformed request line: {err}")))?;
+    for header in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| HeadError::Malformed(format!("bad header name {:?}", header.name)))?;
+        let value = HeaderValue::from_bytes(header.value)
+            .map_err(|_| HeadError::Malformed(format!("bad value of header {name}")))?;
+        request.headers_mut().append(name, value);
+    }
+    Ok(Some((request, used)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_complete_head_and_keeps_what_follows() {
+        let raw = b"GET /echo?x=1 HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\nX-Two: 2\r\n\r\n\x81\x00";
+        let (req, used) = parse(raw).unwrap().unwrap();
+        assert_eq!(req.uri(), "/echo?x=1");
+        assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(&raw[used..], b"\x81\x00");
+    }
+
+    #[test]
+    fn partial_and_malformed_heads() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        assert!(matches!(
+            parse(b"\x16\x03\x01 garbage\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+    }
+}
