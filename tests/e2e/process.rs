@@ -169,7 +169,7 @@ async fn sigterm_during_the_instances_handshake_answers_503_and_records_shutdown
         "{status}: {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
-    let (http, _, _) = scfsim_e2e::refused(pending.await.unwrap().err().expect("refused"));
+    let (http, _, _) = scfsim_e2e::refused(pending.await.unwrap().expect_err("refused"));
     assert_eq!(http, 503);
     let restarted = Scfsim::start_with(
         vec![],

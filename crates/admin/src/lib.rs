@@ -1,14 +1,21 @@
-//! The admin HTTP API: recorded invocations, their logs, live instances and the functions.
+//! The admin HTTP API: recorded invocations, their logs, live instances and the functions;
+//! plus what lets a person or a monitor watch them: an event stream (`/api/events`),
+//! Prometheus metrics (`/metrics`) and a dashboard page (`/`).
 //!
 //! Read-only over the record store and the gateway's live registry, except `DELETE
 //! /api/instances/{id}`, which asks the gateway to end one connection. It never starts or stops
 //! instances itself. Like the gateway it is handed a bound listener and a shutdown token.
 
+mod events;
+mod metrics;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use scfsim_config::{Config, FunctionConfig};
@@ -27,22 +34,58 @@ pub struct AdminState {
     pub live: Arc<LiveInstances>,
 }
 
+/// What the handlers share: the state plus the server's shutdown token, which ends the
+/// never-ending event streams so that a graceful shutdown does not wait for browsers.
+#[derive(Clone)]
+struct Ctx {
+    state: AdminState,
+    shutdown: CancellationToken,
+}
+
+impl FromRef<Ctx> for AdminState {
+    fn from_ref(ctx: &Ctx) -> AdminState {
+        ctx.state.clone()
+    }
+}
+
+/// The page served at `/`: one self-contained file (no build step, no CDN), so it works on a
+/// machine without network access.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The admin API. Its event streams end only when their client goes away; use
+/// [`router_with_shutdown`] to end them on shutdown.
 pub fn router(state: AdminState) -> Router {
+    router_with_shutdown(state, CancellationToken::new())
+}
+
+/// The admin API, whose event streams end when `shutdown` is cancelled.
+pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> Router {
     Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/events", get(events::events))
         .route("/api/functions", get(functions))
         .route("/api/instances", get(instances))
         .route("/api/instances/{id}", axum::routing::delete(end_instance))
         .route("/api/invocations", get(invocations))
         .route("/api/invocations/{request_id}", get(invocation))
         .route("/api/invocations/{request_id}/logs", get(logs))
+        // After the routes: it applies to the routes added so far.
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
-        .with_state(state)
+        .with_state(Ctx { state, shutdown })
 }
 
 /// Serves the admin API until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let result = axum::serve(listener, router(state))
+    let app = router_with_shutdown(state, shutdown.clone());
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     if let Err(err) = result {

@@ -21,6 +21,7 @@ mod limits;
 pub mod live;
 mod proxy;
 mod server;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use live::{LiveInstance, LiveInstanceView, LiveInstances, TrafficSnapshot};
+pub use tls::{Tls, TlsError};
 
 /// The account an instance believes it runs in (its `TENCENTCLOUD_*` variables and `X-Scf-*`
 /// headers).

@@ -58,7 +58,7 @@ impl Gateway {
         match self.route(&req, peer) {
             Err(resp) => {
                 let mut client = client;
-                let _ = client.respond(resp).await;
+                let _ = client.respond(*resp).await;
             }
             Ok((function, request_id, permit)) => {
                 let span = tracing::info_span!(
@@ -86,13 +86,13 @@ impl Gateway {
         &self,
         req: &Request<()>,
         peer: SocketAddr,
-    ) -> Result<(&FunctionConfig, Uuid, Permit), Response<Body>> {
+    ) -> Result<(&FunctionConfig, Uuid, Permit), Box<Response<Body>>> {
         let path = req.uri().path();
         let Some(function) = self.config.route(path) else {
-            return Err(text(
+            return Err(Box::new(text(
                 StatusCode::NOT_FOUND,
                 format!("There is no api match uri[{path}]"),
-            ));
+            )));
         };
         if let Err(bad) = check_upgrade(req) {
             let mut resp = json_error(bad.status(), None, &bad.message());
@@ -102,12 +102,14 @@ impl Gateway {
                     HeaderValue::from_static("13"),
                 );
             }
-            return Err(resp);
+            return Err(Box::new(resp));
         }
         let request_id = Uuid::new_v4();
         match self.quotas.acquire(&function.name) {
             Ok(permit) => Ok((function, request_id, permit)),
-            Err(refusal) => Err(self.refuse(refusal, function, request_id, peer, req)),
+            Err(refusal) => Err(Box::new(
+                self.refuse(refusal, function, request_id, peer, req),
+            )),
         }
     }
 }

@@ -15,6 +15,10 @@
 //! every start line without an end line is an invocation that was running when scfsim died: it
 //! is completed as `gateway_crashed` and that end line is appended, so the next open sees a
 //! complete record and does not complete it again.
+//!
+//! # Watching
+//! Every `begin` and `finish` is announced as a [`StoreEvent`] to [`RecordStore::subscribe`]rs,
+//! and every finished record (replayed, crash-completed or new) feeds [`StoreMetrics`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -24,10 +28,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::error::RecordError;
+use crate::events::StoreEvent;
 use crate::invocation::{Invocation, LogLine};
+use crate::metrics::StoreMetrics;
 use crate::outcome::EndReason;
 
 const JOURNAL_FILE: &str = "invocations.jsonl";
@@ -35,6 +42,9 @@ const LOGS_DIR: &str = "logs";
 /// How many records the in-memory index keeps; older ones stay in the journal only. Bounds the
 /// memory of a long-running scfsim (a record is well under 1 KB).
 const MEMORY_RETENTION: usize = 100_000;
+/// Events a subscriber may fall behind by before it loses the oldest ones. A watcher that lags
+/// this far (a stalled browser tab) skips ahead; writers never wait for it.
+const EVENT_CAPACITY: usize = 1024;
 
 /// What [`RecordStore::open`] found in the journal.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +98,16 @@ pub struct Logs {
 /// Two locks, never held together: `journal` serializes appends so lines never interleave, and
 /// `index` guards the query view. Neither is held across anything slower than one `write(2)`
 /// or an in-memory copy, so concurrent connection tasks only wait on each other's writes.
+/// Metrics are fed under the `index` lock as a record finishes (they have their own locks, and
+/// nothing takes them before `index`), so a record that queries can see is already counted.
+/// Events are sent after both, so whoever receives one can already query its record.
 pub struct RecordStore {
     journal_path: PathBuf,
     logs_dir: PathBuf,
     journal: Mutex<Journal>,
     index: Mutex<Index>,
+    metrics: StoreMetrics,
+    events: broadcast::Sender<StoreEvent>,
 }
 
 #[derive(Serialize)]
@@ -141,6 +156,8 @@ impl RecordStore {
         // journal order. Kept apart from the index so retention cannot make us forget one.
         let mut running: HashMap<Uuid, (usize, Invocation)> = HashMap::new();
         let mut ends_with_newline = true;
+        let metrics = StoreMetrics::default();
+        let mut counted = HashSet::new();
 
         let mut reader = BufReader::new(&file);
         let mut buf = Vec::new();
@@ -171,6 +188,11 @@ impl RecordStore {
                 Ok(EntryIn::End(inv)) => {
                     seen.insert(inv.request_id);
                     running.remove(&inv.request_id);
+                    // Counted at its first end only, as `finish` does; a second end line for
+                    // one id (a hand edit) replaces the record but is not counted twice.
+                    if counted.insert(inv.request_id) {
+                        metrics.observe(&inv);
+                    }
                     index.upsert(inv);
                 }
                 Err(error) => {
@@ -197,6 +219,9 @@ impl RecordStore {
                 needs_newline: !ends_with_newline,
             }),
             index: Mutex::new(index),
+            metrics,
+            // Nobody can subscribe before `open` returns, so the completions below send nothing.
+            events: broadcast::channel(EVENT_CAPACITY).0,
         };
 
         let mut crashed: Vec<_> = running.into_values().collect();
@@ -204,6 +229,7 @@ impl RecordStore {
         for (_, mut inv) in crashed {
             inv.finish(&EndReason::GatewayCrashed, opened_at);
             store.append(EntryOut::End(&inv), inv.request_id)?;
+            store.metrics.observe(&inv);
             lock(&store.index).upsert(inv);
             report.crashed_completed += 1;
         }
@@ -223,6 +249,7 @@ impl RecordStore {
         }
         self.append(EntryOut::Start(inv), inv.request_id)?;
         lock(&self.index).upsert(inv.clone());
+        self.announce(|| StoreEvent::Started(inv.clone()));
         Ok(())
     }
 
@@ -235,8 +262,45 @@ impl RecordStore {
             });
         }
         self.append(EntryOut::End(&inv), inv.request_id)?;
-        lock(&self.index).upsert(inv);
+        {
+            let mut index = lock(&self.index);
+            // Counted before it becomes queryable, under the index lock: whoever can read the
+            // record from `query`/`get` also finds it in the metrics. Same rule as at open: an
+            // invocation is counted at its first end.
+            if index
+                .get(inv.request_id)
+                .is_some_and(|old| !old.is_running())
+            {
+                let request_id = inv.request_id;
+                tracing::warn!(%request_id, "invocation finished twice; counted once");
+            } else {
+                self.metrics.observe(&inv);
+            }
+            index.upsert(inv.clone());
+        }
+        self.announce(|| StoreEvent::Ended(inv));
         Ok(())
+    }
+
+    /// Events for every later `begin` and `finish`: per invocation `Started` before `Ended`;
+    /// across concurrent invocations, in about the order their lines were written (events are
+    /// sent after the write, outside its lock). A receiver that falls more than 1024 events
+    /// behind gets `RecvError::Lagged` and continues with the oldest it still has.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    /// The Prometheus families fed by the stored records.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// Sends an event if anyone listens; the record is only cloned then.
+    fn announce(&self, event: impl FnOnce() -> StoreEvent) {
+        if self.events.receiver_count() > 0 {
+            // Err only if every receiver was dropped since the check: nobody to tell.
+            let _ = self.events.send(event());
+        }
     }
 
     pub fn get(&self, id: Uuid) -> Option<Invocation> {
@@ -435,6 +499,95 @@ mod tests {
         let mut inv = Invocation::begin(Uuid::new_v4(), "f", start);
         inv.finish(&EndReason::ClientDropped, start);
         inv
+    }
+
+    /// The `scfsim_invocations_total` lines of the store's metrics, sorted.
+    fn invocation_counts(store: &RecordStore) -> Vec<String> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        store.metrics().register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        let mut lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("scfsim_invocations_total{"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn subscribers_see_started_then_ended_after_the_record_is_queryable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = RecordStore::open(dir.path()).unwrap();
+        let t0 = datetime!(2024-01-01 00:00:00 UTC);
+        let mut inv = Invocation::begin(Uuid::new_v4(), "f", t0);
+        // Nobody listens yet: nothing is queued for later subscribers.
+        store.finish(done(t0)).unwrap();
+        let mut rx = store.subscribe();
+
+        store.begin(&inv).unwrap();
+        inv.finish(&EndReason::ClientDropped, t0);
+        store.finish(inv.clone()).unwrap();
+
+        let started = rx.try_recv().unwrap();
+        assert_eq!(started.name(), "started");
+        assert!(started.invocation().is_running());
+        assert_eq!(rx.try_recv().unwrap(), StoreEvent::Ended(inv.clone()));
+        assert!(rx.try_recv().is_err(), "exactly two events");
+        assert_eq!(store.get(inv.request_id), Some(inv));
+    }
+
+    #[test]
+    fn a_lagging_subscriber_skips_ahead_and_writers_never_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = RecordStore::open(dir.path()).unwrap();
+        let mut rx = store.subscribe();
+        let t0 = datetime!(2024-01-01 00:00:00 UTC);
+        for _ in 0..EVENT_CAPACITY + 10 {
+            store.finish(done(t0)).unwrap();
+        }
+        assert_eq!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(10))
+        );
+        assert!(matches!(rx.try_recv(), Ok(StoreEvent::Ended(_))));
+    }
+
+    #[test]
+    fn metrics_count_replayed_crashed_and_new_records_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = datetime!(2024-01-01 00:00:00 UTC);
+        let (store, _) = RecordStore::open(dir.path()).unwrap();
+        let ok = done(t0);
+        store.finish(ok.clone()).unwrap();
+        // A second finish of the same id replaces the record but is not counted again.
+        store.finish(ok).unwrap();
+        store
+            .begin(&Invocation::begin(Uuid::new_v4(), "f", t0))
+            .unwrap();
+        assert_eq!(
+            invocation_counts(&store),
+            [
+                r#"scfsim_invocations_total{function="f",status_code="456",end_reason="client_dropped"} 1"#
+            ]
+        );
+        drop(store); // with one invocation still running: a crash
+
+        let (store, report) = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(report.crashed_completed, 1);
+        let expected = [
+            r#"scfsim_invocations_total{function="f",status_code="456",end_reason="client_dropped"} 1"#,
+            r#"scfsim_invocations_total{function="f",status_code="500",end_reason="gateway_crashed"} 1"#,
+        ];
+        assert_eq!(invocation_counts(&store), expected);
+        drop(store);
+
+        // The crash completion is now an ordinary end line: counted once, not completed again.
+        let (store, report) = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(report.crashed_completed, 0);
+        assert_eq!(invocation_counts(&store), expected);
+        assert_eq!(store.query(&Query::default()).len(), 2);
     }
 
     #[test]

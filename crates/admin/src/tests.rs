@@ -1,0 +1,330 @@
+//! The admin API in process: a real store in a temporary directory, requests through the
+//! router without a socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use scfsim_gateway::LiveInstances;
+use scfsim_record::{EndReason, Invocation, Query, RecordStore};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use crate::{router_with_shutdown, AdminState};
+
+/// Bound on a wait that only a bug makes long.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<RecordStore>,
+    app: Router,
+    shutdown: CancellationToken,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("code")).unwrap();
+    let config = scfsim_config::parse(
+        "[[functions]]\nname = \"echo\"\npath = \"/echo\"\ncode_dir = \"code\"\n\
+         [[functions]]\nname = \"idle\"\npath = \"/idle\"\ncode_dir = \"code\"\n",
+        dir.path(),
+        &dir.path().join("scfsim.toml"),
+    )
+    .unwrap();
+    let (store, _) = RecordStore::open(&dir.path().join("data")).unwrap();
+    let store = Arc::new(store);
+    let shutdown = CancellationToken::new();
+    let app = router_with_shutdown(
+        AdminState {
+            config: Arc::new(config),
+            store: store.clone(),
+            live: Arc::new(LiveInstances::default()),
+        },
+        shutdown.clone(),
+    );
+    Fixture {
+        _dir: dir,
+        store,
+        app,
+        shutdown,
+    }
+}
+
+fn finished(function: &str, reason: EndReason, messages: (u64, u64)) -> Invocation {
+    let now = OffsetDateTime::now_utc();
+    let mut inv = Invocation::begin(Uuid::new_v4(), function, now);
+    (inv.messages_in, inv.messages_out) = messages;
+    (inv.bytes_in, inv.bytes_out) = (messages.0 * 10, messages.1 * 10);
+    inv.startup_ms = Some(12);
+    inv.finish(&reason, now + time::Duration::milliseconds(250));
+    inv
+}
+
+async fn send(app: &Router, method: &str, uri: &str) -> axum::response::Response {
+    app.clone()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+async fn body_text(resp: axum::response::Response) -> String {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn close(code: u16) -> EndReason {
+    EndReason::ClientClosed {
+        code: Some(code),
+        reason: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_match_the_records() {
+    let f = fixture();
+    for inv in [
+        finished("echo", close(1000), (3, 3)),
+        finished("echo", close(1000), (1, 1)),
+        finished("echo", close(4000), (0, 2)),
+        finished(
+            "echo",
+            EndReason::IdleTimeout {
+                after: Duration::from_secs(1),
+            },
+            (1, 0),
+        ),
+        finished(
+            "idle",
+            EndReason::BootstrapExited {
+                detail: "exit 3".into(),
+            },
+            (0, 0),
+        ),
+    ] {
+        f.store.finish(inv).unwrap();
+    }
+
+    let resp = send(&f.app, "GET", "/metrics").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = body_text(resp).await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("unparsable metrics: {e}\n{text}"));
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: not a single value: {other:?}"),
+            })
+    };
+
+    // Every (function, status_code, end_reason) the records list, counted exactly.
+    let records = f.store.query(&Query::default());
+    let mut expected: HashMap<(String, String, String), f64> = HashMap::new();
+    for r in &records {
+        let key = (
+            r.function.clone(),
+            r.status_code.unwrap().to_string(),
+            r.end_reason.clone().unwrap(),
+        );
+        *expected.entry(key).or_default() += 1.0;
+    }
+    let counted: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "scfsim_invocations_total")
+        .collect();
+    assert_eq!(counted.len(), expected.len(), "{text}");
+    for ((function, status, reason), n) in &expected {
+        let labels = [
+            ("function", function.as_str()),
+            ("status_code", status.as_str()),
+            ("end_reason", reason.as_str()),
+        ];
+        assert_eq!(
+            value("scfsim_invocations_total", &labels),
+            Some(*n),
+            "{labels:?}\n{text}"
+        );
+    }
+
+    let echo = |dir| [("function", "echo"), ("direction", dir)];
+    let sum = |get: fn(&Invocation) -> u64| -> f64 {
+        records
+            .iter()
+            .filter(|r| r.function == "echo")
+            .map(get)
+            .sum::<u64>() as f64
+    };
+    assert_eq!(
+        value("scfsim_messages_total", &echo("in")),
+        Some(sum(|r| r.messages_in))
+    );
+    assert_eq!(
+        value("scfsim_messages_total", &echo("out")),
+        Some(sum(|r| r.messages_out))
+    );
+    assert_eq!(
+        value("scfsim_bytes_total", &echo("out")),
+        Some(sum(|r| r.bytes_out))
+    );
+    assert_eq!(
+        value(
+            "scfsim_limit_closes_total",
+            &[("function", "echo"), ("reason", "idle_timeout")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "scfsim_start_failures_total",
+            &[("function", "idle"), ("status_code", "405")]
+        ),
+        Some(1.0)
+    );
+    // Gauges list every configured function, at 0 with nothing live.
+    for function in ["echo", "idle"] {
+        for gauge in ["scfsim_live_connections", "scfsim_live_instances"] {
+            assert_eq!(
+                value(gauge, &[("function", function)]),
+                Some(0.0),
+                "{gauge}"
+            );
+        }
+    }
+    // Histograms: one observation per finished record.
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "scfsim_invocation_duration_seconds"
+                && s.labels.get("function") == Some("echo")
+        })
+        .expect("duration histogram");
+    match &histogram.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
+            assert_eq!(inf.count, 4.0);
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    assert!(text.contains("# TYPE scfsim_instance_startup_seconds histogram"));
+}
+
+/// Reads the next server-sent event from `body`: (name, JSON data).
+async fn next_sse(body: &mut Body, pending: &mut String) -> (String, Value) {
+    loop {
+        if let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            if name.is_empty() {
+                continue; // a keep-alive comment
+            }
+            return (name, serde_json::from_str(&data).unwrap());
+        }
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("an event within patience")
+            .expect("stream still open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            pending.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_stream_started_then_ended_and_end_at_shutdown() {
+    let f = fixture();
+    let resp = send(&f.app, "GET", "/api/events").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut pending = String::new();
+
+    let now = OffsetDateTime::now_utc();
+    let mut inv = Invocation::begin(Uuid::new_v4(), "echo", now);
+    f.store.begin(&inv).unwrap();
+    inv.finish(&close(1000), now);
+    f.store.finish(inv.clone()).unwrap();
+
+    let (name, data) = next_sse(&mut body, &mut pending).await;
+    assert_eq!(name, "started");
+    assert_eq!(data["request_id"], inv.request_id.to_string());
+    assert!(data["status_code"].is_null());
+    let (name, data) = next_sse(&mut body, &mut pending).await;
+    assert_eq!(name, "ended");
+    assert_eq!(data, serde_json::to_value(&inv).unwrap());
+
+    // Shutdown ends the stream, so a graceful shutdown does not wait for watchers.
+    f.shutdown.cancel();
+    let end = tokio::time::timeout(PATIENCE, async {
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+    });
+    end.await.expect("the stream ended at shutdown");
+}
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page() {
+    let f = fixture();
+    let resp = send(&f.app, "GET", "/").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = body_text(resp).await;
+    assert!(html.contains("new EventSource(\"/api/events\")"));
+    // No external resources: the network may be closed where scfsim runs.
+    for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(!html.contains(external), "{external}");
+    }
+}
+
+#[tokio::test]
+async fn errors_are_json_including_a_wrong_method() {
+    let f = fixture();
+    for (method, uri, status) in [
+        ("POST", "/metrics", StatusCode::METHOD_NOT_ALLOWED),
+        ("DELETE", "/api/events", StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/nope", StatusCode::NOT_FOUND),
+        ("GET", "/api/invocations/xyz", StatusCode::BAD_REQUEST),
+    ] {
+        let resp = send(&f.app, method, uri).await;
+        assert_eq!(resp.status(), status, "{method} {uri}");
+        let body: Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert!(body["error"].is_string(), "{method} {uri}: {body}");
+    }
+}

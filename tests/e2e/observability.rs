@@ -1,0 +1,798 @@
+//! Watching scfsim as users do: the `/api/events` stream over a raw HTTP connection,
+//! `/metrics` checked line by line against the Prometheus text format and against what
+//! `/api/invocations` lists, and the dashboard at `/` in a real headless Chromium driven over
+//! the DevTools protocol. Waits are bounded polls; nothing asserts on time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use scfsim_e2e::{json, Function, Scfsim, PATIENCE};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+// ---------------------------------------------------------------------------------------------
+// /api/events
+
+/// A raw `GET /api/events`: parses the chunked body and the event stream by hand, so the test
+/// sees exactly the bytes a browser's EventSource would.
+struct EventStream {
+    stream: TcpStream,
+    /// Bytes read from the socket and not yet decoded from chunked encoding.
+    raw: Vec<u8>,
+    /// Decoded body text not yet split into events.
+    text: String,
+}
+
+impl EventStream {
+    async fn open(admin: &str) -> EventStream {
+        let mut stream = TcpStream::connect(admin.trim_start_matches("http://"))
+            .await
+            .expect("connect to the admin API");
+        stream
+            .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .await
+            .expect("send request");
+        let mut es = EventStream {
+            stream,
+            raw: Vec::new(),
+            text: String::new(),
+        };
+        // The head arrives once the server has subscribed: nothing after it can be missed.
+        let head = loop {
+            if let Some(end) = find(&es.raw, b"\r\n\r\n") {
+                let head: Vec<u8> = es.raw.drain(..end + 4).collect();
+                break String::from_utf8(head)
+                    .expect("ASCII head")
+                    .to_ascii_lowercase();
+            }
+            es.fill().await;
+        };
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        es
+    }
+
+    async fn fill(&mut self) {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut buf))
+            .await
+            .expect("event stream data within patience")
+            .expect("read event stream");
+        assert!(n > 0, "the event stream ended");
+        self.raw.extend_from_slice(&buf[..n]);
+    }
+
+    /// Decodes one chunk of the body into `text`.
+    async fn read_chunk(&mut self) {
+        let line_end = loop {
+            if let Some(i) = find(&self.raw, b"\r\n") {
+                break i;
+            }
+            self.fill().await;
+        };
+        let size_line = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+        assert!(size > 0, "the event stream ended");
+        while self.raw.len() < line_end + 2 + size + 2 {
+            self.fill().await;
+        }
+        let chunk: Vec<u8> = self.raw.drain(..line_end + 2 + size + 2).collect();
+        assert_eq!(&chunk[line_end + 2 + size..], b"\r\n", "chunk framing");
+        self.text
+            .push_str(std::str::from_utf8(&chunk[line_end + 2..line_end + 2 + size]).unwrap());
+    }
+
+    /// The next named event: (name, JSON data). Comments (keep-alives) are skipped.
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    } else {
+                        // The block's own ending, or a comment (the keep-alive).
+                        assert!(
+                            line.is_empty() || line.starts_with(':'),
+                            "unexpected SSE line {line:?}"
+                        );
+                    }
+                }
+                if name.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("event {name}: data is not JSON ({e}): {data}"));
+                return (name, data);
+            }
+            self.read_chunk().await;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test]
+async fn api_events_streams_a_started_then_an_ended_event_per_connection() {
+    let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
+    let mut events = EventStream::open(&scfsim.admin).await;
+
+    let mut client = scfsim.connect("/echo").await;
+    let (name, started) = events.next().await;
+    assert_eq!(name, "started");
+    assert_eq!(started["request_id"], client.request_id.as_str());
+    assert_eq!(started["function"], "echo");
+    assert!(started["status_code"].is_null(), "{started:#}");
+
+    client.send_text("hello").await;
+    client.expect_text("hello").await;
+    client.close(1000, "").await;
+    let (name, ended) = events.next().await;
+    assert_eq!(name, "ended");
+    assert_eq!(ended["request_id"], client.request_id.as_str());
+    assert_eq!(ended["status_code"], 200, "{ended:#}");
+    assert_eq!(ended["end_reason"], "client_closed");
+    assert_eq!(ended["messages_in"], 1);
+    // The event carries the record exactly as the API serves it.
+    let record = scfsim
+        .get(&format!("/api/invocations/{}", client.request_id))
+        .await;
+    assert_eq!(ended, record);
+}
+
+// ---------------------------------------------------------------------------------------------
+// /metrics
+
+/// One sample line: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the Prometheus text format (0.0.4) strictly: every line is a `# HELP`, a `# TYPE`
+/// or a sample; every sample belongs to the family its `# TYPE` declared before it (with
+/// `_bucket`, `_sum` and `_count` for histograms); a family is declared once; histogram
+/// buckets end with `le="+Inf"` equal to `_count`. Panics with the line on any violation.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, tail) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or_else(|| panic!("bad comment {line:?}"));
+            assert!(valid_name(name), "bad metric name in {line:?}");
+            match kind {
+                Some("HELP") => {}
+                Some("TYPE") => {
+                    let typ = tail.unwrap_or_else(|| panic!("no type in {line:?}"));
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&typ),
+                        "{line:?}"
+                    );
+                    assert!(
+                        types.insert(name.to_owned(), typ.to_owned()).is_none(),
+                        "family declared twice: {line:?}"
+                    );
+                }
+                _ => panic!("unexpected comment {line:?}"),
+            }
+            continue;
+        }
+        let sample = parse_sample(line);
+        let family_ok = types.get(&sample.name).is_some_and(|t| t != "histogram")
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                sample
+                    .name
+                    .strip_suffix(suffix)
+                    .and_then(|family| types.get(family))
+                    .is_some_and(|t| t == "histogram")
+            });
+        assert!(family_ok, "sample outside a declared family: {line:?}");
+        samples.push(sample);
+    }
+    for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
+        for count in samples
+            .iter()
+            .filter(|s| s.name == format!("{family}_count"))
+        {
+            let inf = samples
+                .iter()
+                .find(|s| {
+                    s.name == format!("{family}_bucket")
+                        && s.labels.get("le").map(String::as_str) == Some("+Inf")
+                        && s.labels
+                            .iter()
+                            .filter(|(k, _)| *k != "le")
+                            .eq(count.labels.iter())
+                })
+                .unwrap_or_else(|| panic!("{family}: no +Inf bucket for {:?}", count.labels));
+            assert_eq!(inf.value, count.value, "{family}: +Inf bucket != count");
+        }
+    }
+    samples
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let bad = || -> ! { panic!("not a sample line: {line:?}") };
+    let name_end = line.find(['{', ' ']).unwrap_or_else(|| bad());
+    let name = &line[..name_end];
+    if !valid_name(name) {
+        bad();
+    }
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let eq = inner.find("=\"").unwrap_or_else(|| bad());
+            let key = &inner[..eq];
+            if !valid_name(key) || key.contains(':') {
+                bad();
+            }
+            let mut value = String::new();
+            let mut chars = inner[eq + 2..].char_indices();
+            let close = loop {
+                match chars.next() {
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, '\\')) => value.push('\\'),
+                        Some((_, '"')) => value.push('"'),
+                        Some((_, 'n')) => value.push('\n'),
+                        _ => bad(),
+                    },
+                    Some((i, '"')) => break eq + 2 + i,
+                    Some((_, c)) => value.push(c),
+                    None => bad(),
+                }
+            };
+            assert!(labels.insert(key.to_owned(), value).is_none(), "{line:?}");
+            inner = &inner[close + 1..];
+            inner = inner.strip_prefix(',').unwrap_or(inner);
+        }
+    }
+    let mut fields = rest.strip_prefix(' ').unwrap_or_else(|| bad()).split(' ');
+    let value = match fields.next().unwrap_or_else(|| bad()) {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().unwrap_or_else(|_| bad()),
+    };
+    if let Some(ts) = fields.next() {
+        ts.parse::<i64>().unwrap_or_else(|_| bad());
+    }
+    if fields.next().is_some() {
+        bad();
+    }
+    Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    }
+}
+
+async fn scrape(scfsim: &Scfsim) -> Vec<Sample> {
+    let (status, body) = scfsim.get_status("/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    parse_exposition(&body)
+}
+
+/// The value of the sample `name` with exactly these labels (0 if absent, as Prometheus
+/// treats a counter that was never incremented).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels == want)
+        .map_or(0.0, |s| s.value)
+}
+
+/// Polls `/metrics` until `check` holds (the live gauges follow the gateway's registry, which
+/// drops a connection just after its record is written).
+async fn scrape_until(scfsim: &Scfsim, what: &str, check: impl Fn(&[Sample]) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if check(&scrape(scfsim).await) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/metrics never showed {what}:\n{}",
+            scfsim.get_status("/metrics").await.1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_valid_prometheus_text_and_count_what_api_invocations_lists() {
+    let scfsim = Scfsim::start(vec![
+        Function::fixture("echo", &["echo"]),
+        Function::script("broken", "exit 3"),
+    ])
+    .await;
+
+    // A live connection shows in both gauges, only for its function.
+    let mut first = scfsim.connect("/echo").await;
+    let live = |n: f64| {
+        move |s: &[Sample]| {
+            value(s, "scfsim_live_connections", &[("function", "echo")]) == n
+                && value(s, "scfsim_live_instances", &[("function", "echo")]) == n
+                && value(s, "scfsim_live_instances", &[("function", "broken")]) == 0.0
+        }
+    };
+    scrape_until(&scfsim, "one live echo connection", live(1.0)).await;
+
+    first.send_text("one").await;
+    first.expect_text("one").await;
+    first.send_binary(vec![1, 2, 3]).await;
+    first.expect_binary(&[1, 2, 3]).await;
+    first.close(1000, "").await;
+    scfsim.record(&first.request_id).await;
+
+    let mut second = scfsim.connect("/echo").await;
+    second.send_text("two").await;
+    second.expect_text("two").await;
+    second.close(4000, "done").await;
+    assert_eq!(scfsim.record(&second.request_id).await["status_code"], 456);
+
+    // The broken bootstrap exits before listening: a start failure, no 101.
+    assert!(scfsim.connect_with("/broken", &[]).await.is_err());
+    let broken = scfsim.last_record("broken").await;
+    let broken_status = broken["status_code"].as_u64().unwrap().to_string();
+    assert!(
+        ["405", "445", "446"].contains(&broken_status.as_str()),
+        "{broken:#}"
+    );
+    scrape_until(&scfsim, "no live connection", live(0.0)).await;
+
+    let records = scfsim.get("/api/invocations").await;
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 3);
+    let samples = scrape(&scfsim).await;
+
+    // scfsim_invocations_total: one series per (function, status_code, end_reason) listed,
+    // each equal to the number of records listed with it.
+    let mut listed: HashMap<(String, String, String), f64> = HashMap::new();
+    for r in records {
+        let key = (
+            r["function"].as_str().unwrap().to_owned(),
+            r["status_code"].to_string(),
+            r["end_reason"].as_str().unwrap().to_owned(),
+        );
+        *listed.entry(key).or_default() += 1.0;
+    }
+    let series: Vec<_> = samples
+        .iter()
+        .filter(|s| s.name == "scfsim_invocations_total")
+        .collect();
+    assert_eq!(series.len(), listed.len(), "{series:#?}");
+    for ((function, status, reason), n) in &listed {
+        let labels = [
+            ("function", function.as_str()),
+            ("status_code", status.as_str()),
+            ("end_reason", reason.as_str()),
+        ];
+        assert_eq!(
+            value(&samples, "scfsim_invocations_total", &labels),
+            *n,
+            "{labels:?}"
+        );
+    }
+
+    // Traffic counters are the sums of the records' fields.
+    let sum = |function: &str, field: &str| -> f64 {
+        records
+            .iter()
+            .filter(|r| r["function"] == function)
+            .map(|r| r[field].as_f64().unwrap())
+            .sum()
+    };
+    for function in ["echo", "broken"] {
+        for (direction, messages, bytes) in [
+            ("in", "messages_in", "bytes_in"),
+            ("out", "messages_out", "bytes_out"),
+        ] {
+            let labels = [("function", function), ("direction", direction)];
+            assert_eq!(
+                value(&samples, "scfsim_messages_total", &labels),
+                sum(function, messages),
+                "{labels:?}"
+            );
+            assert_eq!(
+                value(&samples, "scfsim_bytes_total", &labels),
+                sum(function, bytes),
+                "{labels:?}"
+            );
+        }
+        assert_eq!(
+            value(
+                &samples,
+                "scfsim_invocation_duration_seconds_count",
+                &[("function", function)]
+            ),
+            records.iter().filter(|r| r["function"] == function).count() as f64,
+            "one duration per record of {function}"
+        );
+    }
+    assert_eq!(sum("echo", "messages_in"), 3.0);
+    assert_eq!(
+        value(
+            &samples,
+            "scfsim_instance_startup_seconds_count",
+            &[("function", "echo")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "scfsim_start_failures_total",
+            &[("function", "broken"), ("status_code", &broken_status)]
+        ),
+        1.0
+    );
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name == "scfsim_limit_closes_total"),
+        "no limit closed anything"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dashboard in headless Chromium
+
+/// The first Chromium on `PATH`.
+fn find_chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).find_map(|dir| {
+        [
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+    })
+}
+
+/// A headless Chromium driven over the DevTools protocol (a WebSocket of JSON commands), with
+/// one page attached. Killed when dropped.
+struct Browser {
+    child: Option<Child>,
+    cdp: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    session: Option<String>,
+    /// Chromium's profile and log; removed after `drop` has stopped Chromium.
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch(bin: &Path) -> Browser {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let log = std::fs::File::create(profile.path().join("chromium.log")).expect("log file");
+        let child = Command::new(bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--window-size=1280,900",
+                // Port 0: Chromium picks a free port and writes it to DevToolsActivePort.
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn chromium");
+        let mut browser_child = Some(child);
+        let active_port = profile.path().join("DevToolsActivePort");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let url = loop {
+            // "PORT\n/devtools/browser/<uuid>"; read until both lines are there.
+            let text = std::fs::read_to_string(&active_port).unwrap_or_default();
+            let mut lines = text.lines();
+            if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                if path.len() >= "/devtools/browser/".len() + 36 {
+                    break format!("ws://127.0.0.1:{port}{path}");
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                if let Some(mut c) = browser_child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                panic!(
+                    "chromium did not open its DevTools port; its log:\n{}",
+                    std::fs::read_to_string(profile.path().join("chromium.log"))
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (cdp, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(&url))
+            .await
+            .expect("DevTools handshake within patience")
+            .expect("connect to DevTools");
+        Browser {
+            child: browser_child,
+            cdp,
+            next_id: 0,
+            session: None,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one command (to the page once attached) and returns its result; events that
+    /// arrive meanwhile are ignored.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            command["sessionId"] = json!(session);
+        }
+        self.cdp
+            .send(Message::text(command.to_string()))
+            .await
+            .expect("send DevTools command");
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.cdp.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method} within patience"))
+                .expect("DevTools connection open")
+                .expect("DevTools message");
+            let Message::Text(text) = msg else { continue };
+            let reply: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
+            if reply["id"] == id {
+                if !reply["error"].is_null() {
+                    panic!("{method} failed: {}", reply["error"]);
+                }
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Opens `url` in a new page and attaches to it.
+    async fn open(&mut self, url: &str) {
+        let target = self
+            .call("Target.createTarget", json!({ "url": url }))
+            .await;
+        let attached = self
+            .call(
+                "Target.attachToTarget",
+                json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await;
+        self.session = Some(attached["sessionId"].as_str().expect("session").to_owned());
+    }
+
+    /// The value of a JavaScript expression in the page (JSON-serializable values only).
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true }),
+            )
+            .await;
+        if !result["exceptionDetails"].is_null() {
+            panic!("{expression} threw: {:#}", result["exceptionDetails"]);
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// Evaluates `expression` until `check` accepts its value (the page updates itself
+    /// asynchronously); returns that value.
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        expression: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let value = self.eval(expression).await;
+            if check(&value) {
+                return value;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let page = self.eval("document.body.innerText").await;
+                panic!("the dashboard never showed {what}; last value {value}\npage:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Saves `<name>.png` of the page into the directory `SCFSIM_DASHBOARD_SCREENSHOTS`
+    /// names, if set: a way for a person to look at the dashboard, not an assertion.
+    async fn screenshot_if_asked(&mut self, name: &str) {
+        let Some(dir) = std::env::var_os("SCFSIM_DASHBOARD_SCREENSHOTS") else {
+            return;
+        };
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
+        std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).expect("write screenshot");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM lets Chromium take its helper processes down with it.
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Standard base64 (for the screenshot only; the test crate has no base64 dependency).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let digit = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a') as u32 + 26,
+            b'0'..=b'9' => (c - b'0') as u32 + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | digit(c) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_a_live_connection_then_its_finished_invocation_in_chromium() {
+    let Some(chromium) = find_chromium() else {
+        println!("SKIPPED: chromium not installed (apt-get install chromium)");
+        return;
+    };
+    let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
+    let mut client = scfsim.connect("/echo").await;
+    client.send_text("hello").await;
+    client.expect_text("hello").await;
+    let id = client.request_id.clone();
+
+    let mut browser = Browser::launch(&chromium).await;
+    browser.open(&format!("{}/", scfsim.admin)).await;
+
+    // The live table lists the connection, with its function and pid.
+    let live_row = format!(
+        r#"(() => {{
+            const row = document.querySelector('#live tr.live-row[data-request-id="{id}"]');
+            return row ? row.innerText : null;
+        }})()"#
+    );
+    let text = browser
+        .wait_for("the live connection", &live_row, |v| v.is_string())
+        .await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains(&id) && text.contains("echo"), "{text}");
+    let live_record = scfsim.get("/api/instances").await;
+    let pid = live_record[0]["pid"].to_string();
+    assert!(text.contains(&pid), "pid {pid} not in {text}");
+
+    // The event stream is open, so what follows reaches the page without a reload.
+    browser
+        .wait_for(
+            "the event stream connected",
+            "document.getElementById('stream-text').textContent",
+            |v| v == "live",
+        )
+        .await;
+    browser.screenshot_if_asked("live").await;
+
+    client.close(1000, "").await;
+    assert_eq!(scfsim.record(&id).await["status_code"], 200);
+
+    let finished_row = format!(
+        r#"(() => {{
+            const row = document.querySelector('#invocations tr.invocation-row[data-request-id="{id}"]');
+            if (!row) return null;
+            return {{
+                status: row.dataset.status,
+                statusClass: row.querySelector('td.status').className,
+                text: row.innerText,
+                stillLive: !!document.querySelector('#live tr[data-request-id="{id}"]'),
+            }};
+        }})()"#
+    );
+    let row = browser
+        .wait_for("the finished invocation", &finished_row, |v| {
+            v["status"] == "200" && v["stillLive"] == false
+        })
+        .await;
+    assert!(
+        row["statusClass"].as_str().unwrap().contains("s2xx"),
+        "{row}"
+    );
+    let text = row["text"].as_str().unwrap();
+    assert!(
+        text.contains("200") && text.contains("client_closed"),
+        "{text}"
+    );
+    browser.screenshot_if_asked("finished").await;
+
+    // A row opens its record and its logs.
+    browser
+        .eval(&format!(
+            r#"document.querySelector('#invocations tr[data-request-id="{id}"]').click()"#
+        ))
+        .await;
+    let detail = browser
+        .wait_for(
+            "the opened record",
+            "document.getElementById('detail-record').textContent",
+            |v| {
+                v.as_str()
+                    .is_some_and(|t| t.contains("\"status_code\": 200"))
+            },
+        )
+        .await;
+    assert!(detail.as_str().unwrap().contains(&id));
+    let links = browser
+        .eval(
+            "[document.getElementById('detail-record-link').getAttribute('href'), \
+             document.getElementById('detail-logs-link').getAttribute('href')]",
+        )
+        .await;
+    assert_eq!(
+        links,
+        json!([
+            format!("/api/invocations/{id}"),
+            format!("/api/invocations/{id}/logs")
+        ])
+    );
+    browser.screenshot_if_asked("opened").await;
+}
