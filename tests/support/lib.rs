@@ -135,6 +135,8 @@ fn shell_quote(s: &str) -> String {
 pub struct Scfsim {
     child: Option<Child>,
     pub ws: String,
+    /// `wss://IP:PORT` when started with `Options::tls`.
+    pub wss: Option<String>,
     pub admin: String,
     pub dir: PathBuf,
     _tmp: Option<TempDir>,
@@ -152,6 +154,8 @@ pub struct Options {
     pub gateway: Vec<(String, String)>,
     /// Raw TOML appended to the config, e.g. a `[runtimes]` table.
     pub extra_toml: String,
+    /// Also serve wss:// on a free port (`Scfsim::wss`).
+    pub tls: bool,
 }
 
 impl Scfsim {
@@ -179,6 +183,11 @@ impl Scfsim {
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .args(if options.tls {
+                &["--tls-listen", "127.0.0.1:0"][..]
+            } else {
+                &[][..]
+            })
             .env("RUST_LOG", "info,scfsim_gateway=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -218,9 +227,14 @@ impl Scfsim {
         };
         let ws = format!("ws://{}", addr("listening ws://"));
         let admin = format!("http://{}", addr("listening admin http://"));
+        let wss = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("listening wss://"))
+            .map(|a| format!("wss://{a}"));
         Scfsim {
             child: Some(child),
             ws,
+            wss,
             admin,
             dir,
             _tmp: tmp,

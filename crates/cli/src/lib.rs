@@ -36,15 +36,17 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Isolation(#[from] scfsim_pool::PoolError),
-    #[error("wss:// (tls_listen) is not supported yet; remove tls_listen from the config or the --tls-listen flag")]
-    TlsUnsupported,
+    #[error(transparent)]
+    Tls(#[from] scfsim_gateway::TlsError),
 }
 
 /// A running scfsim: its bound addresses and the handle to stop it.
 pub struct Server {
     pub ws_addr: SocketAddr,
+    /// The wss:// listener, if configured.
+    pub wss_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
-    /// What isolation and limits are in force, for the startup log.
+    /// What isolation, limits and TLS are in force, for the startup log.
     pub isolation: Vec<String>,
     pub store: Arc<RecordStore>,
     pub gateway: Arc<Gateway>,
@@ -55,9 +57,6 @@ pub struct Server {
 impl Server {
     /// Binds every listener, opens the record store and starts serving.
     pub async fn start(config: Config, isolation: IsolationRequest) -> Result<Server, ServeError> {
-        if config.gateway.tls_listen.is_some() {
-            return Err(ServeError::TlsUnsupported);
-        }
         let data_dir = config.gateway.data_dir.clone();
         let (store, report) = RecordStore::open(&data_dir).map_err(|source| ServeError::Store {
             dir: data_dir.clone(),
@@ -74,6 +73,7 @@ impl Server {
             );
         }
         let store = Arc::new(store);
+        let mut isolation_notes = Vec::new();
         let launcher = Arc::new(Launcher::new(LauncherOptions {
             isolation,
             runtimes: config.runtimes.clone(),
@@ -82,6 +82,26 @@ impl Server {
         let mut isolation = vec![launcher.describe()];
         isolation.extend(launcher.details());
 
+        let tls = match config.gateway.tls_listen {
+            Some(addr) => {
+                let tls = scfsim_gateway::Tls::load(
+                    config.gateway.tls_cert.as_deref(),
+                    config.gateway.tls_key.as_deref(),
+                    &data_dir,
+                )?;
+                if tls.generated {
+                    isolation_notes.push(format!(
+                        "wss:// uses a self-signed certificate for localhost: {} (trust it in \
+                         your client, or set gateway.tls_cert and gateway.tls_key)",
+                        tls.cert_path.display()
+                    ));
+                }
+                let listener = bind("wss", addr).await?;
+                let local = local_addr("wss", &listener, addr)?;
+                Some((listener, local, tls.acceptor))
+            }
+            None => None,
+        };
         let ws_listener = bind("ws", config.gateway.listen).await?;
         let admin_listener = bind("admin", config.gateway.admin_listen).await?;
         let ws_addr = local_addr("ws", &ws_listener, config.gateway.listen)?;
@@ -95,12 +115,18 @@ impl Server {
             store: store.clone(),
             live: gateway.live(),
         };
-        let tasks = vec![
+        isolation.extend(isolation_notes);
+        let wss_addr = tls.as_ref().map(|(_, addr, _)| *addr);
+        let mut tasks = vec![
             tokio::spawn(gateway.clone().serve(ws_listener)),
             tokio::spawn(scfsim_admin::serve(admin_listener, admin, shutdown.clone())),
         ];
+        if let Some((listener, _, acceptor)) = tls {
+            tasks.push(tokio::spawn(gateway.clone().serve_tls(listener, acceptor)));
+        }
         Ok(Server {
             ws_addr,
+            wss_addr,
             admin_addr,
             isolation,
             store,

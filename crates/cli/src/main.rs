@@ -209,6 +209,9 @@ async fn serve(
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening ws://{}", server.ws_addr)?;
+        if let Some(wss) = server.wss_addr {
+            writeln!(out, "listening wss://{wss}")?;
+        }
         writeln!(out, "listening admin http://{}", server.admin_addr)?;
         writeln!(out, "ready")?;
         out.flush()?;

@@ -6,12 +6,16 @@
 //! starts (an HTTP server does not read while a request is in flight), to bound the head's
 //! size and time, and to hand the bare `TcpStream` to the WebSocket layer.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
@@ -32,9 +36,90 @@ pub(crate) enum HeadError {
     Gone,
 }
 
+/// The client's socket: plain (ws://) or TLS (wss://).
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// What `X-Client-Proto` says.
+    pub(crate) fn proto(&self) -> &'static str {
+        match self {
+            ClientStream::Plain(_) => "ws",
+            ClientStream::Tls(_) => "wss",
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
 /// A client connection whose request has been read and not yet answered.
 pub(crate) struct ClientConn {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Bytes the client sent after its head (frames sent before our 101).
     leftover: Vec<u8>,
 }
@@ -42,8 +127,8 @@ pub(crate) struct ClientConn {
 impl ClientConn {
     /// Reads one request head. Bounded in size here and in time by the caller.
     pub(crate) async fn read(
-        mut stream: TcpStream,
-    ) -> Result<(ClientConn, Request<()>), (TcpStream, HeadError)> {
+        mut stream: ClientStream,
+    ) -> Result<(ClientConn, Request<()>), (ClientStream, HeadError)> {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 4096];
         loop {
@@ -74,25 +159,31 @@ impl ClientConn {
     /// Resolves when the client has closed its side (or the socket failed). Data sent early by
     /// the client is left unread for the WebSocket layer.
     pub(crate) async fn gone(&self) {
+        // On the TCP socket itself: with TLS, any record (even a close_notify) counts as data,
+        // but the end of the connection is an EOF either way.
         let mut probe = [0u8; 1];
-        match self.stream.peek(&mut probe).await {
+        match self.stream.tcp().peek(&mut probe).await {
             Ok(0) | Err(_) => {}
             Ok(_) => std::future::pending().await,
         }
     }
 
     /// After our 101 was written: the same socket as a WebSocket.
+    pub(crate) fn proto(&self) -> &'static str {
+        self.stream.proto()
+    }
+
     pub(crate) async fn into_websocket(
         self,
         config: WebSocketConfig,
-    ) -> WebSocketStream<TcpStream> {
+    ) -> WebSocketStream<ClientStream> {
         WebSocketStream::from_partially_read(self.stream, self.leftover, Role::Server, Some(config))
             .await
     }
 }
 
 /// Answers a connection whose head could not be read, if there is anything to say.
-pub(crate) async fn refuse(mut stream: TcpStream, error: HeadError) {
+pub(crate) async fn refuse(mut stream: ClientStream, error: HeadError) {
     let resp = match error {
         HeadError::Gone => return,
         HeadError::TooLarge => crate::server::text(
@@ -104,8 +195,8 @@ pub(crate) async fn refuse(mut stream: TcpStream, error: HeadError) {
     let _ = write_response(&mut stream, resp).await;
 }
 
-pub(crate) async fn write_response(
-    stream: &mut TcpStream,
+pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     resp: Response<Bytes>,
 ) -> std::io::Result<()> {
     let status = resp.status();

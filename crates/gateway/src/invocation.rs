@@ -93,7 +93,7 @@ impl Invocation {
         let gw_headers = GatewayHeaders {
             request_id: self.request_id,
             peer: self.peer,
-            proto: "ws",
+            proto: client.proto(),
             function: &self.function.name,
             memory_mb: self.function.memory_mb,
             timeout_ms: self.function.execution_timeout.as_millis(),

@@ -13,7 +13,7 @@
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
 
-mod client;
+pub mod client;
 mod env;
 mod handshake;
 mod invocation;
@@ -32,6 +32,7 @@ use scfsim_record::RecordStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use client::ClientStream;
 pub use live::{LiveInstance, LiveInstanceView, LiveInstances, TrafficSnapshot};
 pub use tls::{Tls, TlsError};
 

@@ -13,17 +13,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::client::{self, ClientConn, HEAD_DEADLINE};
+use crate::client::{self, ClientConn, ClientStream, HEAD_DEADLINE};
 use crate::handshake::{check_upgrade, BadUpgrade};
 use crate::invocation::Invocation;
 use crate::limits::{Permit, Refusal};
 use crate::Gateway;
+use tokio_rustls::TlsAcceptor;
 
 pub(crate) type Body = Bytes;
 
 impl Gateway {
     /// Accepts connections on `listener` until the shutdown token is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, None).await
+    }
+
+    /// Accepts wss:// connections on `listener` until the shutdown token is cancelled.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, tls: TlsAcceptor) {
+        self.accept_loop(listener, Some(tls)).await
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -38,13 +48,31 @@ impl Gateway {
                 _ = self.shutdown.cancelled() => break,
             };
             let gateway = self.clone();
+            let tls = tls.clone();
             self.tasks
-                .spawn(async move { gateway.serve_connection(stream, peer).await });
+                .spawn(async move { gateway.serve_connection(stream, tls, peer).await });
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        tls: Option<TlsAcceptor>,
+        peer: SocketAddr,
+    ) {
         let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            None => ClientStream::Plain(stream),
+            // Plain HTTP on the TLS port, or a stalled handshake, costs one bounded wait.
+            Some(tls) => match tokio::time::timeout(HEAD_DEADLINE, tls.accept(stream)).await {
+                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            },
+        };
         let read = tokio::time::timeout(HEAD_DEADLINE, ClientConn::read(stream));
         let (client, req) = tokio::select! {
             read = read => match read {
