@@ -60,9 +60,14 @@ pub fn router(state: AdminState) -> Router {
 
 /// The admin API, whose event streams end when `shutdown` is cancelled.
 pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> Router {
+    let token = state
+        .config
+        .gateway
+        .admin_token
+        .clone()
+        .map(Arc::<str>::from);
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
-        .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::metrics))
         .route("/api/events", get(events::events))
         .route("/api/functions", get(functions))
@@ -71,6 +76,11 @@ pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> R
         .route("/api/invocations", get(invocations))
         .route("/api/invocations/{request_id}", get(invocation))
         .route("/api/invocations/{request_id}/logs", get(logs))
+        // Every route above needs the token when one is configured; /healthz (below) never.
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            require_token(token.clone(), req, next)
+        }))
+        .route("/healthz", get(|| async { "ok\n" }))
         // After the routes: it applies to the routes added so far.
         .method_not_allowed_fallback(|| async {
             error(
@@ -90,6 +100,36 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .await;
     if let Err(err) = result {
         tracing::error!(%err, "admin API stopped");
+    }
+}
+
+/// `Authorization: Bearer <admin_token>`, or `?token=<admin_token>` for a browser opening the
+/// dashboard (a page load and an EventSource cannot set headers).
+async fn require_token(
+    token: Option<Arc<str>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(req).await;
+    };
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
+    if bearer == Some(&*token) || query == Some(&*token) {
+        next.run(req).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "this admin API requires gateway.admin_token: send `Authorization: Bearer <token>` \
+             (or ?token=<token> in a browser)",
+        )
     }
 }
 

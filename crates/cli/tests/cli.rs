@@ -78,3 +78,16 @@ fn invocations_says_when_scfsim_is_not_running() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
 }
+
+#[test]
+fn a_non_loopback_admin_listener_without_a_token_is_refused() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/scfsim.toml");
+    let out = scfsim()
+        .args(["serve", "--config", config, "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_token"));
+}
