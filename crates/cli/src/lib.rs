@@ -58,10 +58,15 @@ impl Server {
     /// Binds every listener, opens the record store and starts serving.
     pub async fn start(config: Config, isolation: IsolationRequest) -> Result<Server, ServeError> {
         let data_dir = config.gateway.data_dir.clone();
-        let (store, report) = RecordStore::open(&data_dir).map_err(|source| ServeError::Store {
-            dir: data_dir.clone(),
-            source,
-        })?;
+        let retention = scfsim_record::Retention {
+            max_records: config.gateway.max_records as usize,
+            max_logged_invocations: config.gateway.max_logged_invocations as usize,
+        };
+        let (store, report) =
+            RecordStore::open_with(&data_dir, retention).map_err(|source| ServeError::Store {
+                dir: data_dir.clone(),
+                source,
+            })?;
         if report.crashed_completed > 0 || report.skipped_lines > 0 {
             tracing::warn!(
                 crashed_completed = report.crashed_completed,

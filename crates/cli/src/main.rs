@@ -68,6 +68,18 @@ enum Command {
         #[arg(long, default_value = "config/scfsim.toml")]
         config: PathBuf,
     },
+    /// Scaffold a WebSocket function the platform accepts: scf_bootstrap, an echo server on
+    /// port 9000, a dependency file; prints the config block to add.
+    Init {
+        /// Directory to create (must be empty or absent).
+        dir: PathBuf,
+        /// python3, nodejs, go, rust or bash.
+        #[arg(long, default_value = "python3")]
+        runtime: String,
+        /// Function name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// List recorded invocations, newest first.
     Invocations {
         /// Admin API of a running scfsim.
@@ -83,6 +95,12 @@ enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Keep running and print each invocation as it ends.
+        #[arg(long)]
+        follow: bool,
+        /// The admin API's token (gateway.admin_token), if it has one.
+        #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -128,6 +146,7 @@ fn init_tracing(format: LogFormat) {
 async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
     match command {
         Command::Check { config } => Ok(check(&config)),
+        Command::Init { dir, runtime, name } => Ok(init(&dir, &runtime, name)),
         Command::Serve {
             config,
             listen,
@@ -159,10 +178,38 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
             status,
             limit,
             json,
-        } => invocations(&admin, function, status, limit, json)
-            .await
-            .map(Ok),
+            follow,
+            token,
+        } => {
+            let filter = Filter { function, status };
+            invocations(&admin, token.as_deref(), &filter, limit, json, follow)
+                .await
+                .map(Ok)
+        }
     }
+}
+
+fn init(dir: &std::path::Path, runtime: &str, name: Option<String>) -> Result<(), UsageError> {
+    let runtime: scfsim_init::Runtime = runtime.parse().map_err(|e| UsageError(format!("{e}")))?;
+    let name = name
+        .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or_else(|| UsageError(format!("{} has no name to use; pass --name", dir.display())))?;
+    let made = scfsim_init::scaffold(dir, &name, runtime).map_err(|e| UsageError(e.to_string()))?;
+    println!("created {} ({runtime}):", dir.display());
+    for file in &made.files {
+        println!("  {}", file.display());
+    }
+    if !made.next_steps.is_empty() {
+        println!("\nnext:");
+        for step in &made.next_steps {
+            println!("  {step}");
+        }
+    }
+    println!(
+        "\nadd to your config (code_dir is relative to the config file):\n\n{}",
+        made.config_block
+    );
+    Ok(())
 }
 
 fn check(path: &std::path::Path) -> Result<(), UsageError> {
@@ -228,59 +275,95 @@ async fn serve(
     Ok(())
 }
 
-async fn invocations(
-    admin: &str,
+/// Which invocations to show.
+struct Filter {
     function: Option<String>,
     status: Option<u16>,
+}
+
+impl Filter {
+    fn matches(&self, r: &serde_json::Value) -> bool {
+        self.function.as_deref().is_none_or(|f| r["function"] == f)
+            && self.status.is_none_or(|s| r["status_code"] == s)
+    }
+}
+
+async fn invocations(
+    admin: &str,
+    token: Option<&str>,
+    filter: &Filter,
     limit: usize,
     json: bool,
+    follow: bool,
 ) -> anyhow::Result<()> {
-    let mut url = format!(
-        "{}/api/invocations?limit={limit}",
-        admin.trim_end_matches('/')
-    );
-    if let Some(f) = &function {
+    let admin = admin.trim_end_matches('/');
+    // Subscribed before listing, so nothing that ends in between is missed.
+    let mut events = match follow {
+        true => {
+            Some(scfsim::client::EventStream::open(&format!("{admin}/api/events"), token).await?)
+        }
+        false => None,
+    };
+    let mut url = format!("{admin}/api/invocations?limit={limit}");
+    if let Some(f) = &filter.function {
         url.push_str(&format!("&function={f}"));
     }
-    if let Some(s) = status {
+    if let Some(s) = filter.status {
         url.push_str(&format!("&status_code={s}"));
     }
-    let body = scfsim::client::get(&url).await?;
-    let records: Vec<serde_json::Value> = serde_json::from_slice(&body)
+    let body = scfsim::client::get_with_token(&url, token).await?;
+    let mut records: Vec<serde_json::Value> = serde_json::from_slice(&body)
         .context("the admin API answered something that is not a list of invocations")?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        for r in &records {
-            writeln!(out, "{r}")?;
-        }
-        return Ok(());
+    // Oldest first on screen, so that --follow continues downwards.
+    records.reverse();
+    if !json {
+        println!(
+            "{:<36}  {:<16}  {:>6}  {:<22}  {:>5}  {:>9}  STARTED",
+            "REQUEST_ID", "FUNCTION", "STATUS", "END_REASON", "CLOSE", "DURATION"
+        );
     }
-    writeln!(
-        out,
-        "{:<36}  {:<16}  {:>6}  {:<22}  {:>5}  {:>9}  STARTED",
-        "REQUEST_ID", "FUNCTION", "STATUS", "END_REASON", "CLOSE", "DURATION"
-    )?;
     for r in &records {
-        let s = |k: &str| match &r[k] {
-            serde_json::Value::Null => "-".to_string(),
-            serde_json::Value::String(s) => s.clone(),
-            v => v.to_string(),
-        };
-        let duration = match r["duration_ms"].as_u64() {
-            Some(ms) => format!("{ms}ms"),
-            None => "running".into(),
-        };
-        writeln!(
-            out,
-            "{:<36}  {:<16}  {:>6}  {:<22}  {:>5}  {:>9}  {}",
-            s("request_id"),
-            s("function"),
-            s("status_code"),
-            s("end_reason"),
-            s("close_code"),
-            duration,
-            s("started_at")
-        )?;
+        print_record(r, json);
+    }
+    let listed: std::collections::HashSet<&serde_json::Value> =
+        records.iter().map(|r| &r["request_id"]).collect();
+    if let Some(events) = events.as_mut() {
+        while let Some((event, data)) = events.next_event().await? {
+            if event != "ended" {
+                continue;
+            }
+            if let Ok(r) = serde_json::from_str::<serde_json::Value>(&data) {
+                if filter.matches(&r) && !listed.contains(&r["request_id"]) {
+                    print_record(&r, json);
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn print_record(r: &serde_json::Value, json: bool) {
+    if json {
+        println!("{r}");
+        return;
+    }
+    let s = |k: &str| match &r[k] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let duration = match r["duration_ms"].as_u64() {
+        Some(ms) => format!("{ms}ms"),
+        None => "running".into(),
+    };
+    println!(
+        "{:<36}  {:<16}  {:>6}  {:<22}  {:>5}  {:>9}  {}",
+        s("request_id"),
+        s("function"),
+        s("status_code"),
+        s("end_reason"),
+        s("close_code"),
+        duration,
+        s("started_at")
+    );
 }

@@ -75,6 +75,10 @@ pub struct GatewayConfig {
     pub isolation: Isolation,
     /// Variables of scfsim's environment that instances also get (beyond PATH, HOME, LANG).
     pub pass_env: Vec<String>,
+    /// Invocation records kept (the newest).
+    pub max_records: u32,
+    /// Invocations whose instance log is kept (the newest).
+    pub max_logged_invocations: u32,
 }
 
 /// `gateway.isolation`: how instances are kept apart.
@@ -117,6 +121,8 @@ impl Default for GatewayConfig {
             max_new_instances_per_minute: None,
             isolation: Isolation::Auto,
             pass_env: Vec::new(),
+            max_records: 100_000,
+            max_logged_invocations: 10_000,
         }
     }
 }

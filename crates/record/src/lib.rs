@@ -27,4 +27,4 @@ pub use events::StoreEvent;
 pub use invocation::{Invocation, LogLine, LogStream};
 pub use metrics::StoreMetrics;
 pub use outcome::{classify, Classification, ClosedBy, EndReason, Outcome, Side, StatusCode};
-pub use store::{Logs, OpenReport, Query, RecordStore};
+pub use store::{Logs, OpenReport, Query, RecordStore, Retention};

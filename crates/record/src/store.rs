@@ -20,7 +20,7 @@
 //! Every `begin` and `finish` is announced as a [`StoreEvent`] to [`RecordStore::subscribe`]rs,
 //! and every finished record (replayed, crash-completed or new) feeds [`StoreMetrics`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,24 @@ const LOGS_DIR: &str = "logs";
 /// How many records the in-memory index keeps; older ones stay in the journal only. Bounds the
 /// memory of a long-running scfsim (a record is well under 1 KB).
 const MEMORY_RETENTION: usize = 100_000;
+
+/// How much history the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Records kept (in memory and, after compaction, in the journal): the newest ones.
+    pub max_records: usize,
+    /// Invocations whose instance log is kept on disk: the newest ones.
+    pub max_logged_invocations: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_records: MEMORY_RETENTION,
+            max_logged_invocations: 10_000,
+        }
+    }
+}
 /// Events a subscriber may fall behind by before it loses the oldest ones. A watcher that lags
 /// this far (a stalled browser tab) skips ahead; writers never wait for it.
 const EVENT_CAPACITY: usize = 1024;
@@ -106,6 +124,9 @@ pub struct RecordStore {
     logs_dir: PathBuf,
     journal: Mutex<Journal>,
     index: Mutex<Index>,
+    /// Ids with a saved log, oldest first, for `max_logged_invocations`.
+    logged: Mutex<VecDeque<Uuid>>,
+    retention: Retention,
     metrics: StoreMetrics,
     events: broadcast::Sender<StoreEvent>,
 }
@@ -129,13 +150,15 @@ impl RecordStore {
     /// lines are skipped and counted, never fatal: a torn last line is what a kill in the middle
     /// of a write leaves, and it must not keep scfsim from starting.
     pub fn open(data_dir: &Path) -> Result<(RecordStore, OpenReport), RecordError> {
-        Self::open_with_retention(data_dir, MEMORY_RETENTION)
+        Self::open_with(data_dir, Retention::default())
     }
 
-    pub(crate) fn open_with_retention(
+    /// [`open`](Self::open) with explicit retention.
+    pub fn open_with(
         data_dir: &Path,
-        retention: usize,
+        keep: Retention,
     ) -> Result<(RecordStore, OpenReport), RecordError> {
+        let retention = keep.max_records.max(1);
         // Taken first: a crashed invocation ends no later than the moment we noticed it.
         let opened_at = OffsetDateTime::now_utc();
         let journal_path = data_dir.join(JOURNAL_FILE);
@@ -209,6 +232,7 @@ impl RecordStore {
         drop(reader);
         report.loaded = seen.len();
 
+        let logged = existing_logs(&logs_dir);
         let store = RecordStore {
             journal_path,
             logs_dir,
@@ -217,8 +241,14 @@ impl RecordStore {
                 // Without this, the next append would glue itself onto a torn last line and be
                 // lost with it.
                 needs_newline: !ends_with_newline,
+                lines: line_no,
             }),
             index: Mutex::new(index),
+            logged: Mutex::new(logged),
+            retention: Retention {
+                max_records: retention,
+                ..keep
+            },
             metrics,
             // Nobody can subscribe before `open` returns, so the completions below send nothing.
             events: broadcast::channel(EVENT_CAPACITY).0,
@@ -233,6 +263,11 @@ impl RecordStore {
             lock(&store.index).upsert(inv);
             report.crashed_completed += 1;
         }
+        {
+            let mut journal = lock(&store.journal);
+            store.compact_if_needed(&mut journal)?;
+        }
+        store.prune_logs();
 
         Ok((store, report))
     }
@@ -247,8 +282,16 @@ impl RecordStore {
                 request_id: inv.request_id,
             });
         }
-        self.append(EntryOut::Start(inv), inv.request_id)?;
+        let line = encode(EntryOut::Start(inv), inv.request_id)?;
+        let mut journal = lock(&self.journal);
+        journal
+            .append(&line)
+            .map_err(RecordError::io(&self.journal_path))?;
+        // Indexed before the journal lock is released, so a compaction (which rewrites the
+        // journal from the index under that lock) never misses a line just written.
         lock(&self.index).upsert(inv.clone());
+        self.compact_if_needed(&mut journal)?;
+        drop(journal);
         self.announce(|| StoreEvent::Started(inv.clone()));
         Ok(())
     }
@@ -261,7 +304,11 @@ impl RecordStore {
                 request_id: inv.request_id,
             });
         }
-        self.append(EntryOut::End(&inv), inv.request_id)?;
+        let line = encode(EntryOut::End(&inv), inv.request_id)?;
+        let mut journal = lock(&self.journal);
+        journal
+            .append(&line)
+            .map_err(RecordError::io(&self.journal_path))?;
         {
             let mut index = lock(&self.index);
             // Counted before it becomes queryable, under the index lock: whoever can read the
@@ -278,6 +325,8 @@ impl RecordStore {
             }
             index.upsert(inv.clone());
         }
+        self.compact_if_needed(&mut journal)?;
+        drop(journal);
         self.announce(|| StoreEvent::Ended(inv));
         Ok(())
     }
@@ -353,7 +402,10 @@ impl RecordStore {
         }
         out.flush().map_err(RecordError::io(&tmp))?;
         drop(out);
-        fs::rename(&tmp, &path).map_err(RecordError::io(&path))
+        fs::rename(&tmp, &path).map_err(RecordError::io(&path))?;
+        lock(&self.logged).push_back(id);
+        self.prune_logs();
+        Ok(())
     }
 
     /// The saved log of `id`: `None` if the invocation is unknown, empty if it is known but
@@ -387,13 +439,79 @@ impl RecordStore {
 
     fn append(&self, entry: EntryOut<'_>, request_id: Uuid) -> Result<(), RecordError> {
         // Encoded before taking the lock: only the write itself is serialized.
-        let mut line = serde_json::to_vec(&entry)
-            .map_err(|source| RecordError::Encode { request_id, source })?;
-        line.push(b'\n');
+        let line = encode(entry, request_id)?;
         lock(&self.journal)
             .append(&line)
             .map_err(RecordError::io(&self.journal_path))
     }
+
+    /// Rewrites the journal from the index once it holds more than twice the retained records:
+    /// a start line for each running invocation, an end line for each finished one, newest
+    /// `max_records` only. Written aside and renamed, so a crash leaves the old or the new file.
+    /// Called with the journal lock held; takes the index lock inside it (the one lock order).
+    fn compact_if_needed(&self, journal: &mut Journal) -> Result<(), RecordError> {
+        if journal.lines <= 2 * self.retention.max_records + 1000 {
+            return Ok(());
+        }
+        let tmp = self.journal_path.with_extension("jsonl.compact");
+        let io = |e| RecordError::io(&tmp)(e);
+        let mut out = BufWriter::new(File::create(&tmp).map_err(io)?);
+        let mut lines = 0;
+        for inv in lock(&self.index).by_start.values() {
+            let entry = if inv.is_running() {
+                EntryOut::Start(inv)
+            } else {
+                EntryOut::End(inv)
+            };
+            out.write_all(&encode(entry, inv.request_id)?).map_err(io)?;
+            lines += 1;
+        }
+        out.flush().map_err(io)?;
+        out.get_ref().sync_all().map_err(io)?;
+        drop(out);
+        fs::rename(&tmp, &self.journal_path).map_err(RecordError::io(&self.journal_path))?;
+        journal.file = OpenOptions::new()
+            .append(true)
+            .open(&self.journal_path)
+            .map_err(RecordError::io(&self.journal_path))?;
+        journal.lines = lines;
+        journal.needs_newline = false;
+        tracing::info!(records = lines, "compacted the invocation journal");
+        Ok(())
+    }
+
+    /// Removes the oldest saved logs beyond `max_logged_invocations`.
+    fn prune_logs(&self) {
+        let mut logged = lock(&self.logged);
+        while logged.len() > self.retention.max_logged_invocations {
+            if let Some(old) = logged.pop_front() {
+                let _ = fs::remove_file(self.log_path(old));
+            }
+        }
+    }
+}
+
+fn encode(entry: EntryOut<'_>, request_id: Uuid) -> Result<Vec<u8>, RecordError> {
+    let mut line =
+        serde_json::to_vec(&entry).map_err(|source| RecordError::Encode { request_id, source })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Saved logs found at open, oldest first (by modification time).
+fn existing_logs(dir: &Path) -> VecDeque<Uuid> {
+    let mut found: Vec<(std::time::SystemTime, Uuid)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let id = Uuid::parse_str(name.to_str()?.strip_suffix(".jsonl")?).ok()?;
+            Some((e.metadata().ok()?.modified().ok()?, id))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, id)| id).collect()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -418,6 +536,8 @@ struct Journal {
     file: File,
     /// The last line on disk is unterminated (torn tail found at open, or a failed write).
     needs_newline: bool,
+    /// Lines in the file, for compaction.
+    lines: usize,
 }
 
 impl Journal {
@@ -426,6 +546,7 @@ impl Journal {
             self.file.write_all(b"\n")?;
             self.needs_newline = false;
         }
+        self.lines += 1;
         // One write for the whole line, so a kill tears at most this line.
         self.file.write_all(line).inspect_err(|_| {
             // Part of the line may be on disk; isolate it from the next one.
@@ -594,7 +715,7 @@ mod tests {
     fn memory_keeps_only_the_newest_records_but_the_journal_keeps_all() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = datetime!(2024-01-01 00:00:00 UTC);
-        let (store, _) = RecordStore::open_with_retention(dir.path(), 3).unwrap();
+        let (store, _) = RecordStore::open_with(dir.path(), keep(3)).unwrap();
         let invs: Vec<_> = (0..5)
             .map(|i| done(t0 + time::Duration::seconds(i)))
             .collect();
@@ -606,7 +727,7 @@ mod tests {
         assert!(store.get(invs[4].request_id).is_some());
         drop(store);
 
-        let (store, report) = RecordStore::open_with_retention(dir.path(), 3).unwrap();
+        let (store, report) = RecordStore::open_with(dir.path(), keep(3)).unwrap();
         assert_eq!(report.loaded, 5);
         assert_eq!(store.len(), 3);
         let ids: Vec<_> = store
@@ -616,5 +737,70 @@ mod tests {
             .collect();
         let newest: Vec<_> = invs[2..].iter().rev().map(|i| i.request_id).collect();
         assert_eq!(ids, newest);
+    }
+
+    fn keep(max_records: usize) -> Retention {
+        Retention {
+            max_records,
+            ..Retention::default()
+        }
+    }
+
+    #[test]
+    fn the_journal_is_compacted_to_the_retained_records_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = OffsetDateTime::now_utc();
+        let ids: Vec<Uuid> = {
+            let (store, _) = RecordStore::open_with(dir.path(), keep(10)).unwrap();
+            (0..1500)
+                .map(|i| {
+                    let mut inv = done(t0 + time::Duration::milliseconds(i));
+                    inv.request_id = Uuid::new_v4();
+                    store.finish(inv.clone()).unwrap();
+                    inv.request_id
+                })
+                .collect()
+        };
+        let lines = std::fs::read_to_string(dir.path().join(JOURNAL_FILE))
+            .unwrap()
+            .lines()
+            .count();
+        // Compaction triggers past 2 x 10 + 1000 lines, then starts again from 10.
+        assert!(lines < 1500, "journal not compacted: {lines} lines");
+        let (store, report) = RecordStore::open_with(dir.path(), keep(10)).unwrap();
+        assert_eq!(report.skipped_lines, 0);
+        assert_eq!(store.len(), 10);
+        assert!(
+            store.get(*ids.last().unwrap()).is_some(),
+            "the newest record survives"
+        );
+        assert!(store.get(ids[0]).is_none());
+    }
+
+    #[test]
+    fn only_the_newest_logs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            max_records: 100,
+            max_logged_invocations: 2,
+        };
+        let (store, _) = RecordStore::open_with(dir.path(), retention).unwrap();
+        let ids: Vec<Uuid> = (0..4)
+            .map(|_| {
+                let inv = done(OffsetDateTime::now_utc());
+                store.finish(inv.clone()).unwrap();
+                store.save_logs(inv.request_id, &[], 0).unwrap();
+                inv.request_id
+            })
+            .collect();
+        let files = std::fs::read_dir(dir.path().join(LOGS_DIR))
+            .unwrap()
+            .count();
+        assert_eq!(files, 2);
+        assert!(dir
+            .path()
+            .join(LOGS_DIR)
+            .join(format!("{}.jsonl", ids[3]))
+            .exists());
     }
 }

@@ -103,6 +103,14 @@ impl Checker<'_> {
             max_new_instances_per_minute,
             isolation: raw.isolation.unwrap_or_default(),
             pass_env: self.pass_env(raw.pass_env.unwrap_or_default())?,
+            max_records: match raw.max_records {
+                Some(v) => self.count_u32("gateway.max_records", v, None)?,
+                None => GatewayConfig::default().max_records,
+            },
+            max_logged_invocations: match raw.max_logged_invocations {
+                Some(v) => self.count_u32("gateway.max_logged_invocations", v, None)?,
+                None => GatewayConfig::default().max_logged_invocations,
+            },
         })
     }
 
