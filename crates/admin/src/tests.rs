@@ -306,7 +306,7 @@ async fn the_dashboard_is_one_self_contained_page() {
         .unwrap()
         .starts_with("text/html"));
     let html = body_text(resp).await;
-    assert!(html.contains("new EventSource(\"/api/events\")"));
+    assert!(html.contains("new EventSource(withToken(\"/api/events\"))"));
     // No external resources: the network may be closed where scfsim runs.
     for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
         assert!(!html.contains(external), "{external}");
