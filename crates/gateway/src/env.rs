@@ -12,7 +12,6 @@ pub(crate) fn instance_env(
     function: &FunctionConfig,
     identity: &PlatformIdentity,
     pass_env: &[String],
-    host_address: Option<&str>,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = PASSED_FROM_HOST
         .iter()
@@ -39,8 +38,5 @@ pub(crate) fn instance_env(
         ("USER_CODE_ROOT", code_root),
     ];
     env.extend(builtins.into_iter().map(|(k, v)| (k.to_string(), v)));
-    if let Some(host) = host_address {
-        env.push(("SCFSIM_HOST".into(), host.to_string()));
-    }
     env
 }

@@ -64,7 +64,6 @@ impl Invocation {
                 &self.function,
                 &self.gateway.identity,
                 &self.gateway.config.gateway.pass_env,
-                self.gateway.launcher.host_address(),
             ),
             init_timeout: self.function.init_timeout,
             memory_mb: Some(self.function.memory_mb),

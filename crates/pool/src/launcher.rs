@@ -14,9 +14,11 @@ use crate::cgroup::Cgroups;
 use crate::error::{PoolError, StartFailure, StartFailureKind};
 use crate::instance::Instance;
 use crate::netns::{Netns, NetnsWorker};
+use crate::network::HostNetwork;
 use crate::output::{OutputLog, OutputStream};
 use crate::runtimes::RuntimeTree;
 use crate::spawn::{self, ChildSetup, InstanceSpec, MAX_PROCESSES};
+use crate::warm::WarmPool;
 
 /// Where platform bootstraps find their runtimes.
 const VAR_LANG: &str = "/var/lang";
@@ -65,9 +67,12 @@ pub struct LauncherOptions {
 /// Starts instances. One per scfsim; cheap to share behind an `Arc`.
 pub struct Launcher {
     isolation: Isolation,
-    netns: Option<NetnsWorker>,
+    /// Namespaces (with their network) prepared ahead of demand; `None` without isolation.
+    warm: Option<Arc<WarmPool>>,
     why: String,
     cgroups: Result<Cgroups, String>,
+    /// Why instances have no network to the host, if they have none.
+    no_network: Option<String>,
     runtimes: Result<RuntimeTree, String>,
     /// With `isolation = "none"` the host's port 9000 fits one instance at a time.
     host_port: Arc<Semaphore>,
@@ -109,6 +114,12 @@ impl Launcher {
         } else {
             Err("needs isolation = namespaces".into())
         };
+        let (network, no_network) = match HostNetwork::probe() {
+            Ok(network) if namespaces => (Some(network), None),
+            Ok(_) => (None, None),
+            Err(why) => (None, Some(why)),
+        };
+        let warm = netns.map(|worker| WarmPool::new(worker, network));
         let runtimes = if namespaces {
             // The mount point must exist on the host. It stays (empty) when scfsim stops:
             // another scfsim may be using it as its mount point at that moment.
@@ -124,21 +135,14 @@ impl Launcher {
         };
         Ok(Launcher {
             isolation,
-            netns,
+            warm,
             why,
             cgroups,
+            no_network,
             runtimes,
             host_port: Arc::new(Semaphore::new(1)),
             next_id: AtomicU64::new(0),
         })
-    }
-
-    /// The host's address as instances see it (`SCFSIM_HOST`), if they can reach it.
-    pub fn host_address(&self) -> Option<&str> {
-        match self.isolation {
-            Isolation::None => Some("127.0.0.1"),
-            Isolation::Namespaces => None,
-        }
     }
 
     /// Startup log lines: limits and runtimes in force, or why not.
@@ -154,6 +158,18 @@ impl Launcher {
                 "instance limits: memory_mb and the process limit are NOT enforced ({why}); {} open files",
                 spawn::MAX_OPEN_FILES
             )),
+        }
+        match (&self.warm, &self.no_network) {
+            (Some(warm), _) if warm.has_network() => lines.push(
+                "instance network: a veth pair per instance (169.254.0.0/16); the host is \
+                 reachable at SCFSIM_HOST, the internet is not"
+                    .into(),
+            ),
+            (Some(_), why) => lines.push(format!(
+                "instance network: loopback only ({}); functions cannot reach the host",
+                why.as_deref().unwrap_or("unavailable")
+            )),
+            (None, _) => {}
         }
         match &self.runtimes {
             Ok(tree) => lines.push(tree.describe()),
@@ -194,12 +210,10 @@ impl Launcher {
         };
         let internal =
             |detail: String| StartFailure::before_spawn(StartFailureKind::Internal { detail });
-        let netns = match &self.netns {
-            Some(worker) => {
-                Some(Arc::new(worker.create().await.map_err(|e| {
-                    internal(format!("creating a network namespace: {e}"))
-                })?))
-            }
+        let prepared = match &self.warm {
+            Some(warm) => Some(warm.take().await.map_err(|e| {
+                internal(format!("preparing the instance's network namespace: {e}"))
+            })?),
             None => None,
         };
         let cgroup = match &self.cgroups {
@@ -214,6 +228,23 @@ impl Launcher {
             Err(_) => None,
         };
         let began = Instant::now();
+        let mut env = spec.env.clone();
+        let netns = match prepared {
+            Some(prepared) => {
+                if let Some(lease) = prepared.lease {
+                    env.push(("SCFSIM_HOST".into(), lease.host.to_string()));
+                }
+                Some(prepared.netns)
+            }
+            None => {
+                env.push(("SCFSIM_HOST".into(), "127.0.0.1".into()));
+                None
+            }
+        };
+        let spec = &InstanceSpec {
+            env,
+            ..spec.clone()
+        };
         let setup = ChildSetup {
             netns: netns.as_ref().map(|ns| ns.raw_fd()),
             pid_namespace: self.isolation == Isolation::Namespaces,
@@ -295,7 +326,7 @@ impl Launcher {
 
     async fn connect(&self, netns: Option<&Arc<Netns>>) -> io::Result<TcpStream> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, INSTANCE_PORT));
-        let stream = match (&self.netns, netns) {
+        let stream = match (self.warm.as_ref().map(|w| w.worker()), netns) {
             (Some(worker), Some(ns)) => {
                 let fd = worker.socket(ns).await?;
                 TcpSocket::from_std_stream(std::net::TcpStream::from(fd))

@@ -14,9 +14,11 @@ mod error;
 mod instance;
 mod launcher;
 mod netns;
+mod network;
 mod output;
 mod runtimes;
 mod spawn;
+mod warm;
 
 pub use error::{PoolError, StartFailure, StartFailureKind};
 pub use instance::{ExitInfo, Instance, StoppedInstance};

@@ -1,0 +1,108 @@
+//! Network namespaces prepared ahead of demand.
+//!
+//! Making a namespace and wiring its veth pair takes a few milliseconds (two `ip` runs), which
+//! would otherwise sit between a client's upgrade request and its instance's start. A small
+//! stock is kept ready by a background task; a start takes one, or prepares its own when the
+//! stock is empty (a burst). The task holds only a weak reference, so it ends with the
+//! launcher; namespaces still in stock are released with it (the kernel then removes them and
+//! their veth pairs).
+
+use std::io;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+
+use crate::netns::{Netns, NetnsWorker};
+use crate::network::{HostNetwork, Lease};
+
+/// How many prepared namespaces to keep: enough for a few connections arriving together,
+/// few enough to cost nothing while idle.
+const STOCK: usize = 4;
+
+/// A namespace ready for an instance, and its address if it has a network.
+pub(crate) struct Prepared {
+    pub netns: Arc<Netns>,
+    pub lease: Option<Lease>,
+}
+
+pub(crate) struct WarmPool {
+    worker: NetnsWorker,
+    network: Option<HostNetwork>,
+    stock: Mutex<Vec<Prepared>>,
+    wanted: Arc<Notify>,
+    refilling: std::sync::Once,
+}
+
+impl WarmPool {
+    pub(crate) fn new(worker: NetnsWorker, network: Option<HostNetwork>) -> Arc<WarmPool> {
+        Arc::new(WarmPool {
+            worker,
+            network,
+            stock: Mutex::new(Vec::with_capacity(STOCK)),
+            wanted: Arc::new(Notify::new()),
+            refilling: std::sync::Once::new(),
+        })
+    }
+
+    pub(crate) fn worker(&self) -> &NetnsWorker {
+        &self.worker
+    }
+
+    pub(crate) fn has_network(&self) -> bool {
+        self.network.is_some()
+    }
+
+    async fn prepare(&self) -> io::Result<Prepared> {
+        let netns = Arc::new(self.worker.create().await?);
+        let lease = match &self.network {
+            Some(network) => Some(network.connect(netns.raw_fd()).await?),
+            None => None,
+        };
+        Ok(Prepared { netns, lease })
+    }
+
+    /// A prepared namespace: from the stock if there is one, else made now.
+    pub(crate) async fn take(self: &Arc<Self>) -> io::Result<Prepared> {
+        self.refilling.call_once(|| {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(refill(pool, self.wanted.clone()));
+        });
+        let stocked = self.stock.lock().expect("warm pool poisoned").pop();
+        self.wanted.notify_one();
+        match stocked {
+            Some(prepared) => Ok(prepared),
+            None => self.prepare().await,
+        }
+    }
+}
+
+impl Drop for WarmPool {
+    fn drop(&mut self) {
+        // Wakes the refill task so it sees the pool is gone.
+        self.wanted.notify_one();
+    }
+}
+
+async fn refill(pool: Weak<WarmPool>, wanted: Arc<Notify>) {
+    loop {
+        let Some(strong) = pool.upgrade() else {
+            return;
+        };
+        let missing = STOCK.saturating_sub(strong.stock.lock().expect("warm pool poisoned").len());
+        for _ in 0..missing {
+            match strong.prepare().await {
+                Ok(prepared) => strong
+                    .stock
+                    .lock()
+                    .expect("warm pool poisoned")
+                    .push(prepared),
+                Err(err) => {
+                    tracing::debug!(%err, "could not prepare a namespace ahead of demand");
+                    break;
+                }
+            }
+        }
+        drop(strong);
+        wanted.notified().await;
+    }
+}
