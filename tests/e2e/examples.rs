@@ -1,31 +1,82 @@
-//! The example functions in examples/, through scfsim, also 20 at once. An example whose
-//! runtime or library is missing is skipped with a visible message (`.ci/run` installs them).
+//! The example functions in examples/, through scfsim: each one's own behaviour (echo, server
+//! push, binary digests, a custom close code, Rust), the echoes also 20 at once, and
+//! config/scfsim.toml itself, served as users serve it. An example whose runtime or library is
+//! missing is skipped with a visible `SKIPPED:` line (`.ci/run` installs them).
+//!
+//! Nothing here asserts on elapsed time: waits are bounded only so that a broken build fails
+//! instead of hanging.
 
-use scfsim_e2e::{repo_root, Function, Scfsim};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use futures_util::StreamExt;
+use scfsim_e2e::{refused, repo_root, scfsim_bin, Client, Function, Scfsim, PATIENCE};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Says why a test (or part of one) did nothing. Written to stderr directly, not with
+/// `eprintln!`, which the test harness captures (and shows only for failures): a skip must be
+/// visible in every run.
+fn skip(why: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {why}");
+}
+
+/// True if `check` runs and succeeds; otherwise says that `what` is missing.
 fn available(what: &str, check: &[&str]) -> bool {
-    let ok = std::process::Command::new(check[0])
+    let ok = Command::new(check[0])
         .args(&check[1..])
+        .stdin(Stdio::null())
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+        .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!(
-            "SKIPPED: {what} is not installed here (`{}` failed)",
+        skip(&format!(
+            "{what} is not installed here (`{}` failed)",
             check.join(" ")
-        );
+        ));
     }
     ok
 }
 
+fn python3() -> bool {
+    available("python3", &["python3", "--version"])
+}
+
+fn python_websockets() -> bool {
+    available(
+        "python3 websockets",
+        &["python3", "-c", "import websockets"],
+    )
+}
+
+/// Node.js, and the example's dependencies installed from its lock file.
+fn node_example(dir: &str) -> bool {
+    if !available("node", &["node", "--version"]) {
+        return false;
+    }
+    if !example(dir).join("node_modules").exists() {
+        skip(&format!(
+            "examples/{dir}/node_modules is missing: run `npm ci --prefix examples/{dir}` first"
+        ));
+        return false;
+    }
+    true
+}
+
+fn example(dir: &str) -> PathBuf {
+    repo_root().join("examples").join(dir)
+}
+
 async fn twenty_at_once(name: &str) {
-    let scfsim = Scfsim::start(vec![Function::code_dir(
-        name,
-        repo_root().join("examples").join(name),
-    )])
-    .await;
-    let path = format!("/{name}");
-    let mut clients = futures_util::future::join_all((0..20).map(|_| scfsim.connect(&path))).await;
+    let scfsim = Scfsim::start(vec![Function::code_dir(name, example(name))]).await;
+    twenty_at_once_on(&scfsim, &format!("/{name}")).await;
+}
+
+async fn twenty_at_once_on(scfsim: &Scfsim, path: &str) {
+    let mut clients = futures_util::future::join_all((0..20).map(|_| scfsim.connect(path))).await;
     for (i, c) in clients.iter_mut().enumerate() {
         c.send_text(&format!("hello {i}")).await;
         c.send_binary(vec![i as u8; 3]).await;
@@ -51,29 +102,509 @@ async fn twenty_at_once(name: &str) {
 
 #[tokio::test]
 async fn stdlib_python_echo() {
-    if available("python3", &["python3", "--version"]) {
+    if python3() {
         twenty_at_once("echo").await;
     }
 }
 
 #[tokio::test]
 async fn python_websockets_echo() {
-    if available(
-        "python3 websockets",
-        &["python3", "-c", "import websockets"],
-    ) {
+    if python_websockets() {
         twenty_at_once("python-echo").await;
     }
 }
 
 #[tokio::test]
 async fn node_ws_echo() {
-    let ws = repo_root().join("examples/node-echo/node_modules/ws");
-    if available("node", &["node", "--version"]) {
-        if ws.exists() {
-            twenty_at_once("node-echo").await;
-        } else {
-            eprintln!("SKIPPED: run `npm ci --prefix examples/node-echo` first");
+    if node_example("node-echo") {
+        twenty_at_once("node-echo").await;
+    }
+}
+
+// ---- examples/push ----------------------------------------------------------------------------
+
+/// Reads messages until the echo of `sent` and at least one well-formed tick have arrived (in
+/// whatever order); ticks must count 1, 2, 3, ... Returns the number of ticks seen.
+async fn expect_echo_and_tick(client: &mut Client, sent: &str) -> u64 {
+    let (mut echoed, mut ticks) = (false, 0u64);
+    // A tick comes every 2 s: 20 messages is far more than the echo and one tick need.
+    for _ in 0..20 {
+        match client.next_message().await {
+            Message::Text(text) if text.as_str() == sent && !echoed => echoed = true,
+            Message::Text(text) => {
+                let tick: Value = serde_json::from_str(text.as_str())
+                    .unwrap_or_else(|e| panic!("neither the echo nor a tick: {text:?} ({e})"));
+                assert_eq!(tick["type"], "tick", "{tick}");
+                ticks += 1;
+                assert_eq!(tick["n"], ticks, "ticks count from 1: {tick}");
+            }
+            other => panic!("expected text from the push example, got {other:?}"),
         }
+        if echoed && ticks > 0 {
+            return ticks;
+        }
+    }
+    panic!("20 messages without both the echo (seen: {echoed}) and a tick (seen: {ticks})");
+}
+
+#[tokio::test]
+async fn push_echoes_and_pushes_ticks() {
+    if !python_websockets() {
+        return;
+    }
+    let scfsim = Scfsim::start(vec![Function::code_dir("push", example("push"))]).await;
+    let mut client = scfsim.connect("/push").await;
+    client.send_text("hello").await;
+    let ticks = expect_echo_and_tick(&mut client, "hello").await;
+    client.close(1000, "").await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    assert_eq!(record["messages_in"], 1, "{record:#}");
+    assert!(
+        record["messages_out"].as_u64().unwrap() > ticks,
+        "the echo and the ticks: {record:#}"
+    );
+}
+
+// ---- examples/binary ---------------------------------------------------------------------------
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// SHA-256 test vectors (FIPS 180-2 examples, and the empty message).
+const SHA256_VECTORS: &[(&[u8], &str)] = &[
+    (
+        b"abc",
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    ),
+    (
+        b"",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ),
+    (
+        b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+    ),
+];
+
+#[tokio::test]
+async fn binary_answers_sha256_digests() {
+    if !node_example("binary") {
+        return;
+    }
+    let scfsim = Scfsim::start(vec![Function::code_dir("binary", example("binary"))]).await;
+    let mut client = scfsim.connect("/binary").await;
+    for (data, digest) in SHA256_VECTORS {
+        client.send_binary(data.to_vec()).await;
+        client.expect_binary(&hex(digest)).await;
+    }
+    // Text is a mistake the function explains, and the connection goes on.
+    client.send_text("abc").await;
+    match client.next_message().await {
+        Message::Text(t) => assert!(t.as_str().starts_with("error:"), "{t:?}"),
+        other => panic!("expected an error text, got {other:?}"),
+    }
+    client.send_binary(b"abc".to_vec()).await;
+    client.expect_binary(&hex(SHA256_VECTORS[0].1)).await;
+    client.close(1000, "").await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    assert_eq!(record["messages_in"], 5, "{record:#}");
+    assert_eq!(record["messages_out"], 5, "{record:#}");
+}
+
+// ---- examples/close-code -----------------------------------------------------------------------
+
+/// After the function's close frame: lets the client answer it and waits for the end.
+async fn finish_close_handshake(client: &mut Client) {
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, client.ws.next()).await {}
+}
+
+#[tokio::test]
+async fn close_code_is_4000_for_the_client_and_439_in_the_record() {
+    if !python3() {
+        return;
+    }
+    let scfsim = Scfsim::start(vec![Function::code_dir(
+        "close-code",
+        example("close-code"),
+    )])
+    .await;
+    let mut client = scfsim.connect("/close-code").await;
+    client.send_text("hello").await;
+    client.expect_text("hello").await;
+    assert_eq!(
+        client.expect_close().await,
+        (4000, "bye from the function".to_string())
+    );
+    finish_close_handshake(&mut client).await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 439, "{record:#}");
+    assert_eq!(record["end_reason"], "function_closed", "{record:#}");
+    assert_eq!(record["close_code"], 4000, "{record:#}");
+    assert_eq!(
+        record["close_reason"], "bye from the function",
+        "{record:#}"
+    );
+    assert_eq!(record["closed_by"], "function", "{record:#}");
+}
+
+// ---- examples/rust-echo ------------------------------------------------------------------------
+
+/// `target/`, the workspace's target dir (the test executable is in `target/<profile>/deps`).
+fn workspace_target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors()
+        .nth(3)
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Where the tests build examples/rust-echo (`CARGO_TARGET_DIR` of that build).
+fn rust_echo_target_dir() -> PathBuf {
+    workspace_target_dir().join("examples-rust-echo")
+}
+
+fn tail(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Builds examples/rust-echo once per test run: `Some(CARGO_TARGET_DIR)` if it built, `None`
+/// (after a visible skip) if its crates could not be downloaded. A compile error fails.
+async fn build_rust_echo() -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = tokio::task::spawn_blocking(|| {
+        BUILT
+            .get_or_init(|| {
+                let target = rust_echo_target_dir();
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let manifest = example("rust-echo").join("Cargo.toml");
+                let build = |extra: &[&str]| {
+                    Command::new(&cargo)
+                        .args(["build", "--release", "--locked", "--manifest-path"])
+                        .arg(&manifest)
+                        .args(extra)
+                        .env("CARGO_TARGET_DIR", &target)
+                        .stdin(Stdio::null())
+                        .output()
+                };
+                // Offline first (the workspace's own build has put the crates in the local
+                // cache), then online.
+                let mut out = build(&["--offline"]);
+                if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                    out = build(&[]);
+                }
+                match out {
+                    Err(e) => Err(format!("cargo could not be run: {e}")),
+                    Ok(o) if o.status.success() => Ok(target),
+                    Ok(o) => {
+                        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+                        let network = [
+                            "failed to download",
+                            "failed to get",
+                            "Unable to update registry",
+                            "failed to query replaced source",
+                            "Couldn't resolve host",
+                            "Could not resolve host",
+                            "spurious network error",
+                            "failed to load source for dependency",
+                        ]
+                        .iter()
+                        .any(|m| text.contains(m));
+                        assert!(
+                            network,
+                            "`cargo build --release --manifest-path examples/rust-echo/Cargo.toml` \
+                             failed, and not for lack of network:\n{}",
+                            tail(&text)
+                        );
+                        Err(format!(
+                            "`cargo build --release --manifest-path examples/rust-echo/Cargo.toml` \
+                             could not download its crates (is crates.io reachable?):\n{}",
+                            tail(&text)
+                        ))
+                    }
+                }
+            })
+            .clone()
+    })
+    .await
+    .expect("builder thread");
+    match built {
+        Ok(target) => Some(target),
+        Err(why) => {
+            skip(&why);
+            None
+        }
+    }
+}
+
+/// examples/rust-echo with its bootstrap pointed at the tests' build (`CARGO_TARGET_DIR`).
+fn rust_echo_function(target: &Path) -> Function {
+    Function::code_dir("rust-echo", example("rust-echo"))
+        .path("/rust")
+        .set(
+            "env",
+            &format!(
+                "{{ CARGO_TARGET_DIR = {:?} }}",
+                target.display().to_string()
+            ),
+        )
+}
+
+#[tokio::test]
+async fn rust_echo() {
+    let Some(target) = build_rust_echo().await else {
+        return;
+    };
+    let scfsim = Scfsim::start(vec![rust_echo_function(&target)]).await;
+    twenty_at_once_on(&scfsim, "/rust").await;
+}
+
+#[tokio::test]
+async fn rust_echo_not_built_says_so() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let scfsim = Scfsim::start(vec![rust_echo_function(empty.path())]).await;
+    let (status, _, body) = refused(
+        scfsim
+            .connect_with("/rust", &[])
+            .await
+            .err()
+            .expect("no binary: the upgrade fails"),
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("is not built yet"), "{body}");
+    assert!(body.contains("cargo build --release"), "{body}");
+    let record = scfsim.last_record("rust-echo").await;
+    assert_eq!(record["status_code"], 405, "{record:#}");
+}
+
+// ---- config/scfsim.toml, served as it is ------------------------------------------------------
+
+/// `scfsim serve --config config/scfsim.toml` on free ports, SIGTERMed when dropped.
+struct Served {
+    child: Child,
+    ws: String,
+    admin: String,
+    stderr: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(rust_target: Option<&Path>) -> Served {
+        let data = tempfile::tempdir().expect("temp dir");
+        let stderr = data.path().join("scfsim.stderr");
+        let mut cmd = Command::new(scfsim_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(repo_root().join("config/scfsim.toml"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.path().join("data"))
+            .current_dir(data.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        // The config passes CARGO_TARGET_DIR on to instances: rust-echo's bootstrap finds the
+        // tests' build there.
+        match rust_target {
+            Some(target) => cmd.env("CARGO_TARGET_DIR", target),
+            None => cmd.env_remove("CARGO_TARGET_DIR"),
+        };
+        let mut child = cmd.spawn().expect("spawn scfsim");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.expect("scfsim stdout");
+                let done = line == "ready";
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            lines
+        });
+        let lines = tokio::time::timeout(PATIENCE, lines)
+            .await
+            .expect("scfsim printed `ready`")
+            .expect("reader thread");
+        let addr = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no `{prefix}` line in {lines:?}; stderr: {}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    )
+                })
+                .to_string()
+        };
+        Served {
+            ws: format!("ws://{}", addr("listening ws://")),
+            admin: format!("http://{}", addr("listening admin http://")),
+            child,
+            stderr,
+            _data: data,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, String> {
+        let body = scfsim::client::get(&format!("{}{path}", self.admin))
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+
+    async fn connect(&self, path: &str) -> Client {
+        let url = format!("{}{path}", self.ws);
+        let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(&url))
+            .await
+            .expect("handshake finished")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}\nscfsim log:\n{}", self.log()));
+        assert_eq!(response.status().as_u16(), 101);
+        let request_id = response
+            .headers()
+            .get("x-scf-request-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("101 carries X-Scf-Request-Id")
+            .to_string();
+        Client {
+            ws,
+            request_id,
+            response,
+        }
+    }
+
+    /// The finished record of `request_id` (bounded wait).
+    async fn record(&self, request_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let record = self.get(&format!("/api/invocations/{request_id}")).await;
+            if let Ok(record) = &record {
+                if !record["status_code"].is_null() {
+                    return record.clone();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "invocation {request_id} never finished (last answer {record:?})\nscfsim log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// What the check of one function of config/scfsim.toml sends and expects.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Echoes text and binary.
+    Echo,
+    /// Echoes, and pushes ticks.
+    Push,
+    /// Answers binary with its SHA-256 digest.
+    Digest,
+    /// Echoes one message, then closes with 4000 (a 439).
+    CloseCode,
+}
+
+#[tokio::test]
+async fn config_serves_every_example() {
+    let rust_target = build_rust_echo().await;
+    // name -> (path, check, is what it needs here?)
+    let expected: BTreeMap<&str, (&str, Check, bool)> = BTreeMap::from([
+        ("echo", ("/echo", Check::Echo, python3())),
+        ("python-echo", ("/python", Check::Echo, python_websockets())),
+        (
+            "node-echo",
+            ("/node", Check::Echo, node_example("node-echo")),
+        ),
+        ("push", ("/push", Check::Push, python_websockets())),
+        ("binary", ("/binary", Check::Digest, node_example("binary"))),
+        ("close-code", ("/close-code", Check::CloseCode, python3())),
+        ("rust-echo", ("/rust", Check::Echo, rust_target.is_some())),
+    ]);
+    let served = Served::start(rust_target.as_deref()).await;
+    let functions = served.get("/api/functions").await.expect("/api/functions");
+    let configured: BTreeMap<String, String> = functions
+        .as_array()
+        .expect("a list of functions")
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().expect("name").to_string(),
+                f["path"].as_str().expect("path").to_string(),
+            )
+        })
+        .collect();
+    let wanted: BTreeMap<String, String> = expected
+        .iter()
+        .map(|(name, (path, _, _))| (name.to_string(), path.to_string()))
+        .collect();
+    assert_eq!(
+        configured, wanted,
+        "config/scfsim.toml's functions (left) are the ones this test checks (right): add a check \
+         for a new one"
+    );
+    for (name, (path, check, runnable)) in expected {
+        if !runnable {
+            skip(&format!(
+                "{name} ({path}) of config/scfsim.toml was not tried: what it needs is missing \
+                 (see the SKIPPED line above)"
+            ));
+            continue;
+        }
+        let mut client = served.connect(path).await;
+        let status = match check {
+            Check::Echo => {
+                client.send_text("hello").await;
+                client.expect_text("hello").await;
+                client.send_binary(vec![0, 1, 255]).await;
+                client.expect_binary(&[0, 1, 255]).await;
+                client.close(1000, "").await;
+                200
+            }
+            Check::Push => {
+                client.send_text("hello").await;
+                expect_echo_and_tick(&mut client, "hello").await;
+                client.close(1000, "").await;
+                200
+            }
+            Check::Digest => {
+                let (data, digest) = SHA256_VECTORS[0];
+                client.send_binary(data.to_vec()).await;
+                client.expect_binary(&hex(digest)).await;
+                client.close(1000, "").await;
+                200
+            }
+            Check::CloseCode => {
+                client.send_text("hello").await;
+                client.expect_text("hello").await;
+                assert_eq!(client.expect_close().await.0, 4000);
+                finish_close_handshake(&mut client).await;
+                439
+            }
+        };
+        let record = served.record(&client.request_id).await;
+        assert_eq!(record["function"], name, "{record:#}");
+        assert_eq!(record["status_code"], status, "{name}: {record:#}");
     }
 }
