@@ -7,14 +7,13 @@
 //! instead of hanging.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use futures_util::StreamExt;
-use scfsim_e2e::{refused, repo_root, scfsim_bin, Client, Function, Scfsim, PATIENCE};
+use scfsim_e2e::{refused, repo_root, Client, Function, Options, Scfsim, PATIENCE};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -385,134 +384,6 @@ async fn rust_echo_not_built_says_so() {
 
 // ---- config/scfsim.toml, served as it is ------------------------------------------------------
 
-/// `scfsim serve --config config/scfsim.toml` on free ports, SIGTERMed when dropped.
-struct Served {
-    child: Child,
-    ws: String,
-    admin: String,
-    stderr: PathBuf,
-    _data: tempfile::TempDir,
-}
-
-impl Served {
-    async fn start(rust_target: Option<&Path>) -> Served {
-        let data = tempfile::tempdir().expect("temp dir");
-        let stderr = data.path().join("scfsim.stderr");
-        let mut cmd = Command::new(scfsim_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(repo_root().join("config/scfsim.toml"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.path().join("data"))
-            .current_dir(data.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        // The config passes CARGO_TARGET_DIR on to instances: rust-echo's bootstrap finds the
-        // tests' build there.
-        match rust_target {
-            Some(target) => cmd.env("CARGO_TARGET_DIR", target),
-            None => cmd.env_remove("CARGO_TARGET_DIR"),
-        };
-        let mut child = cmd.spawn().expect("spawn scfsim");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines = tokio::task::spawn_blocking(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let line = line.expect("scfsim stdout");
-                let done = line == "ready";
-                lines.push(line);
-                if done {
-                    break;
-                }
-            }
-            lines
-        });
-        let lines = tokio::time::timeout(PATIENCE, lines)
-            .await
-            .expect("scfsim printed `ready`")
-            .expect("reader thread");
-        let addr = |prefix: &str| {
-            lines
-                .iter()
-                .find_map(|l| l.strip_prefix(prefix))
-                .unwrap_or_else(|| {
-                    panic!(
-                        "no `{prefix}` line in {lines:?}; stderr: {}",
-                        std::fs::read_to_string(&stderr).unwrap_or_default()
-                    )
-                })
-                .to_string()
-        };
-        Served {
-            ws: format!("ws://{}", addr("listening ws://")),
-            admin: format!("http://{}", addr("listening admin http://")),
-            child,
-            stderr,
-            _data: data,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> Result<Value, String> {
-        let body = scfsim::client::get(&format!("{}{path}", self.admin))
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
-    }
-
-    async fn connect(&self, path: &str) -> Client {
-        let url = format!("{}{path}", self.ws);
-        let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(&url))
-            .await
-            .expect("handshake finished")
-            .unwrap_or_else(|e| panic!("connect {url}: {e}\nscfsim log:\n{}", self.log()));
-        assert_eq!(response.status().as_u16(), 101);
-        let request_id = response
-            .headers()
-            .get("x-scf-request-id")
-            .and_then(|v| v.to_str().ok())
-            .expect("101 carries X-Scf-Request-Id")
-            .to_string();
-        Client {
-            ws,
-            request_id,
-            response,
-        }
-    }
-
-    /// The finished record of `request_id` (bounded wait).
-    async fn record(&self, request_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let record = self.get(&format!("/api/invocations/{request_id}")).await;
-            if let Ok(record) = &record {
-                if !record["status_code"].is_null() {
-                    return record.clone();
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "invocation {request_id} never finished (last answer {record:?})\nscfsim log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 /// What the check of one function of config/scfsim.toml sends and expects.
 #[derive(Clone, Copy)]
 enum Check {
@@ -542,8 +413,21 @@ async fn config_serves_every_example() {
         ("close-code", ("/close-code", Check::CloseCode, python3())),
         ("rust-echo", ("/rust", Check::Echo, rust_target.is_some())),
     ]);
-    let served = Served::start(rust_target.as_deref()).await;
-    let functions = served.get("/api/functions").await.expect("/api/functions");
+    let served = Scfsim::start_with(
+        vec![],
+        Options {
+            config: Some(repo_root().join("config/scfsim.toml")),
+            // The config passes CARGO_TARGET_DIR on to instances: rust-echo's bootstrap finds
+            // the tests' build there.
+            env: rust_target
+                .iter()
+                .map(|t| ("CARGO_TARGET_DIR".to_string(), t.display().to_string()))
+                .collect(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let functions = served.get("/api/functions").await;
     let configured: BTreeMap<String, String> = functions
         .as_array()
         .expect("a list of functions")

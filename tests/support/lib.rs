@@ -156,6 +156,9 @@ pub struct Options {
     pub extra_toml: String,
     /// Also serve wss:// on a free port (`Scfsim::wss`).
     pub tls: bool,
+    /// Serve this existing config file (e.g. the repository's own) instead of writing one;
+    /// the functions passed to `start_with` are then ignored.
+    pub config: Option<PathBuf>,
 }
 
 impl Scfsim {
@@ -172,14 +175,23 @@ impl Scfsim {
                 (Some(tmp), dir)
             }
         };
-        if !functions.is_empty() {
-            write_config(&dir, &functions, &options.gateway, &options.extra_toml);
-        }
+        let config = match &options.config {
+            Some(config) => config.clone(),
+            None => {
+                if !functions.is_empty() {
+                    write_config(&dir, &functions, &options.gateway, &options.extra_toml);
+                }
+                dir.join("scfsim.toml")
+            }
+        };
         let stderr = dir.join("scfsim.stderr");
         let mut cmd = Command::new(scfsim_bin());
         cmd.arg("serve")
             .arg("--config")
-            .arg(dir.join("scfsim.toml"))
+            .arg(config)
+            .current_dir(&dir)
+            // A test's own build settings are not the instances' business unless it says so.
+            .env_remove("CARGO_TARGET_DIR")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.join("data"))
