@@ -138,6 +138,10 @@ impl ClientConn {
             };
             buf.extend_from_slice(&chunk[..n]);
             match parse(&buf) {
+                // A complete head can arrive in one read past the bound: check it too.
+                Ok(Some((_, used))) if used > MAX_HEAD_BYTES => {
+                    return Err((stream, HeadError::TooLarge))
+                }
                 Ok(Some((request, used))) => {
                     let leftover = buf.split_off(used);
                     return Ok((ClientConn { stream, leftover }, request));
@@ -237,7 +241,7 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
 }
 
 /// A complete head, and how many bytes it took; `None` if more bytes are needed.
-fn parse(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, HeadError> {
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let used = match parsed.parse(buf) {

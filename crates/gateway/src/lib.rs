@@ -23,6 +23,70 @@ mod proxy;
 mod server;
 mod tls;
 
+/// Entry points for `fuzz/` (cargo-fuzz): the parsers of untrusted bytes that are otherwise only
+/// reachable through a socket. Not part of scfsim's API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use http::{Request, Response};
+    use uuid::Uuid;
+
+    use crate::client::{parse, HeadError};
+    use crate::handshake::{check_upgrade, switching_protocols, upstream_request, GatewayHeaders};
+
+    /// The outcome of one head, for the fuzz target's invariants.
+    pub enum Head {
+        Partial,
+        TooLarge,
+        Malformed,
+        Complete { used: usize, request: Request<()> },
+    }
+
+    /// `client::parse` as `ClientConn::read` calls it.
+    pub fn parse_head(buf: &[u8]) -> Head {
+        match parse(buf) {
+            Ok(None) => Head::Partial,
+            Ok(Some((request, used))) => Head::Complete { used, request },
+            Err(HeadError::TooLarge) => Head::TooLarge,
+            Err(HeadError::Malformed(_)) => Head::Malformed,
+            Err(HeadError::Gone) => unreachable!("parse never reports Gone"),
+        }
+    }
+
+    /// What a parsed head goes through before and after the instance's handshake, as for a
+    /// function on path "/" (which every path routes to): the upgrade check, the request to
+    /// the instance, and the client's 101.
+    pub fn handshake(request: &Request<()>) {
+        if check_upgrade(request).is_err() {
+            return;
+        }
+        let identity = crate::PlatformIdentity::default();
+        let gw = GatewayHeaders {
+            request_id: Uuid::nil(),
+            peer: "192.0.2.1:5000".parse().expect("literal address"),
+            proto: "ws",
+            function: "root",
+            memory_mb: 128,
+            timeout_ms: 900_000,
+            identity: &identity,
+        };
+        let upstream = upstream_request(request, &gw);
+        assert_eq!(
+            upstream
+                .headers()
+                .get_all("x-scf-request-id")
+                .iter()
+                .count(),
+            1
+        );
+        let instance = Response::builder()
+            .status(101)
+            .body(())
+            .expect("static response");
+        let _ = switching_protocols(request, &instance, Uuid::nil());
+    }
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

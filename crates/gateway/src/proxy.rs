@@ -79,7 +79,9 @@ enum DirectionEnd {
 struct OutstandingPings(Mutex<VecDeque<Bytes>>);
 
 impl OutstandingPings {
-    const MAX: usize = 16;
+    /// Enough for any burst a client sends before the far side answers; each entry is a
+    /// control-frame payload (at most 125 bytes), so the bound is also a memory bound.
+    const MAX: usize = 1024;
 
     fn sent(&self, payload: &Bytes) {
         let mut q = self.0.lock().expect("pings poisoned");
@@ -203,6 +205,18 @@ impl Direction<'_> {
                 Message::Pong(p) => {
                     if self.opposite.answered(p) {
                         continue;
+                    }
+                }
+                // tungstenite answers a close frame whose code may not be sent (1005, 1006,
+                // 1015, 999, 5000 …) by itself with this 1002, and hands it to us as if the peer
+                // had sent it: that is the peer breaking the protocol.
+                Message::Close(Some(frame))
+                    if frame.code == CloseCode::Protocol
+                        && frame.reason.as_str() == "Protocol violation" =>
+                {
+                    return DirectionEnd::Protocol {
+                        code: CloseCode::Protocol,
+                        detail: "close frame with a code that must not be sent".into(),
                     }
                 }
                 Message::Close(frame) => return DirectionEnd::Closed(frame.clone()),
@@ -363,6 +377,9 @@ where
     async fn close(self, frame: Option<CloseFrame>) {
         let _ = timeout(CLOSE_HANDSHAKE, async {
             if self.tx.send(Message::Close(frame)).await.is_err() {
+                // The leg is already closing (tungstenite queued its own answer to the peer's
+                // close): make sure that answer is written.
+                let _ = self.tx.close().await;
                 return;
             }
             while let Some(Ok(msg)) = self.rx.next().await {

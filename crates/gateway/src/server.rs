@@ -116,6 +116,15 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Result<(&FunctionConfig, Uuid, Permit), Box<Response<Body>>> {
         let path = req.uri().path();
+        // Only origin-form targets (`/path?query`) name a function: `*` or an absolute URI
+        // would otherwise match a function on "/" and reach it with a path the client never
+        // sent.
+        if !req.uri().to_string().starts_with('/') {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                format!("request target {:?} is not a path", req.uri().to_string()),
+            )));
+        }
         let Some(function) = self.config.route(path) else {
             return Err(Box::new(text(
                 StatusCode::NOT_FOUND,
