@@ -245,6 +245,7 @@ async fn serve(
         .iter()
         .map(|f| format!("{} -> {}", f.path, f.name))
         .collect();
+    raise_open_file_limit();
     // Before `ready`: a supervisor may send SIGTERM as soon as it reads that line.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -285,6 +286,29 @@ impl Filter {
     fn matches(&self, r: &serde_json::Value) -> bool {
         self.function.as_deref().is_none_or(|f| r["function"] == f)
             && self.status.is_none_or(|s| r["status_code"] == s)
+    }
+}
+
+/// Each open connection holds about eight descriptors (two sockets, the instance's pipes, its
+/// namespace and cgroup files): the usual soft limit of 1024 would stop scfsim near 125
+/// connections, far below the hard limit it may use.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(
+                    "could not raise the open-file limit above {}",
+                    limit.rlim_cur
+                );
+            }
+        }
     }
 }
 

@@ -147,16 +147,11 @@ impl Prepared {
                     return Err(io::Error::last_os_error());
                 }
             }
-            let files = libc::rlimit {
-                rlim_cur: MAX_OPEN_FILES,
-                rlim_max: MAX_OPEN_FILES,
-            };
-            check(libc::setrlimit(libc::RLIMIT_NOFILE, &files))?;
             if self.netns >= 0 {
                 check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
             }
             if !self.pid_namespace {
-                return Ok(());
+                return limit_open_files();
             }
             check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID))?;
             // Nothing mounted here may propagate back to the host.
@@ -211,6 +206,7 @@ impl Prepared {
             libc::signal(libc::SIGCHLD, libc::SIG_DFL);
             match raw_fork() {
                 -1 => libc::_exit(127),
+                0 if limit_open_files().is_err() => libc::_exit(127),
                 0 => {
                     libc::close(status[1]);
                     Ok(()) // the bootstrap: std goes on to exec it
@@ -219,6 +215,18 @@ impl Prepared {
             }
         }
     }
+}
+
+/// The platform's 1024 open files, for the bootstrap only: set after the keeper and init made
+/// their pipes, because until the bootstrap's exec they still hold copies of scfsim's own
+/// descriptors (numbered past 1024 once scfsim serves a few hundred connections).
+fn limit_open_files() -> io::Result<()> {
+    let files = libc::rlimit {
+        rlim_cur: MAX_OPEN_FILES,
+        rlim_max: MAX_OPEN_FILES,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &files) })
 }
 
 /// Closes every descriptor but `keep` (two, possibly equal): the keeper and init never exec,

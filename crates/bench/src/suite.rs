@@ -1,0 +1,277 @@
+//! The full suite: every scenario at its standard size, then the goals of issue #7, met or not.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::env::Env;
+use crate::stats::Table;
+use crate::{connect, echo, hold};
+
+/// Sizes of one suite run.
+pub struct Plan {
+    pub echo: Vec<echo::Opts>,
+    pub connect: Vec<connect::Opts>,
+    /// The goal's size first; then smaller ones.
+    pub hold: Vec<hold::Opts>,
+}
+
+impl Plan {
+    /// The standard run (a few seconds per scenario; hold about a minute).
+    pub fn full() -> Plan {
+        let e = |connections, messages, size, rounds, warmup| echo::Opts {
+            connections,
+            messages,
+            size,
+            rounds,
+            warmup,
+            targets: vec![
+                echo::Target::Direct,
+                echo::Target::Scfsim,
+                echo::Target::Nginx,
+            ],
+        };
+        let c = |connections, concurrency, rounds| connect::Opts {
+            connections,
+            concurrency,
+            rounds,
+            warmup: 10,
+            targets: vec![
+                connect::Target::Floor,
+                connect::Target::Scfsim,
+                connect::Target::FloorExec,
+                connect::Target::Websocketd,
+            ],
+        };
+        Plan {
+            echo: vec![
+                e(1, 10_000, 64, 10, 100),
+                e(16, 1_000, 64, 4, 20),
+                e(1, 2_000, 65_536, 10, 20),
+                e(16, 200, 65_536, 4, 5),
+            ],
+            connect: vec![c(300, 1, 6), c(300, 2, 6), c(400, 8, 4)],
+            hold: vec![
+                hold::Opts {
+                    connections: 2000,
+                    concurrency: 32,
+                },
+                hold::Opts {
+                    connections: 100,
+                    concurrency: 32,
+                },
+            ],
+        }
+    }
+
+    /// Tiny sizes: proves every scenario runs (the smoke test).
+    pub fn quick() -> Plan {
+        let mut plan = Plan::full();
+        for e in &mut plan.echo {
+            e.connections = e.connections.min(2);
+            e.messages = 20;
+            e.rounds = 2;
+            e.warmup = 2;
+        }
+        plan.echo.truncate(3);
+        for c in &mut plan.connect {
+            c.connections = 4;
+            c.rounds = 2;
+            c.warmup = 1;
+        }
+        plan.connect.truncate(2);
+        plan.hold = vec![hold::Opts {
+            connections: 8,
+            concurrency: 4,
+        }];
+        plan
+    }
+}
+
+struct Goal {
+    what: &'static str,
+    measured: Option<f64>,
+    /// The same figure against `floor-exec` (the fixture exec'd without `sh`), for connect goals.
+    vs_exec: Option<f64>,
+    unit: &'static str,
+    ok: Option<bool>,
+}
+
+fn find(results: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
+    results.iter().find(|v| pred(v))
+}
+
+/// The goals of issue #7 against the results; prints the table and the JSON line.
+fn goals(results: &[Value], judge: bool) -> Value {
+    let echo_1 = |size: u64| {
+        find(results, |v| {
+            v["scenario"] == "echo" && v["size"] == size && v["connections"] == 1
+        })
+    };
+    let connect_c = |c: u64| {
+        find(results, |v| {
+            v["scenario"] == "connect" && v["concurrency"] == c
+        })
+    };
+    // The largest hold run is the goal's.
+    let hold = results
+        .iter()
+        .filter(|v| v["scenario"] == "hold")
+        .max_by_key(|v| v["connections"].as_u64().unwrap_or(0));
+    let at = |v: Option<&Value>, path: &[&str]| -> Option<f64> {
+        let mut cur = v?;
+        for p in path {
+            cur = cur.get(p)?;
+        }
+        cur.as_f64()
+    };
+    let ge = |x: Option<f64>, limit: f64| x.map(|x| x >= limit);
+    let le = |x: Option<f64>, limit: f64| x.map(|x| x <= limit);
+
+    let mut goals = Vec::new();
+    let m = at(echo_1(64), &["ratios", "scfsim/direct", "messages_per_s"]);
+    goals.push(Goal {
+        what: "echo 64 B, 1 connection: messages/s ≥ 0.80× direct",
+        measured: m,
+        vs_exec: None,
+        unit: "×",
+        ok: ge(m, 0.80),
+    });
+    let m = at(echo_1(64), &["ratios", "scfsim/direct", "rtt_p50"]);
+    goals.push(Goal {
+        what: "echo 64 B, 1 connection: RTT p50 ≤ 1.4× direct",
+        measured: m,
+        vs_exec: None,
+        unit: "×",
+        ok: le(m, 1.4),
+    });
+    let m = at(
+        echo_1(65_536),
+        &["ratios", "scfsim/direct", "messages_per_s"],
+    );
+    goals.push(Goal {
+        what: "echo 64 KiB, 1 connection: messages/s ≥ 0.60× direct",
+        measured: m,
+        vs_exec: None,
+        unit: "×",
+        ok: ge(m, 0.60),
+    });
+    let m = at(
+        connect_c(1),
+        &["vs_floor", "scfsim", "first_echo_p50_diff_ms"],
+    );
+    goals.push(Goal {
+        what: "connect→first echo p50 ≤ floor + 1 ms (concurrency 1)",
+        measured: m,
+        vs_exec: at(
+            connect_c(1),
+            &["vs_floor_exec", "scfsim", "first_echo_p50_diff_ms"],
+        ),
+        unit: " ms",
+        ok: le(m, 1.0),
+    });
+    let m = at(
+        connect_c(1),
+        &["vs_floor", "scfsim", "first_echo_p99_diff_ms"],
+    );
+    goals.push(Goal {
+        what: "connect→first echo p99 ≤ floor + 5 ms (concurrency 1)",
+        measured: m,
+        vs_exec: at(
+            connect_c(1),
+            &["vs_floor_exec", "scfsim", "first_echo_p99_diff_ms"],
+        ),
+        unit: " ms",
+        ok: le(m, 5.0),
+    });
+    let m = at(
+        connect_c(2),
+        &["vs_floor", "scfsim", "connections_per_s_ratio"],
+    );
+    goals.push(Goal {
+        what: "connections/s ≥ 0.8× floor at concurrency 2",
+        measured: m,
+        vs_exec: at(
+            connect_c(2),
+            &["vs_floor_exec", "scfsim", "connections_per_s_ratio"],
+        ),
+        unit: "×",
+        ok: ge(m, 0.8),
+    });
+    // Judged on a run that attempted the goal's 2,000 (the quick run holds a handful).
+    let full_size = at(hold, &["connections"]).is_some_and(|n| n >= 2000.0);
+    let opened = at(hold, &["opened"]);
+    let errs = at(hold, &["errors", "count"])
+        .zip(at(hold, &["warmup_errors", "count"]))
+        .map(|(a, b)| a + b);
+    goals.push(Goal {
+        what: "hold: 2,000 simultaneous connections, each its own instance, 0 errors",
+        measured: errs,
+        vs_exec: None,
+        unit: " errors",
+        ok: errs
+            .zip(opened)
+            .filter(|_| full_size)
+            .map(|(e, o)| e == 0.0 && o >= 2000.0),
+    });
+    let m = at(hold, &["scfsim_rss_kib_per_connection"]);
+    goals.push(Goal {
+        what: "hold: scfsim RSS ≤ 40 KiB per open connection",
+        measured: m,
+        vs_exec: None,
+        unit: " KiB",
+        ok: le(m, 40.0).filter(|_| full_size),
+    });
+
+    if !judge {
+        for g in &mut goals {
+            g.ok = None;
+        }
+    }
+    let mut table = Table::new(["goal", "measured", "connect goals vs floor-exec", "met"]);
+    for g in &goals {
+        let show = |v: Option<f64>| match v {
+            Some(m) if g.unit == " ms" => format!("{m:+.2} ms"),
+            Some(m) => format!("{m:.2}{}", g.unit),
+            None => "–".into(),
+        };
+        table.row([
+            g.what.to_string(),
+            show(g.measured),
+            show(g.vs_exec),
+            match g.ok {
+                Some(true) => "met".into(),
+                Some(false) => "NOT met".into(),
+                None if !judge => "not judged (quick run)".into(),
+                None => "not judged (size too small or column missing)".into(),
+            },
+        ]);
+    }
+    println!("\n### goals (issue #7)\n");
+    print!("{}", table.render());
+    let out = json!({
+        "scenario": "goals",
+        "goals": goals.iter().map(|g| json!({
+            "goal": g.what, "measured": g.measured, "against_floor_exec": g.vs_exec, "met": g.ok
+        })).collect::<Vec<_>>(),
+    });
+    println!("{out}");
+    out
+}
+
+/// Runs the plan; returns every scenario's JSON (goals last). The goals are judged only when
+/// `judge` (not on the quick plan's tiny sizes).
+pub async fn run(env: &Env, plan: &Plan, judge: bool) -> Result<Vec<Value>> {
+    let mut results = Vec::new();
+    for e in &plan.echo {
+        results.push(echo::run(env, e).await?);
+    }
+    for c in &plan.connect {
+        results.push(connect::run(env, c).await?);
+    }
+    for h in &plan.hold {
+        results.push(hold::run(&env.tools, h).await?);
+    }
+    let g = goals(&results, judge);
+    results.push(g);
+    Ok(results)
+}
