@@ -1468,3 +1468,70 @@ async fn an_asterisk_request_target_is_400_and_starts_no_instance() {
     client.send_text("still serving").await;
     client.expect_text("still serving").await;
 }
+
+/// scfsim's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_function_that_never_reads_does_not_make_scfsim_buffer_the_client() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let scfsim = Scfsim::start(vec![Function::fixture(
+        "stuck",
+        &["sleep-forever-after-accept"],
+    )
+    .set("limits", "{ rate_limit_action = \"off\" }")
+    .set("idle_timeout", "\"60s\"")
+    .set("execution_timeout", "\"3s\"")])
+    .await;
+    let before = rss_kib(scfsim.pid());
+    let client = scfsim.connect("/stuck").await;
+    let id = client.request_id.clone();
+    let mut ws = client.ws;
+    // 200 MB offered; once the socket buffers are full the client's writes stop completing.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 200 * 1024];
+        for _ in 0..1000 {
+            if ws.send(Message::binary(chunk.clone())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let record = scfsim.record(&id).await;
+    assert_eq!(record["status_code"], 433, "{record:#}");
+    let grown = rss_kib(scfsim.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "scfsim grew by {grown} KiB while the function did not read"
+    );
+    writer.abort();
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_make_scfsim_buffer_the_function() {
+    let scfsim = Scfsim::start(vec![Function::fixture(
+        "flood",
+        &["flood", "1000", "200000"],
+    )
+    .set("idle_timeout", "\"60s\"")
+    .set("execution_timeout", "\"3s\"")])
+    .await;
+    let before = rss_kib(scfsim.pid());
+    // Connected, and then never read from: the function's 200 MB must wait in socket buffers.
+    let client = scfsim.connect("/flood").await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 433, "{record:#}");
+    let grown = rss_kib(scfsim.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "scfsim grew by {grown} KiB while the client did not read"
+    );
+    drop(client);
+}
