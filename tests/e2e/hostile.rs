@@ -1535,3 +1535,25 @@ async fn a_client_that_never_reads_does_not_make_scfsim_buffer_the_function() {
     );
     drop(client);
 }
+
+#[tokio::test]
+async fn a_stopped_function_is_ended_by_the_idle_timer_and_killed() {
+    // The fixture stops itself (SIGSTOP) half a second after starting: a hung instance.
+    let body = format!(
+        "(sleep 0.5; kill -STOP $$) &\nexec {} echo",
+        scfsim_e2e::fixture_bin().display()
+    );
+    let scfsim = Scfsim::start(vec![
+        Function::script("frozen", &body).set("idle_timeout", "\"1500ms\"")
+    ])
+    .await;
+    let mut client = scfsim.connect("/frozen").await;
+    client.send_text("before").await;
+    client.expect_text("before").await;
+    let (code, _) = client.expect_close().await;
+    assert_eq!(code, 1001);
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 455, "{record:#}");
+    // A stopped process cannot act on SIGTERM: it was killed after the grace period.
+    assert_eq!(record["instance_signal"], 9, "{record:#}");
+}
