@@ -63,11 +63,24 @@ impl StartFailure {
 
     /// A one-paragraph message for people: the failure and the last lines the bootstrap printed.
     pub fn message(&self) -> String {
-        let tail = self.output.tail(5);
-        if tail.is_empty() {
+        let mut shown = self.output.tail(8);
+        // Runtimes print the cause first and a stack after it (Node's "Error: Cannot find
+        // module 'ws'"): keep the first error line even when the tail no longer has it.
+        let first_error = self
+            .output
+            .lines
+            .iter()
+            .map(|l| l.line.trim())
+            .find(|l| l.contains("Error") || l.contains("error:"));
+        if let Some(first) = first_error {
+            if !shown.iter().any(|l| l.trim() == first) {
+                shown.insert(0, format!("{first} …"));
+            }
+        }
+        if shown.is_empty() {
             self.kind.to_string()
         } else {
-            format!("{}; its last output: {}", self.kind, tail.join(" | "))
+            format!("{}; its last output: {}", self.kind, shown.join(" | "))
         }
     }
 }
