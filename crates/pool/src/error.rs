@@ -90,3 +90,53 @@ impl std::fmt::Display for StartFailure {
         f.write_str(&self.message())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{OutputLine, OutputStream};
+
+    fn failure(lines: &[&str]) -> StartFailure {
+        StartFailure {
+            kind: StartFailureKind::ExitedBeforeListening {
+                exit: ExitInfo {
+                    code: Some(1),
+                    signal: None,
+                },
+                port: 9000,
+            },
+            pid: Some(1),
+            exit: None,
+            output: CapturedOutput {
+                lines: lines
+                    .iter()
+                    .map(|l| OutputLine {
+                        at: time::OffsetDateTime::UNIX_EPOCH,
+                        stream: OutputStream::Stderr,
+                        line: l.to_string(),
+                    })
+                    .collect(),
+                dropped: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_first_error_line_is_kept_ahead_of_a_long_stack() {
+        let mut lines = vec!["Error: Cannot find module 'ws'"];
+        lines.extend(std::iter::repeat_n("    at somewhere", 12));
+        let message = failure(&lines).message();
+        assert!(message.contains("exited with code 1 before listening on port 9000"));
+        assert!(
+            message.contains("Error: Cannot find module 'ws'"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_short_output_is_shown_whole_and_once() {
+        let message = failure(&["starting", "Error: boom"]).message();
+        assert_eq!(message.matches("Error: boom").count(), 1, "{message}");
+        assert!(message.ends_with("starting | Error: boom"), "{message}");
+    }
+}
