@@ -16,7 +16,7 @@ use crate::client;
 use crate::env::Env;
 use crate::procfs;
 use crate::servers::{self, free_port, localhost, spawn_fixture};
-use crate::stats::{fmt_diff_ms, fmt_ms, fmt_rate, fmt_ratio, ratio, Errors, Latency, Table};
+use crate::stats::{fmt_diff_ms, fmt_ms, fmt_rate, fmt_ratio, ratio, Comparison, Errors, Latency};
 
 /// Size of the one echoed message (text: websocketd is line based).
 const MESSAGE_BYTES: usize = 64;
@@ -299,66 +299,47 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
     let vs_floor_exec = compare(Target::FloorExec);
     let reference = targets.iter().position(|t| *t == Target::Floor);
 
-    let mut header: Vec<String> = vec!["metric".into()];
-    header.extend(targets.iter().map(|t| t.name().to_string()));
-    let compared: Vec<usize> = match reference {
-        Some(r) => (0..targets.len()).filter(|i| *i != r).collect(),
-        None => Vec::new(),
-    };
-    header.extend(
-        compared
-            .iter()
-            .map(|i| format!("{} vs floor", targets[*i].name())),
-    );
-    let mut table = Table::new(header);
-    let row =
-        |label: &str, f: &dyn Fn(&Tally) -> String, cmp: &dyn Fn(&Tally, &Tally) -> String| {
-            let mut cells = vec![label.to_string()];
-            cells.extend(tallies.iter().map(f));
-            if let Some(r) = reference {
-                cells.extend(compared.iter().map(|i| cmp(&tallies[*i], &tallies[r])));
-            }
-            cells
-        };
+    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+    let mut table = Comparison::new(&names, &tallies, reference, "vs floor");
     let none = |_: &Tally, _: &Tally| String::new();
-    table.row(row("connections/s", &|t| fmt_rate(rate(t)), &|a, b| {
+    table.row("connections/s", &|t| fmt_rate(rate(t)), &|a, b| {
         fmt_ratio(Some(rate(a)), Some(rate(b)))
-    }));
-    table.row(row(
+    });
+    table.row(
         "handshake p50 (ms)",
         &|t| fmt_ms(t.handshake.p50()),
         &|a, b| fmt_diff_ms(a.handshake.p50(), b.handshake.p50()),
-    ));
-    table.row(row(
+    );
+    table.row(
         "handshake p99 (ms)",
         &|t| fmt_ms(t.handshake.p99()),
         &|a, b| fmt_diff_ms(a.handshake.p99(), b.handshake.p99()),
-    ));
-    table.row(row(
+    );
+    table.row(
         "connect→first echo p50 (ms)",
         &|t| fmt_ms(t.first_echo.p50()),
         &|a, b| fmt_diff_ms(a.first_echo.p50(), b.first_echo.p50()),
-    ));
-    table.row(row(
+    );
+    table.row(
         "connect→first echo p99 (ms)",
         &|t| fmt_ms(t.first_echo.p99()),
         &|a, b| fmt_diff_ms(a.first_echo.p99(), b.first_echo.p99()),
-    ));
-    table.row(row(
+    );
+    table.row(
         "connect→first echo max (ms)",
         &|t| fmt_ms(t.first_echo.max()),
         &none,
-    ));
-    table.row(row(
+    );
+    table.row(
         "server CPU ms/connection",
         &|t| match t.server_cpu {
             Some(c) => format!("{:.2}", c.as_secs_f64() * 1e3 / t.connections.max(1) as f64),
             None => "–".into(),
         },
         &none,
-    ));
-    table.row(row("connections", &|t| t.connections.to_string(), &none));
-    table.row(row("errors", &|t| t.errors.count.to_string(), &none));
+    );
+    table.row("connections", &|t| t.connections.to_string(), &none);
+    table.row("errors", &|t| t.errors.count.to_string(), &none);
 
     println!(
         "\n### connect: {} connections per target at concurrency {}, {} interleaved rounds\n",

@@ -12,7 +12,7 @@ use crate::client::{self, Ws};
 use crate::env::Env;
 use crate::procfs;
 use crate::servers::{self, free_port, localhost, spawn_fixture};
-use crate::stats::{fmt_rate, fmt_ratio, fmt_us, ratio, secs, Errors, Latency, Table};
+use crate::stats::{fmt_rate, fmt_ratio, fmt_us, ratio, secs, Comparison, Errors, Latency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
@@ -266,53 +266,34 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
         }
     }
 
-    let mut header: Vec<String> = vec!["metric".into()];
-    header.extend(targets.iter().map(|t| t.name().to_string()));
-    let compared: Vec<usize> = match reference {
-        Some(r) => (0..targets.len()).filter(|i| *i != r).collect(),
-        None => Vec::new(),
-    };
-    header.extend(
-        compared
-            .iter()
-            .map(|i| format!("{} / direct", targets[*i].name())),
-    );
-    let mut table = Table::new(header);
-    let row =
-        |label: &str, f: &dyn Fn(&Tally) -> String, cmp: &dyn Fn(&Tally, &Tally) -> String| {
-            let mut cells = vec![label.to_string()];
-            cells.extend(tallies.iter().map(f));
-            if let Some(r) = reference {
-                cells.extend(compared.iter().map(|i| cmp(&tallies[*i], &tallies[r])));
-            }
-            cells
-        };
+    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+    let mut table = Comparison::new(&names, &tallies, reference, "/ direct");
     let none = |_: &Tally, _: &Tally| String::new();
-    table.row(row("messages/s", &|t| fmt_rate(rate(t)), &|a, b| {
+    table.row("messages/s", &|t| fmt_rate(rate(t)), &|a, b| {
         fmt_ratio(Some(rate(a)), Some(rate(b)))
-    }));
-    table.row(row(
+    });
+    table.row(
         "MiB/s",
         &|t| format!("{:.1}", rate(t) * opts.size as f64 / 1048576.0),
         &none,
-    ));
-    table.row(row("RTT p50 (µs)", &|t| fmt_us(t.rtt.p50()), &|a, b| {
+    );
+    table.row("RTT p50 (µs)", &|t| fmt_us(t.rtt.p50()), &|a, b| {
         fmt_ratio(secs(a.rtt.p50()), secs(b.rtt.p50()))
-    }));
-    table.row(row("RTT p99 (µs)", &|t| fmt_us(t.rtt.p99()), &|a, b| {
+    });
+    table.row("RTT p99 (µs)", &|t| fmt_us(t.rtt.p99()), &|a, b| {
         fmt_ratio(secs(a.rtt.p99()), secs(b.rtt.p99()))
-    }));
-    table.row(row("RTT max (µs)", &|t| fmt_us(t.rtt.max()), &none));
-    table.row(row(
+    });
+    table.row("RTT max (µs)", &|t| fmt_us(t.rtt.max()), &none);
+    table.row(
         "proxy CPU µs/message",
         &|t| match t.proxy_cpu {
             Some(c) => format!("{:.1}", c.as_secs_f64() * 1e6 / t.messages.max(1) as f64),
             None => "–".into(),
         },
         &none,
-    ));
-    table.row(row("messages", &|t| t.messages.to_string(), &none));
-    table.row(row("errors", &|t| t.errors.count.to_string(), &none));
+    );
+    table.row("messages", &|t| t.messages.to_string(), &none);
+    table.row("errors", &|t| t.errors.count.to_string(), &none);
 
     println!(
         "\n### echo: {} B messages, {} connection(s) × {} messages, {} interleaved rounds\n",

@@ -93,6 +93,49 @@ impl Errors {
 }
 
 /// A markdown table: a header row, then rows of cells.
+/// A table of one column per target, plus, for every target but the reference, a column
+/// comparing it with the reference (a ratio or a difference).
+pub struct Comparison<'a, T> {
+    tallies: &'a [T],
+    reference: Option<usize>,
+    compared: Vec<usize>,
+    table: Table,
+}
+
+impl<'a, T> Comparison<'a, T> {
+    /// `names[i]` heads the column of `tallies[i]`; comparison columns are headed
+    /// "<name> <versus>".
+    pub fn new(names: &[&str], tallies: &'a [T], reference: Option<usize>, versus: &str) -> Self {
+        let compared: Vec<usize> = match reference {
+            Some(r) => (0..names.len()).filter(|i| *i != r).collect(),
+            None => Vec::new(),
+        };
+        let mut header: Vec<String> = vec!["metric".into()];
+        header.extend(names.iter().map(|n| n.to_string()));
+        header.extend(compared.iter().map(|i| format!("{} {versus}", names[*i])));
+        Comparison {
+            tallies,
+            reference,
+            compared,
+            table: Table::new(header),
+        }
+    }
+
+    pub fn row(&mut self, label: &str, f: &dyn Fn(&T) -> String, cmp: &dyn Fn(&T, &T) -> String) {
+        let mut cells = vec![label.to_string()];
+        cells.extend(self.tallies.iter().map(f));
+        if let Some(r) = self.reference {
+            let tallies = self.tallies;
+            cells.extend(self.compared.iter().map(|i| cmp(&tallies[*i], &tallies[r])));
+        }
+        self.table.row(cells);
+    }
+
+    pub fn render(&self) -> String {
+        self.table.render()
+    }
+}
+
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,

@@ -8,11 +8,9 @@ use crate::PlatformIdentity;
 const PASSED_FROM_HOST: &[&str] = &["PATH", "HOME", "LANG"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub(crate) fn instance_env(
-    function: &FunctionConfig,
-    identity: &PlatformIdentity,
-    pass_env: &[String],
-) -> Vec<(String, String)> {
+/// The part of every instance's environment that comes from scfsim's own: read once, when the
+/// gateway is made (scfsim's environment does not change while it runs).
+pub(crate) fn from_host(pass_env: &[String]) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = PASSED_FROM_HOST
         .iter()
         .copied()
@@ -22,6 +20,15 @@ pub(crate) fn instance_env(
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
+    env
+}
+
+pub(crate) fn instance_env(
+    function: &FunctionConfig,
+    identity: &PlatformIdentity,
+    from_host: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env = from_host.to_vec();
     env.extend(function.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let code_root = function.code_dir.display().to_string();
     let builtins = [

@@ -69,7 +69,7 @@ impl Invocation {
             env: crate::env::instance_env(
                 &self.function,
                 &self.gateway.identity,
-                &self.gateway.config.gateway.pass_env,
+                &self.gateway.host_env,
             ),
             init_timeout: self.function.init_timeout,
             memory_mb: Some(self.function.memory_mb),

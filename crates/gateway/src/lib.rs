@@ -110,15 +110,20 @@ pub struct PlatformIdentity {
     pub namespace: String,
 }
 
-impl Default for PlatformIdentity {
-    fn default() -> Self {
-        let platform = scfsim_config::Platform::default();
+impl From<&scfsim_config::Platform> for PlatformIdentity {
+    fn from(platform: &scfsim_config::Platform) -> Self {
         PlatformIdentity {
-            region: platform.region,
-            appid: platform.appid,
-            uin: platform.uin,
+            region: platform.region.clone(),
+            appid: platform.appid.clone(),
+            uin: platform.uin.clone(),
             namespace: "default".into(),
         }
+    }
+}
+
+impl Default for PlatformIdentity {
+    fn default() -> Self {
+        PlatformIdentity::from(&scfsim_config::Platform::default())
     }
 }
 
@@ -130,6 +135,8 @@ pub struct Gateway {
     live: Arc<LiveInstances>,
     quotas: limits::Quotas,
     identity: PlatformIdentity,
+    /// PATH, HOME, LANG and `pass_env` from scfsim's environment, for every instance.
+    host_env: Vec<(String, String)>,
     /// Root of the cancellation tree: every invocation holds a child token.
     shutdown: CancellationToken,
     /// Every connection and invocation task, so shutdown can wait for their records.
@@ -147,12 +154,8 @@ impl Gateway {
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             quotas: limits::Quotas::new(&config),
-            identity: PlatformIdentity {
-                region: config.platform.region.clone(),
-                appid: config.platform.appid.clone(),
-                uin: config.platform.uin.clone(),
-                namespace: "default".into(),
-            },
+            identity: PlatformIdentity::from(&config.platform),
+            host_env: env::from_host(&config.gateway.pass_env),
             config,
             launcher,
             store,

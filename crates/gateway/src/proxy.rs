@@ -44,8 +44,10 @@ pub(crate) struct ConnectionLimits {
 }
 
 /// How often the instance's memory cgroup is asked whether it OOM-killed a process: the
-/// kernel has already enforced the limit, this only notices it.
-const MEMORY_POLL: Duration = Duration::from_millis(100);
+/// kernel has already enforced the limit, this only notices it (an OOM kill of the process
+/// holding the socket is noticed at once, as the socket drops). Slow enough that thousands of
+/// open connections do not keep scfsim reading cgroup files.
+const MEMORY_POLL: Duration = Duration::from_millis(500);
 
 /// Why a connection is being ended by someone other than its two peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -105,7 +105,7 @@ impl Cgroups {
         max_pids: u32,
     ) -> io::Result<InstanceCgroup> {
         let bytes = memory_mb.map(|mb| (u64::from(mb) * 1024 * 1024).to_string());
-        let mut cgroup = match &self.layout {
+        let cgroup = match &self.layout {
             Layout::V1 { memory, pids } => {
                 let mem = memory.join(id);
                 fs::create_dir(&mem)?;
@@ -146,7 +146,6 @@ impl Cgroups {
                 }
             }
         };
-        cgroup.dirs.shrink_to_fit();
         Ok(cgroup)
     }
 }

@@ -258,9 +258,10 @@ impl RecordStore {
         crashed.sort_by_key(|(line, _)| *line);
         for (_, mut inv) in crashed {
             inv.finish(&EndReason::GatewayCrashed, opened_at);
-            store.append(EntryOut::End(&inv), inv.request_id)?;
-            store.metrics.observe(&inv);
-            lock(&store.index).upsert(inv);
+            store.journaled(EntryOut::End(&inv), inv.request_id, |index| {
+                store.metrics.observe(&inv);
+                index.upsert(inv.clone());
+            })?;
             report.crashed_completed += 1;
         }
         {
@@ -282,16 +283,9 @@ impl RecordStore {
                 request_id: inv.request_id,
             });
         }
-        let line = encode(EntryOut::Start(inv), inv.request_id)?;
-        let mut journal = lock(&self.journal);
-        journal
-            .append(&line)
-            .map_err(RecordError::io(&self.journal_path))?;
-        // Indexed before the journal lock is released, so a compaction (which rewrites the
-        // journal from the index under that lock) never misses a line just written.
-        lock(&self.index).upsert(inv.clone());
-        self.compact_if_needed(&mut journal)?;
-        drop(journal);
+        self.journaled(EntryOut::Start(inv), inv.request_id, |index| {
+            index.upsert(inv.clone())
+        })?;
         self.announce(|| StoreEvent::Started(inv.clone()));
         Ok(())
     }
@@ -304,13 +298,7 @@ impl RecordStore {
                 request_id: inv.request_id,
             });
         }
-        let line = encode(EntryOut::End(&inv), inv.request_id)?;
-        let mut journal = lock(&self.journal);
-        journal
-            .append(&line)
-            .map_err(RecordError::io(&self.journal_path))?;
-        {
-            let mut index = lock(&self.index);
+        self.journaled(EntryOut::End(&inv), inv.request_id, |index| {
             // Counted before it becomes queryable, under the index lock: whoever can read the
             // record from `query`/`get` also finds it in the metrics. Same rule as at open: an
             // invocation is counted at its first end.
@@ -324,9 +312,7 @@ impl RecordStore {
                 self.metrics.observe(&inv);
             }
             index.upsert(inv.clone());
-        }
-        self.compact_if_needed(&mut journal)?;
-        drop(journal);
+        })?;
         self.announce(|| StoreEvent::Ended(inv));
         Ok(())
     }
@@ -437,12 +423,23 @@ impl RecordStore {
         self.logs_dir.join(format!("{}.jsonl", id.hyphenated()))
     }
 
-    fn append(&self, entry: EntryOut<'_>, request_id: Uuid) -> Result<(), RecordError> {
+    /// Writes `entry`'s line, then lets `index_it` update the index, both under the journal
+    /// lock (journal, then index: the one lock order), so that a compaction, which rewrites the
+    /// journal from the index under that lock, never misses a line just written.
+    fn journaled(
+        &self,
+        entry: EntryOut<'_>,
+        request_id: Uuid,
+        index_it: impl FnOnce(&mut Index),
+    ) -> Result<(), RecordError> {
         // Encoded before taking the lock: only the write itself is serialized.
         let line = encode(entry, request_id)?;
-        lock(&self.journal)
+        let mut journal = lock(&self.journal);
+        journal
             .append(&line)
-            .map_err(RecordError::io(&self.journal_path))
+            .map_err(RecordError::io(&self.journal_path))?;
+        index_it(&mut lock(&self.index));
+        self.compact_if_needed(&mut journal)
     }
 
     /// Rewrites the journal from the index once it holds more than twice the retained records:
