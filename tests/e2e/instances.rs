@@ -271,3 +271,39 @@ async fn a_function_reaches_a_tcp_service_on_the_host_at_scfsim_host() {
     client.send_text("still echoing").await;
     client.expect_text("still echoing").await;
 }
+
+#[tokio::test]
+async fn the_instance_has_a_private_512_mb_tmp() {
+    // The code must live outside the host's /tmp, which the instance's own /tmp would hide.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let host_marker = format!("/tmp/scfsim-host-marker-{}", std::process::id());
+    let instance_marker = format!("/tmp/scfsim-instance-marker-{}", std::process::id());
+    std::fs::write(&host_marker, "host").unwrap();
+    let body = format!(
+        "test -e {host_marker} && echo tmp=host || echo tmp=private\n\
+         echo \"tmp.kib=$(df -k /tmp | tail -1 | awk '{{print $2}}')\"\n\
+         echo instance > {instance_marker} && echo tmp-writable\n\
+         exec {} echo",
+        fixture_bin().display()
+    );
+    let scfsim = Scfsim::start_with(
+        vec![Function::script("tmp", &body)],
+        Options {
+            dir: Some(dir.path().to_path_buf()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut client = scfsim.connect("/tmp").await;
+    client.close(1000, "").await;
+    scfsim.record(&client.request_id).await;
+    let lines = log_lines(&scfsim, &client.request_id).await;
+    std::fs::remove_file(&host_marker).unwrap();
+    assert!(lines.contains(&"tmp=private".to_string()), "{lines:?}");
+    assert!(lines.contains(&"tmp.kib=524288".to_string()), "{lines:?}");
+    assert!(lines.contains(&"tmp-writable".to_string()), "{lines:?}");
+    assert!(
+        !std::path::Path::new(&instance_marker).exists(),
+        "the instance wrote to the host's /tmp"
+    );
+}

@@ -156,6 +156,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Also serve wss:// on a free port (`Scfsim::wss`).
     pub tls: bool,
+    /// The ws:// listen address instead of 127.0.0.1:0 (port 0 is still best).
+    pub listen: Option<String>,
     /// Serve this existing config file (e.g. the repository's own) instead of writing one;
     /// the functions passed to `start_with` are then ignored.
     pub config: Option<PathBuf>,
@@ -192,7 +194,9 @@ impl Scfsim {
             .current_dir(&dir)
             // A test's own build settings are not the instances' business unless it says so.
             .env_remove("CARGO_TARGET_DIR")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(options.listen.as_deref().unwrap_or("127.0.0.1:0"))
+            .args(["--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(if options.tls {
@@ -538,5 +542,86 @@ impl Client {
             .await
             .expect("send close");
         while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, self.ws.next()).await {}
+    }
+}
+
+/// A network namespace of the test's own, joined to the host by a veth pair: a client in it
+/// reaches scfsim over a link the test can cut, as a cable is pulled: no FIN, no RST, silence.
+/// Uses 192.0.2.0/24 (TEST-NET-1, never routed); removed on drop.
+pub struct TestNet {
+    name: String,
+    host_if: String,
+    pub host_addr: std::net::Ipv4Addr,
+}
+
+impl TestNet {
+    /// `tag` (0..64) keeps the tests of one binary apart.
+    pub fn create(tag: u8) -> TestNet {
+        let id = std::process::id() % 100_000;
+        let name = format!("scfsim-test-{id}-{tag}");
+        let host_if = format!("st{id}h{tag}");
+        let peer_if = format!("st{id}c{tag}");
+        let host_addr = std::net::Ipv4Addr::new(192, 0, 2, 4 * tag + 1);
+        let peer_addr = std::net::Ipv4Addr::new(192, 0, 2, 4 * tag + 2);
+        let net = TestNet {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_addr,
+        };
+        for args in [
+            format!("netns add {name}"),
+            format!("link add {host_if} type veth peer name {peer_if}"),
+            format!("link set {peer_if} netns {name}"),
+            format!("addr add {host_addr}/30 dev {host_if}"),
+            format!("link set {host_if} up"),
+            format!("-n {name} addr add {peer_addr}/30 dev {peer_if}"),
+            format!("-n {name} link set {peer_if} up"),
+            format!("-n {name} link set lo up"),
+        ] {
+            ip(&args).unwrap_or_else(|err| panic!("ip {args}: {err}"));
+        }
+        net
+    }
+
+    /// A TCP connection made from inside the namespace (the socket stays in it).
+    pub fn connect(&self, addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    use std::os::fd::AsRawFd;
+                    let ns = std::fs::File::open(&path).expect("netns file");
+                    // SAFETY: setns on this (scoped) thread only, with a valid descriptor.
+                    let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+                    std::net::TcpStream::connect_timeout(&addr, PATIENCE).expect("connect")
+                })
+                .join()
+                .expect("connect thread")
+        })
+    }
+
+    /// Cuts the link: both ends of the veth pair go, and with them every route between.
+    pub fn pull_plug(&self) {
+        ip(&format!("link del {}", self.host_if)).expect("ip link del");
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = ip(&format!("link del {}", self.host_if));
+        let _ = ip(&format!("netns del {}", self.name));
+    }
+}
+
+fn ip(args: &str) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }

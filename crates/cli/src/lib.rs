@@ -1,6 +1,7 @@
 //! `scfsim` as a library: bind the configured listeners and run the gateway and the admin API
-//! until shutdown. The binary (`main.rs`) adds the command line, logging and signals; tests use
-//! [`Server::start`] directly to run a real server on port 0 in-process.
+//! until shutdown. The binary (`main.rs`) adds the command line, logging and signals, and is its
+//! own instance supervisor; a program that runs [`Server::start`] in-process names a supervisor
+//! program (see `scfsim_pool::run_supervisor_if_requested`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,7 +57,11 @@ pub struct Server {
 
 impl Server {
     /// Binds every listener, opens the record store and starts serving.
-    pub async fn start(config: Config, isolation: IsolationRequest) -> Result<Server, ServeError> {
+    pub async fn start(
+        config: Config,
+        isolation: IsolationRequest,
+        supervisor: PathBuf,
+    ) -> Result<Server, ServeError> {
         let data_dir = config.gateway.data_dir.clone();
         let retention = scfsim_record::Retention {
             max_records: config.gateway.max_records as usize,
@@ -83,6 +88,7 @@ impl Server {
             isolation,
             runtimes: config.runtimes.clone(),
             work_dir: data_dir.clone(),
+            supervisor,
         })?);
         let mut isolation = vec![launcher.describe()];
         isolation.extend(launcher.details());

@@ -108,6 +108,8 @@ enum Command {
 struct UsageError(String);
 
 fn main() -> ExitCode {
+    // Before anything else: scfsim execs itself as each instance's supervisor.
+    scfsim_pool::run_supervisor_if_requested();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -249,7 +251,8 @@ async fn serve(
     // Before `ready`: a supervisor may send SIGTERM as soon as it reads that line.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let server = Server::start(config, isolation).await?;
+    // The running binary, even if a rebuild replaced the file since scfsim started.
+    let server = Server::start(config, isolation, "/proc/self/exe".into()).await?;
     for line in &server.isolation {
         tracing::info!("{line}");
     }

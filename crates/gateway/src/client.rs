@@ -177,6 +177,22 @@ impl ClientConn {
         self.stream.proto()
     }
 
+    /// Lets the kernel find a client that vanished without a FIN (pulled cable, suspended
+    /// laptop, dropped NAT mapping) before the idle timer would end the connection as idle (455
+    /// instead of 456): keepalive probes while the connection is silent, and a user timeout
+    /// while data we sent stays unacknowledged (the probes stop then; retransmissions alone
+    /// would take a quarter of an hour). A live client never notices: its kernel answers.
+    pub(crate) fn watch_for_dead_peer(&self, idle: Duration) {
+        let socket = socket2::SockRef::from(self.stream.tcp());
+        let (probe, unacknowledged) = dead_peer_timing(idle);
+        if let Err(err) = socket
+            .set_tcp_keepalive(&probe)
+            .and_then(|()| socket.set_tcp_user_timeout(Some(unacknowledged)))
+        {
+            tracing::warn!(%err, "cannot enable dead-peer detection on the client socket");
+        }
+    }
+
     pub(crate) async fn into_websocket(
         self,
         config: WebSocketConfig,
@@ -184,6 +200,18 @@ impl ClientConn {
         WebSocketStream::from_partially_read(self.stream, self.leftover, Role::Server, Some(config))
             .await
     }
+}
+
+/// Dead-peer timing for a connection whose idle timeout is `idle`: the first keepalive probe
+/// after a quarter of it, three more an eighth apart (whole seconds, at least one), and the
+/// same five eighths for data left unacknowledged (or a receive window left closed).
+fn dead_peer_timing(idle: Duration) -> (socket2::TcpKeepalive, Duration) {
+    let seconds = |d: Duration| Duration::from_secs(d.as_secs().max(1));
+    let probe = socket2::TcpKeepalive::new()
+        .with_time(seconds(idle / 4))
+        .with_interval(seconds(idle / 8))
+        .with_retries(3);
+    (probe, (idle * 5 / 8).max(Duration::from_secs(1)))
 }
 
 /// Answers a connection whose head could not be read, if there is anything to say.

@@ -187,6 +187,7 @@ impl Invocation {
             };
             return self.finish(record, reason, Some(stopped));
         };
+        client.watch_for_dead_peer(self.function.idle_timeout);
         let client_ws = client.into_websocket(config).await;
 
         let (mut client_tx, mut client_rx) = client_ws.split();

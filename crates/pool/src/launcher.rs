@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,11 +18,15 @@ use crate::netns::{Netns, NetnsWorker};
 use crate::network::HostNetwork;
 use crate::output::{OutputLog, OutputStream};
 use crate::runtimes::RuntimeTree;
-use crate::spawn::{self, ChildSetup, InstanceSpec, MAX_PROCESSES};
+use crate::spawn::{self, ChildSetup, InstanceSpec, Supervised, MAX_PROCESSES};
+use crate::supervisor::{self, Stage, SupervisorArgs};
 use crate::warm::WarmPool;
 
 /// Where platform bootstraps find their runtimes.
 const VAR_LANG: &str = "/var/lang";
+
+/// The platform's writable `/tmp`, private to each instance.
+const TMP_MB: u32 = 512;
 
 /// The port every instance listens on, as on the platform.
 pub const INSTANCE_PORT: u16 = 9000;
@@ -62,6 +67,9 @@ pub struct LauncherOptions {
     pub runtimes: BTreeMap<String, PathBuf>,
     /// A directory of scfsim's own (under `data_dir`) for the generated `/var/lang` tree.
     pub work_dir: PathBuf,
+    /// The program that supervises each instance with namespaces: one whose `main` calls
+    /// [`crate::run_supervisor_if_requested`] first (`/proc/self/exe` for the scfsim binary).
+    pub supervisor: PathBuf,
 }
 
 /// Starts instances. One per scfsim; cheap to share behind an `Arc`.
@@ -74,6 +82,7 @@ pub struct Launcher {
     /// Why instances have no network to the host, if they have none.
     no_network: Option<String>,
     runtimes: Result<RuntimeTree, String>,
+    supervisor: PathBuf,
     /// With `isolation = "none"` the host's port 9000 fits one instance at a time.
     host_port: Arc<Semaphore>,
     /// Instance ids for cgroup names.
@@ -140,6 +149,7 @@ impl Launcher {
             cgroups,
             no_network,
             runtimes,
+            supervisor: options.supervisor,
             host_port: Arc::new(Semaphore::new(1)),
             next_id: AtomicU64::new(0),
         })
@@ -152,11 +162,11 @@ impl Launcher {
             Ok(c) => lines.push(format!(
                 "instance limits: memory_mb, {MAX_PROCESSES} processes+threads via {}; {} open files",
                 c.describe(),
-                spawn::MAX_OPEN_FILES
+                supervisor::MAX_OPEN_FILES
             )),
             Err(why) => lines.push(format!(
                 "instance limits: memory_mb and the process limit are NOT enforced ({why}); {} open files",
-                spawn::MAX_OPEN_FILES
+                supervisor::MAX_OPEN_FILES
             )),
         }
         match (&self.warm, &self.no_network) {
@@ -245,15 +255,34 @@ impl Launcher {
             env,
             ..spec.clone()
         };
+        let (report, supervised) = match self.isolation {
+            Isolation::Namespaces => {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| internal(format!("creating the supervisor's report pipe: {e}")))?;
+                let supervised = Supervised {
+                    program: self.supervisor.clone(),
+                    args: SupervisorArgs {
+                        report_fd: write.as_raw_fd(),
+                        var_lang: self.runtimes.as_ref().ok().map(|t| t.root.clone().into()),
+                        tmp_mb: private_tmp_mb(spec),
+                        bootstrap: spec.bootstrap.clone().into(),
+                    },
+                    report: write,
+                };
+                (Some(read), Some(supervised))
+            }
+            Isolation::None => (None, None),
+        };
         let setup = ChildSetup {
             netns: netns.as_ref().map(|ns| ns.raw_fd()),
-            pid_namespace: self.isolation == Isolation::Namespaces,
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default(),
-            var_lang: self.runtimes.as_ref().ok().map(|t| t.root.clone()),
+            supervised,
         };
-        let mut cmd = spawn::command(spec, setup);
-        let mut child = cmd
-            .spawn()
+        let mut cmd = spawn::command(spec, &setup);
+        let spawned = cmd.spawn();
+        // scfsim's copy of the report pipe's write end goes, so the pipe ends with the exec.
+        drop(setup);
+        let mut child = spawned
             .map_err(|source| StartFailure::before_spawn(spawn_failure(&spec.bootstrap, source)))?;
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, "instance spawned");
@@ -275,6 +304,17 @@ impl Launcher {
             cgroup,
             _host_port: host_port,
         };
+        if let Some(report) = report {
+            if let Some(kind) = read_report(report, &spec.bootstrap, spec.init_timeout).await {
+                let stopped = instance.stop(Duration::ZERO).await;
+                return Err(StartFailure {
+                    kind,
+                    pid: Some(pid),
+                    exit: None,
+                    output: stopped.output,
+                });
+            }
+        }
         match self
             .wait_listening(&mut instance, netns, spec.init_timeout)
             .await
@@ -361,6 +401,41 @@ impl Launcher {
             )));
         }
         Ok(permit)
+    }
+}
+
+/// Reads the supervisor's report pipe to its end (the bootstrap's exec, or the supervisor's
+/// exit): nothing in it means the bootstrap runs.
+async fn read_report(
+    report: std::os::fd::OwnedFd,
+    bootstrap: &Path,
+    wait: Duration,
+) -> Option<StartFailureKind> {
+    use tokio::io::AsyncReadExt;
+    let internal = |detail: String| Some(StartFailureKind::Internal { detail });
+    let mut receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(report) {
+        Ok(receiver) => receiver,
+        Err(e) => return internal(format!("reading the supervisor's report: {e}")),
+    };
+    let mut bytes = Vec::new();
+    // A supervisor stuck past the init timeout is left to the readiness wait, which ends it.
+    let _ = tokio::time::timeout(wait, receiver.read_to_end(&mut bytes)).await;
+    match supervisor::decode_report(&bytes) {
+        None if bytes.is_empty() => None,
+        None => internal(format!("unreadable supervisor report {bytes:?}")),
+        Some((Stage::Exec, source)) => Some(spawn_failure(bootstrap, source)),
+        Some((stage, source)) => internal(format!("{}: {source}", stage.describe())),
+    }
+}
+
+/// A private tmpfs on `/tmp`, unless the function's own files are under the host's `/tmp`
+/// (a test's temporary directory, say), which it would hide.
+fn private_tmp_mb(spec: &InstanceSpec) -> u32 {
+    let under_tmp = |p: &Path| std::path::absolute(p).is_ok_and(|p| p.starts_with("/tmp"));
+    if under_tmp(&spec.code_dir) || under_tmp(&spec.bootstrap) {
+        0
+    } else {
+        TMP_MB
     }
 }
 

@@ -18,6 +18,7 @@ mod network;
 mod output;
 mod runtimes;
 mod spawn;
+mod supervisor;
 mod warm;
 
 pub use error::{PoolError, StartFailure, StartFailureKind};
@@ -26,3 +27,14 @@ pub use launcher::{Isolation, IsolationRequest, Launcher, LauncherOptions, Ready
 pub use output::{CapturedOutput, OutputLine, OutputStream};
 pub use runtimes::{RuntimeEntry, RuntimeTree};
 pub use spawn::InstanceSpec;
+pub use supervisor::SUPERVISOR_ARG;
+
+/// Runs this process as an instance supervisor if scfsim started it as one (its first argument
+/// is [`SUPERVISOR_ARG`]), and never returns then. Call it first thing in `main` of the program
+/// named by [`LauncherOptions::supervisor`], before any thread or runtime starts.
+pub fn run_supervisor_if_requested() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|arg| arg == SUPERVISOR_ARG) {
+        supervisor::main(args)
+    }
+}

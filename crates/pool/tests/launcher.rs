@@ -34,6 +34,7 @@ fn launcher() -> Launcher {
         isolation: IsolationRequest::Namespaces,
         runtimes: Default::default(),
         work_dir,
+        supervisor: env!("CARGO_BIN_EXE_scfsim-supervisor").into(),
     })
     .expect("tests run as root with namespaces")
 }
