@@ -87,8 +87,7 @@ impl HostNetwork {
         let ns_path = format!("/proc/{}/fd/{netns}", std::process::id());
         batch(
             &format!(
-                "link add {link} type veth peer name {link}p\n\
-                 link set {link}p netns {ns_path}\n\
+                "link add {link} type veth peer name eth0 netns {ns_path}\n\
                  addr add {host}/30 dev {link}\n\
                  link set {link} up\n"
             ),
@@ -97,8 +96,7 @@ impl HostNetwork {
         .await?;
         batch(
             &format!(
-                "link set {link}p name eth0\n\
-                 addr add {instance}/30 dev eth0\n\
+                "addr add {instance}/30 dev eth0\n\
                  link set eth0 up\n\
                  route add default via {host}\n"
             ),
