@@ -41,12 +41,12 @@ COPY examples/node-echo/package.json examples/node-echo/package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
 
 FROM debian:${DEBIAN_RELEASE}-slim
-# bash: bootstraps start with #!/bin/bash. iproute2: `ip` to look at network namespaces when
-# debugging. tini: PID 1, forwards SIGTERM to scfsim (which then closes every connection with
+# bash: bootstraps start with #!/bin/bash. iproute2: `ip`, with which scfsim wires each
+# instance's namespace to the host. nftables: `nft`, for the instances' NAT to the outside. tini: PID 1, forwards SIGTERM to scfsim (which then closes every connection with
 # 1001, records it, stops its instance) and reaps orphans. Not pinned to versions, as above.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bash ca-certificates iproute2 nodejs python3 tini \
+    && apt-get install -y --no-install-recommends bash ca-certificates iproute2 nftables nodejs python3 tini \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=deps /pyroot/ /
 COPY --from=deps /srv/scfsim/node_modules /srv/scfsim/node_modules

@@ -273,6 +273,40 @@ async fn a_function_reaches_a_tcp_service_on_the_host_at_scfsim_host() {
 }
 
 #[tokio::test]
+async fn a_function_reaches_a_server_beyond_the_host_through_nat() {
+    // A server in a namespace of the test's own, reachable from the host only by routing, as
+    // a server on the internet is: it has no route back to the instances' 169.254.0.0/16, so
+    // the connection works only if scfsim forwards and masquerades.
+    let outside = scfsim_e2e::TestNet::create(2);
+    let listener = outside.listen();
+    let addr = listener.local_addr().unwrap();
+    let body = format!(
+        "python3 -c \"import socket; s = socket.create_connection(('{}', {}), timeout=10); s.sendall(b'hello from the instance'); s.close()\"\n\
+         exec {} echo",
+        addr.ip(),
+        addr.port(),
+        fixture_bin().display()
+    );
+    let scfsim = Scfsim::start(vec![Function::script("nat", &body)]).await;
+    let accepted = tokio::task::spawn_blocking(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut got).unwrap();
+        (got, peer)
+    });
+    let mut client = scfsim.connect("/nat").await;
+    let (got, peer) = tokio::time::timeout(scfsim_e2e::PATIENCE, accepted)
+        .await
+        .expect("the instance reached the server beyond the host")
+        .unwrap();
+    assert_eq!(got, "hello from the instance");
+    // Masqueraded: the server saw the host's address on its link, not the instance's.
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(outside.host_addr), "{peer}");
+    client.send_text("still echoing").await;
+    client.expect_text("still echoing").await;
+}
+
+#[tokio::test]
 async fn the_instance_has_a_private_512_mb_tmp() {
     // The code must live outside the host's /tmp, which the instance's own /tmp would hide.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

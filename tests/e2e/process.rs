@@ -43,6 +43,19 @@ async fn wait_until_gone(marker: &str) {
     }
 }
 
+/// The host's nftables tables of the `ip` family (scfsim's NAT is `ip scfsim_<pid>_<n>`).
+fn nat_tables() -> Vec<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables", "ip"])
+        .output()
+        .expect("nft is installed (.ci/run installs nftables)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table ip "))
+        .map(str::to_string)
+        .collect()
+}
+
 fn marked(name: &str, marker: &str, mode: &[&str]) -> Function {
     Function::fixture(name, mode).set("env", &format!("{{ SCFSIM_TEST_MARKER = {marker:?} }}"))
 }
@@ -113,6 +126,8 @@ async fn sigkill_of_scfsim_leaves_no_instance_behind_and_the_restart_completes_t
         bootstraps_with(&marker)
     );
     let dir = scfsim.dir.clone();
+    let nat_table = format!("scfsim_{}_0", scfsim.pid());
+    assert!(nat_tables().contains(&nat_table), "{:?}", nat_tables());
     let status = scfsim.signal(libc::SIGKILL).await;
     assert!(!status.success());
     wait_until_gone(&marker).await;
@@ -125,6 +140,8 @@ async fn sigkill_of_scfsim_leaves_no_instance_behind_and_the_restart_completes_t
         },
     )
     .await;
+    // The dead scfsim's NAT table is gone: the new one removed it at its start.
+    assert!(!nat_tables().contains(&nat_table), "{:?}", nat_tables());
     let record = restarted.record(&finished.request_id).await;
     assert_eq!(record["status_code"], 200);
     for c in &open {

@@ -583,8 +583,14 @@ impl TestNet {
         net
     }
 
-    /// A TCP connection made from inside the namespace (the socket stays in it).
-    pub fn connect(&self, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    /// The namespace's own address (its end of the veth pair).
+    pub fn peer_addr(&self) -> std::net::Ipv4Addr {
+        let [a, b, c, d] = self.host_addr.octets();
+        std::net::Ipv4Addr::new(a, b, c, d + 1)
+    }
+
+    /// Runs `f` on a thread inside the namespace: sockets it makes stay in it.
+    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::scope(|scope| {
             scope
@@ -594,11 +600,22 @@ impl TestNet {
                     // SAFETY: setns on this (scoped) thread only, with a valid descriptor.
                     let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
                     assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
-                    std::net::TcpStream::connect_timeout(&addr, PATIENCE).expect("connect")
+                    f()
                 })
                 .join()
-                .expect("connect thread")
+                .expect("thread in the test namespace")
         })
+    }
+
+    /// A TCP connection made from inside the namespace.
+    pub fn connect(&self, addr: std::net::SocketAddr) -> std::net::TcpStream {
+        self.inside(|| std::net::TcpStream::connect_timeout(&addr, PATIENCE).expect("connect"))
+    }
+
+    /// A TCP listener inside the namespace, on its own address: a server "out there".
+    pub fn listen(&self) -> std::net::TcpListener {
+        let addr = std::net::SocketAddr::from((self.peer_addr(), 0));
+        self.inside(|| std::net::TcpListener::bind(addr).expect("bind"))
     }
 
     /// Cuts the link: both ends of the veth pair go, and with them every route between.

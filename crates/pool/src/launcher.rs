@@ -16,6 +16,7 @@ use crate::error::{PoolError, StartFailure, StartFailureKind};
 use crate::instance::Instance;
 use crate::netns::{Netns, NetnsWorker};
 use crate::network::HostNetwork;
+use crate::outbound::Outbound;
 use crate::output::{OutputLog, OutputStream};
 use crate::runtimes::RuntimeTree;
 use crate::spawn::{self, ChildSetup, InstanceSpec, Supervised, MAX_PROCESSES};
@@ -81,6 +82,8 @@ pub struct Launcher {
     cgroups: Result<Cgroups, String>,
     /// Why instances have no network to the host, if they have none.
     no_network: Option<String>,
+    /// NAT beyond the host (removed when the launcher goes), or why there is none.
+    outbound: Result<Outbound, String>,
     runtimes: Result<RuntimeTree, String>,
     supervisor: PathBuf,
     /// With `isolation = "none"` the host's port 9000 fits one instance at a time.
@@ -128,6 +131,10 @@ impl Launcher {
             Ok(_) => (None, None),
             Err(why) => (None, Some(why)),
         };
+        let outbound = match &network {
+            Some(_) => Outbound::enable(),
+            None => Err("instances have no network to the host".into()),
+        };
         let warm = netns.map(|worker| WarmPool::new(worker, network));
         let runtimes = if namespaces {
             // The mount point must exist on the host. It stays (empty) when scfsim stops:
@@ -148,6 +155,7 @@ impl Launcher {
             why,
             cgroups,
             no_network,
+            outbound,
             runtimes,
             supervisor: options.supervisor,
             host_port: Arc::new(Semaphore::new(1)),
@@ -170,11 +178,14 @@ impl Launcher {
             )),
         }
         match (&self.warm, &self.no_network) {
-            (Some(warm), _) if warm.has_network() => lines.push(
+            (Some(warm), _) if warm.has_network() => lines.push(format!(
                 "instance network: a veth pair per instance (169.254.0.0/16); the host is \
-                 reachable at SCFSIM_HOST, the internet is not"
-                    .into(),
-            ),
+                 reachable at SCFSIM_HOST, {}",
+                match &self.outbound {
+                    Ok(nat) => nat.describe(),
+                    Err(why) => format!("the internet is not ({why})"),
+                }
+            )),
             (Some(_), why) => lines.push(format!(
                 "instance network: loopback only ({}); functions cannot reach the host",
                 why.as_deref().unwrap_or("unavailable")

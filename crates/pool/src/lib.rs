@@ -15,6 +15,7 @@ mod instance;
 mod launcher;
 mod netns;
 mod network;
+mod outbound;
 mod output;
 mod runtimes;
 mod spawn;

@@ -6,8 +6,7 @@
 //! address is `SCFSIM_HOST` in the instance's environment. The instance end is `eth0`. Links
 //! are made with iproute2's `ip` (one batch on each side) and die with the instance's network
 //! namespace: the kernel removes both ends when the namespace goes, also after a crash of
-//! scfsim, so nothing is left on the host. No forwarding or NAT is set up: the host itself is
-//! reachable; the internet beyond it is not (see the README).
+//! scfsim, so nothing is left on the host. Beyond the host, see [`crate::outbound`].
 
 use std::io;
 use std::net::Ipv4Addr;
