@@ -307,6 +307,62 @@ async fn a_function_reaches_a_server_beyond_the_host_through_nat() {
 }
 
 #[tokio::test]
+async fn without_root_each_instance_gets_user_namespaces_and_its_own_port_9000() {
+    const NOBODY: (u32, u32) = (65534, 65534);
+    let dir = tempfile::tempdir().unwrap();
+    // The user must be able to run the fixture wherever the checkout is: a copy of its own.
+    let fixture = dir.path().join("scfsim-fixture");
+    std::fs::copy(fixture_bin(), &fixture).unwrap();
+    let body = format!(
+        "echo \"uid=$(id -u) processes=$(ls /proc | grep -c '^[0-9]')\"\n\
+         exec {} echo",
+        fixture.display()
+    );
+    let scfsim = Scfsim::start_with(
+        vec![Function::script("unprivileged", &body)],
+        Options {
+            dir: Some(dir.path().to_path_buf()),
+            run_as: Some(NOBODY),
+            ..Options::default()
+        },
+    )
+    .await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", scfsim.pid())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "scfsim runs as nobody: {status}"
+    );
+    assert!(
+        scfsim.log().contains("instance isolation: user namespaces"),
+        "{}",
+        scfsim.log()
+    );
+    // Two at once, both on port 9000 of their own network namespace.
+    let mut a = scfsim.connect("/unprivileged").await;
+    let mut b = scfsim.connect("/unprivileged").await;
+    for (client, text) in [(&mut a, "a"), (&mut b, "b")] {
+        client.send_text(text).await;
+        client.expect_text(text).await;
+    }
+    for client in [&mut a, &mut b] {
+        client.close(1000, "").await;
+        let record = scfsim.record(&client.request_id).await;
+        assert_eq!(record["status_code"], 200, "{record:#}");
+        let lines = log_lines(&scfsim, &client.request_id).await;
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with("uid="))
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        // Root of its own user namespace, in its own PID namespace.
+        assert!(line.starts_with("uid=0 "), "{line}");
+        let processes: usize = line.split("processes=").nth(1).unwrap().parse().unwrap();
+        assert!(processes < 10, "{line}");
+    }
+}
+
+#[tokio::test]
 async fn the_instance_has_a_private_512_mb_tmp() {
     // The code must live outside the host's /tmp, which the instance's own /tmp would hide.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

@@ -127,6 +127,15 @@ impl Function {
     }
 }
 
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).expect("chown");
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).expect("read dir") {
+            chown_tree(&entry.expect("dir entry").path(), uid, gid);
+        }
+    }
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -158,6 +167,9 @@ pub struct Options {
     pub tls: bool,
     /// The ws:// listen address instead of 127.0.0.1:0 (port 0 is still best).
     pub listen: Option<String>,
+    /// Run scfsim as this user and group instead of root (its own copy of the binary, in `dir`,
+    /// which is handed to that user).
+    pub run_as: Option<(u32, u32)>,
     /// Serve this existing config file (e.g. the repository's own) instead of writing one;
     /// the functions passed to `start_with` are then ignored.
     pub config: Option<PathBuf>,
@@ -187,7 +199,18 @@ impl Scfsim {
             }
         };
         let stderr = dir.join("scfsim.stderr");
-        let mut cmd = Command::new(scfsim_bin());
+        let stderr_file = std::fs::File::create(&stderr).expect("stderr file");
+        let program = match options.run_as {
+            Some((uid, gid)) => {
+                // A checkout under a private directory would be out of that user's reach.
+                let copy = dir.join("scfsim");
+                std::fs::copy(scfsim_bin(), &copy).expect("copy scfsim");
+                chown_tree(&dir, uid, gid);
+                copy
+            }
+            None => scfsim_bin(),
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("serve")
             .arg("--config")
             .arg(config)
@@ -207,7 +230,22 @@ impl Scfsim {
             .env("RUST_LOG", "info,scfsim_gateway=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+            .stderr(stderr_file);
+        if let Some((uid, gid)) = options.run_as {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setgroups/setgid/setuid are raw system calls, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         for (k, v) in &options.env {
             cmd.env(k, v);
         }

@@ -19,7 +19,8 @@ use crate::network::HostNetwork;
 use crate::outbound::Outbound;
 use crate::output::{OutputLog, OutputStream};
 use crate::runtimes::RuntimeTree;
-use crate::spawn::{self, ChildSetup, InstanceSpec, Supervised, MAX_PROCESSES};
+use crate::sockets::SocketFactory;
+use crate::spawn::{self, ChildSetup, InstanceSpec, Supervised, UserMaps, MAX_PROCESSES};
 use crate::supervisor::{self, Stage, SupervisorArgs};
 use crate::warm::WarmPool;
 
@@ -48,6 +49,9 @@ pub enum IsolationRequest {
 pub enum Isolation {
     /// Own network and PID namespace per instance.
     Namespaces,
+    /// Without root: own user, network, PID and mount namespace per instance; no cgroups and
+    /// no network beyond the instance's loopback.
+    UserNamespaces,
     /// Host network: only one instance can listen on port 9000 at a time.
     None,
 }
@@ -90,6 +94,8 @@ pub struct Launcher {
     host_port: Arc<Semaphore>,
     /// Instance ids for cgroup names.
     next_id: AtomicU64,
+    /// Without root: scfsim's ids, mapped to root in each instance's user namespace.
+    user_maps: Option<UserMaps>,
 }
 
 /// Readiness back-off: first retry well under a millisecond (a native bootstrap listens ~1 ms
@@ -100,17 +106,35 @@ const MAX_RETRY: Duration = Duration::from_millis(8);
 
 impl Launcher {
     pub fn new(options: LauncherOptions) -> Result<Launcher, PoolError> {
+        let unprivileged = || match probe_user_namespaces() {
+            Ok(()) => Ok((
+                Isolation::UserNamespaces,
+                None,
+                "scfsim is not root, and unprivileged user namespaces work here".to_string(),
+            )),
+            Err(source) => Err(PoolError::Namespace { source }),
+        };
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         let (isolation, netns, why) = match options.isolation {
             IsolationRequest::None => (
                 Isolation::None,
                 None,
                 "isolation = \"none\" in the config".to_string(),
             ),
+            IsolationRequest::Namespaces if !root => unprivileged()?,
             IsolationRequest::Namespaces => (
                 Isolation::Namespaces,
                 Some(NetnsWorker::start()?),
                 "isolation = \"namespaces\" in the config".to_string(),
             ),
+            IsolationRequest::Auto if !root => unprivileged().unwrap_or_else(|err| {
+                (
+                    Isolation::None,
+                    None,
+                    format!("scfsim is not root, and {err}"),
+                )
+            }),
             IsolationRequest::Auto => match NetnsWorker::start() {
                 Ok(worker) => (
                     Isolation::Namespaces,
@@ -121,10 +145,11 @@ impl Launcher {
             },
         };
         let namespaces = isolation == Isolation::Namespaces;
-        let cgroups = if namespaces {
-            Cgroups::setup()
-        } else {
-            Err("needs isolation = namespaces".into())
+        let mount_namespace = namespaces || isolation == Isolation::UserNamespaces;
+        let cgroups = match isolation {
+            Isolation::Namespaces => Cgroups::setup(),
+            Isolation::UserNamespaces => Err("cgroups need root".into()),
+            Isolation::None => Err("needs isolation = namespaces".into()),
         };
         let (network, no_network) = match HostNetwork::probe() {
             Ok(network) if namespaces => (Some(network), None),
@@ -136,16 +161,23 @@ impl Launcher {
             None => Err("instances have no network to the host".into()),
         };
         let warm = netns.map(|worker| WarmPool::new(worker, network));
-        let runtimes = if namespaces {
+        let runtimes = if mount_namespace {
             // The mount point must exist on the host. It stays (empty) when scfsim stops:
             // another scfsim may be using it as its mount point at that moment.
             let mount_point = Path::new(VAR_LANG);
             if !mount_point.exists() {
                 let _ = std::fs::create_dir_all(mount_point);
             }
-            std::path::absolute(options.work_dir.join("var-lang"))
-                .and_then(|root| RuntimeTree::build(&root, &options.runtimes))
-                .map_err(|e| format!("cannot build the /var/lang tree: {e}"))
+            if mount_point.is_dir() {
+                std::path::absolute(options.work_dir.join("var-lang"))
+                    .and_then(|root| RuntimeTree::build(&root, &options.runtimes))
+                    .map_err(|e| format!("cannot build the /var/lang tree: {e}"))
+            } else {
+                Err(format!(
+                    "the mount point {VAR_LANG} does not exist and scfsim cannot create it; \
+                     create it once as root: sudo mkdir {VAR_LANG}"
+                ))
+            }
         } else {
             Err("/var/lang paths need isolation = namespaces (a mount namespace)".into())
         };
@@ -160,6 +192,7 @@ impl Launcher {
             supervisor: options.supervisor,
             host_port: Arc::new(Semaphore::new(1)),
             next_id: AtomicU64::new(0),
+            user_maps: (isolation == Isolation::UserNamespaces).then(UserMaps::current),
         })
     }
 
@@ -190,6 +223,11 @@ impl Launcher {
                 "instance network: loopback only ({}); functions cannot reach the host",
                 why.as_deref().unwrap_or("unavailable")
             )),
+            (None, _) if self.isolation == Isolation::UserNamespaces => lines.push(
+                "instance network: loopback only (linking a namespace to the host needs root); \
+                 functions cannot reach the host or the internet"
+                    .into(),
+            ),
             (None, _) => {}
         }
         match &self.runtimes {
@@ -211,6 +249,13 @@ impl Launcher {
                  PID namespace, listens on 0.0.0.0:{INSTANCE_PORT}, and dies with scfsim",
                 self.why
             ),
+            Isolation::UserNamespaces => format!(
+                "instance isolation: user namespaces ({}): every instance gets its own user \
+                 (scfsim's user is its root), network, PID and mount namespace, listens on \
+                 0.0.0.0:{INSTANCE_PORT}, and dies with scfsim; without root there are no \
+                 memory or process limits and no network beyond the instance's loopback",
+                self.why
+            ),
             Isolation::None => format!(
                 "instance isolation: NONE ({}): instances share the host network, so only ONE \
                  instance at a time can run (later connections get HTTP 429 / status 432 while one \
@@ -227,7 +272,7 @@ impl Launcher {
         check_bootstrap(spec)?;
         let host_port = match self.isolation {
             Isolation::None => Some(self.claim_host_port().await?),
-            Isolation::Namespaces => None,
+            Isolation::Namespaces | Isolation::UserNamespaces => None,
         };
         let internal =
             |detail: String| StartFailure::before_spawn(StartFailureKind::Internal { detail });
@@ -258,7 +303,9 @@ impl Launcher {
                 Some(prepared.netns)
             }
             None => {
-                env.push(("SCFSIM_HOST".into(), "127.0.0.1".into()));
+                if self.isolation == Isolation::None {
+                    env.push(("SCFSIM_HOST".into(), "127.0.0.1".into()));
+                }
                 None
             }
         };
@@ -266,32 +313,45 @@ impl Launcher {
             env,
             ..spec.clone()
         };
-        let (report, supervised) = match self.isolation {
-            Isolation::Namespaces => {
+        let (report, factory, supervised) = match self.isolation {
+            Isolation::Namespaces | Isolation::UserNamespaces => {
                 let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                     .map_err(|e| internal(format!("creating the supervisor's report pipe: {e}")))?;
+                let (factory, control) = match self.user_maps {
+                    Some(_) => {
+                        let (ours, theirs) = SocketFactory::pair().map_err(|e| {
+                            internal(format!("creating the supervisor's control socket: {e}"))
+                        })?;
+                        (Some(ours), Some(theirs))
+                    }
+                    None => (None, None),
+                };
                 let supervised = Supervised {
                     program: self.supervisor.clone(),
                     args: SupervisorArgs {
                         report_fd: write.as_raw_fd(),
+                        control_fd: control.as_ref().map_or(-1, |c| c.as_raw_fd()),
                         var_lang: self.runtimes.as_ref().ok().map(|t| t.root.clone().into()),
                         tmp_mb: private_tmp_mb(spec),
                         bootstrap: spec.bootstrap.clone().into(),
                     },
                     report: write,
+                    control,
                 };
-                (Some(read), Some(supervised))
+                (Some(read), factory, Some(supervised))
             }
-            Isolation::None => (None, None),
+            Isolation::None => (None, None, None),
         };
         let setup = ChildSetup {
             netns: netns.as_ref().map(|ns| ns.raw_fd()),
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default(),
             supervised,
+            user_namespace: self.user_maps.clone(),
         };
         let mut cmd = spawn::command(spec, &setup);
         let spawned = cmd.spawn();
-        // scfsim's copy of the report pipe's write end goes, so the pipe ends with the exec.
+        // scfsim's copies of the supervisor's ends go: the report pipe ends with the exec, the
+        // control socket with the keeper.
         drop(setup);
         let mut child = spawned
             .map_err(|source| StartFailure::before_spawn(spawn_failure(&spec.bootstrap, source)))?;
@@ -327,7 +387,7 @@ impl Launcher {
             }
         }
         match self
-            .wait_listening(&mut instance, netns, spec.init_timeout)
+            .wait_listening(&mut instance, netns, factory, spec.init_timeout)
             .await
         {
             Ok(stream) => Ok(Ready {
@@ -352,12 +412,13 @@ impl Launcher {
         &self,
         instance: &mut Instance,
         netns: Option<Arc<Netns>>,
+        factory: Option<SocketFactory>,
         init_timeout: Duration,
     ) -> Result<TcpStream, StartFailureKind> {
         let deadline = tokio::time::Instant::now() + init_timeout;
         let mut delay = FIRST_RETRY;
         loop {
-            match self.connect(netns.as_ref()).await {
+            match self.connect(netns.as_ref(), factory.as_ref()).await {
                 Ok(stream) => return Ok(stream),
                 Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(err) => tracing::debug!(%err, "readiness probe failed"),
@@ -375,15 +436,18 @@ impl Launcher {
         }
     }
 
-    async fn connect(&self, netns: Option<&Arc<Netns>>) -> io::Result<TcpStream> {
+    async fn connect(
+        &self,
+        netns: Option<&Arc<Netns>>,
+        factory: Option<&SocketFactory>,
+    ) -> io::Result<TcpStream> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, INSTANCE_PORT));
-        let stream = match (self.warm.as_ref().map(|w| w.worker()), netns) {
-            (Some(worker), Some(ns)) => {
-                let fd = worker.socket(ns).await?;
-                TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
-                    .connect(addr)
-                    .await?
-            }
+        let in_namespace = |fd: std::os::fd::OwnedFd| {
+            TcpSocket::from_std_stream(std::net::TcpStream::from(fd)).connect(addr)
+        };
+        let stream = match (self.warm.as_ref().map(|w| w.worker()), netns, factory) {
+            (_, _, Some(factory)) => in_namespace(factory.socket().await?).await?,
+            (Some(worker), Some(ns), None) => in_namespace(worker.socket(ns).await?).await?,
             _ => TcpStream::connect(addr).await?,
         };
         stream.set_nodelay(true)?;
@@ -412,6 +476,41 @@ impl Launcher {
             )));
         }
         Ok(permit)
+    }
+}
+
+/// Whether this (unprivileged) process can give an instance its own user and network
+/// namespace: a throwaway child tries.
+fn probe_user_namespaces() -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut probe = std::process::Command::new("/bin/true");
+    // SAFETY: unshare is a raw system call, safe between fork and exec.
+    unsafe {
+        probe.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    let status = probe
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("unprivileged user namespaces are not available: {e}"),
+            )
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the user-namespace probe failed ({status})"
+        )))
     }
 }
 

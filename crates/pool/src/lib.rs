@@ -18,6 +18,7 @@ mod network;
 mod outbound;
 mod output;
 mod runtimes;
+mod sockets;
 mod spawn;
 mod supervisor;
 mod warm;

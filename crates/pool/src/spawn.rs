@@ -2,12 +2,14 @@
 //!
 //! With namespaces, scfsim's forked child joins the instance's cgroups and network namespace and
 //! execs the supervisor (see [`crate::supervisor`]), which makes the mount and PID namespaces,
-//! init, and the bootstrap. Without them it execs the bootstrap directly.
+//! init, and the bootstrap. Without root, the child makes a user namespace (mapping scfsim's
+//! user to root in it) and a network namespace of its own instead. Without namespaces it execs
+//! the bootstrap directly.
 //!
 //! Everything in [`Prepared::run`] runs between fork and exec in a copy of a multi-threaded
 //! process, so it uses only raw system calls: no allocation, no locks.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -41,21 +43,45 @@ pub(crate) struct ChildSetup {
     pub cgroup_procs: Vec<RawFd>,
     /// With namespaces: the supervisor program and what to tell it.
     pub supervised: Option<Supervised>,
+    /// Without root: a new user and network namespace, made by the child itself.
+    pub user_namespace: Option<UserMaps>,
 }
 
-/// The supervisor to exec, its arguments, and the write end of its report pipe.
+/// The contents of `uid_map` and `gid_map`: scfsim's own ids as root of the new namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct UserMaps {
+    uid_map: CString,
+    gid_map: CString,
+}
+
+impl UserMaps {
+    pub(crate) fn current() -> UserMaps {
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        UserMaps {
+            uid_map: CString::new(format!("0 {uid} 1\n")).expect("no NUL"),
+            gid_map: CString::new(format!("0 {gid} 1\n")).expect("no NUL"),
+        }
+    }
+}
+
+/// The supervisor to exec, its arguments, the write end of its report pipe and, without root,
+/// its end of the socket-factory channel.
 pub(crate) struct Supervised {
     pub program: PathBuf,
     pub args: SupervisorArgs,
     pub report: OwnedFd,
+    pub control: Option<OwnedFd>,
 }
 
 struct Prepared {
     scfsim: libc::pid_t,
     netns: RawFd,
     cgroup_procs: [RawFd; 2],
-    /// The report pipe's write end, kept open across the exec for the supervisor; -1 without one.
-    report: RawFd,
+    /// Descriptors kept open across the exec for the supervisor (report pipe, control
+    /// socket); -1 where there is none.
+    inherited: [RawFd; 2],
+    user_namespace: Option<UserMaps>,
 }
 
 /// The command that starts an instance. The caller keeps `setup.supervised`'s report pipe
@@ -85,10 +111,13 @@ pub(crate) fn command(spec: &InstanceSpec, setup: &ChildSetup) -> Command {
         scfsim: unsafe { libc::getpid() },
         netns: setup.netns.unwrap_or(-1),
         cgroup_procs: procs,
-        report: setup
-            .supervised
-            .as_ref()
-            .map_or(-1, |s| s.report.as_raw_fd()),
+        inherited: setup.supervised.as_ref().map_or([-1; 2], |s| {
+            [
+                s.report.as_raw_fd(),
+                s.control.as_ref().map_or(-1, |c| c.as_raw_fd()),
+            ]
+        }),
+        user_namespace: setup.user_namespace.clone(),
     };
     // SAFETY: the closure only makes raw system calls (see the module doc).
     unsafe {
@@ -124,11 +153,64 @@ impl Prepared {
             if self.netns >= 0 {
                 check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
             }
-            if self.report < 0 {
+            if let Some(maps) = &self.user_namespace {
+                enter_user_namespace(maps)?;
+                // Credentials changed: make sure the parent-death signal still holds.
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+                if libc::getppid() != self.scfsim {
+                    libc::_exit(1);
+                }
+            }
+            if self.inherited[0] < 0 {
                 return limit_open_files();
             }
-            // Only this child's copy loses close-on-exec; scfsim's stays as it was.
-            check(libc::fcntl(self.report, libc::F_SETFD, 0))
+            // Only this child's copies lose close-on-exec; scfsim's stay as they were.
+            for fd in self.inherited.iter().filter(|fd| **fd >= 0) {
+                check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A new user namespace in which scfsim's user is root, and a network namespace it owns with
+/// its loopback up. Raw system calls only (see the module doc).
+unsafe fn enter_user_namespace(maps: &UserMaps) -> io::Result<()> {
+    // SAFETY (whole function): raw system calls on memory prepared before the fork.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET))?;
+        // An unprivileged process may map only its own ids, and gid_map only once setgroups
+        // is denied.
+        write_file(c"/proc/self/setgroups", c"deny")?;
+        write_file(c"/proc/self/uid_map", &maps.uid_map)?;
+        write_file(c"/proc/self/gid_map", &maps.gid_map)?;
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check(sock)?;
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let up = check(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req)).and_then(|()| {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            check(libc::ioctl(sock, libc::SIOCSIFFLAGS, &req))
+        });
+        libc::close(sock);
+        up
+    }
+}
+
+unsafe fn write_file(path: &std::ffi::CStr, contents: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY (whole function): raw system calls with valid NUL-terminated strings.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        check(fd)?;
+        let len = contents.to_bytes().len();
+        let written = libc::write(fd, contents.as_ptr().cast(), len);
+        libc::close(fd);
+        if written == len as isize {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 }

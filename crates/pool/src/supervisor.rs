@@ -22,6 +22,11 @@
 //! sends SIGTERM to everything left in the namespace and gives it a grace period before its own
 //! exit ends it.
 //!
+//! Without root, scfsim cannot enter the instance's network namespace (that needs
+//! CAP_SYS_ADMIN where scfsim runs), so the keeper, which is inside it, makes the TCP sockets
+//! scfsim connects to port 9000 with: one per byte scfsim writes on the control socket, passed
+//! back with SCM_RIGHTS.
+//!
 //! Failures before the bootstrap runs (the bootstrap's own exec error above all: a missing
 //! interpreter is ENOENT) are written to a report pipe as a stage byte and an errno; scfsim reads
 //! that pipe to its end, which comes when the bootstrap's exec closes it.
@@ -99,6 +104,8 @@ pub(crate) fn decode_report(bytes: &[u8]) -> Option<(Stage, io::Error)> {
 pub(crate) struct SupervisorArgs {
     /// The write end of the report pipe, inherited across the exec.
     pub report_fd: RawFd,
+    /// The socket-factory channel (without root), or -1.
+    pub control_fd: RawFd,
     /// The generated runtime tree to mount on `/var/lang`, if any.
     pub var_lang: Option<OsString>,
     /// The instance's private `/tmp` size in MiB, or 0 for the host's `/tmp`.
@@ -111,6 +118,7 @@ impl SupervisorArgs {
         vec![
             SUPERVISOR_ARG.into(),
             self.report_fd.to_string().into(),
+            self.control_fd.to_string().into(),
             self.var_lang.clone().unwrap_or_default(),
             self.tmp_mb.to_string().into(),
             self.bootstrap.clone(),
@@ -119,11 +127,13 @@ impl SupervisorArgs {
 
     fn parse(mut args: impl Iterator<Item = OsString>) -> Option<SupervisorArgs> {
         let report_fd = args.next()?.into_string().ok()?.parse().ok()?;
+        let control_fd = args.next()?.into_string().ok()?.parse().ok()?;
         let var_lang = args.next()?;
         let tmp_mb = args.next()?.into_string().ok()?.parse().ok()?;
         let bootstrap = args.next()?;
         Some(SupervisorArgs {
             report_fd,
+            control_fd,
             var_lang: (!var_lang.is_empty()).then_some(var_lang),
             tmp_mb,
             bootstrap,
@@ -138,6 +148,12 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
         std::process::exit(2)
     };
     REPORT_FD.store(args.report_fd, Ordering::Relaxed);
+    let control = args.control_fd;
+    if control >= 0 {
+        // Only the keeper serves it; init and the bootstrap must not hold it.
+        // SAFETY: fcntl on a descriptor this process owns.
+        unsafe { libc::fcntl(control, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let cstr = |s: OsString| CString::new(s.into_vec()).unwrap_or_default();
     let var_lang = args.var_lang.map(cstr);
     let bootstrap = cstr(args.bootstrap);
@@ -187,7 +203,7 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
         match libc::fork() {
             -1 => fail_errno(Stage::Fork),
             0 => init(bootstrap, status, alive),
-            init => keeper(init, status, alive),
+            init => keeper(init, status, alive, control),
         }
     }
 }
@@ -264,7 +280,7 @@ fn close_all_but(keep: &[RawFd]) {
     }
 }
 
-fn keeper(init: libc::pid_t, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
+fn keeper(init: libc::pid_t, status: [RawFd; 2], alive: [RawFd; 2], control: RawFd) -> ! {
     set_name(c"scfsim-keeper");
     // SAFETY (whole function): plain system calls in a single-threaded process.
     unsafe {
@@ -274,7 +290,10 @@ fn keeper(init: libc::pid_t, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
         // Stdio and the report pipe go: scfsim reads the bootstrap's output to its end, which
         // must not wait for the keeper. `alive[1]` stays open as long as the keeper lives:
         // init checks it.
-        close_all_but(&[status[0], alive[1]]);
+        close_all_but(&[status[0], alive[1], control]);
+        if control >= 0 {
+            serve_sockets(status[0], control);
+        }
         let mut reported: libc::c_int = 0;
         let got = read_status(status[0], &mut reported);
         let mut waited: libc::c_int = 0;
@@ -284,6 +303,66 @@ fn keeper(init: libc::pid_t, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
             }
         }
         mirror(if got { reported } else { waited })
+    }
+}
+
+/// Hands scfsim a new TCP socket of this network namespace for every byte it writes on
+/// `control`, until scfsim closes it or the bootstrap's status arrives on `status`.
+fn serve_sockets(status: RawFd, control: RawFd) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut fds = [
+        libc::pollfd {
+            fd: status,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: control,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    while fds[1].fd >= 0 {
+        // SAFETY (whole loop): plain system calls on this process's descriptors.
+        unsafe {
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                break;
+            }
+            if fds[0].revents != 0 {
+                break;
+            }
+            if fds[1].revents == 0 {
+                continue;
+            }
+            let mut request = [0u8; 1];
+            if libc::read(control, request.as_mut_ptr().cast(), 1) != 1 {
+                libc::close(control);
+                fds[1].fd = -1;
+                continue;
+            }
+            let socket = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let passed = [socket];
+            let rights = [ControlMessage::ScmRights(&passed)];
+            // A failed socket() is answered without a descriptor: scfsim reports it.
+            let cmsgs: &[ControlMessage] = if socket >= 0 { &rights } else { &[] };
+            let _ = sendmsg::<()>(
+                control,
+                &[std::io::IoSlice::new(b"s")],
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            if socket >= 0 {
+                libc::close(socket);
+            }
+        }
+    }
+    if fds[1].fd >= 0 {
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(control) };
     }
 }
 
@@ -455,6 +534,7 @@ mod tests {
     fn arguments_round_trip() {
         let args = SupervisorArgs {
             report_fd: 7,
+            control_fd: -1,
             var_lang: Some("/data/var-lang".into()),
             tmp_mb: 512,
             bootstrap: "/code/scf_bootstrap".into(),
@@ -463,6 +543,7 @@ mod tests {
         assert_eq!(parsed.var_lang.as_deref(), Some("/data/var-lang".as_ref()));
         assert_eq!(parsed.tmp_mb, 512);
         assert_eq!(parsed.report_fd, 7);
+        assert_eq!(parsed.control_fd, -1);
         assert_eq!(parsed.bootstrap, "/code/scf_bootstrap");
         let none = SupervisorArgs {
             var_lang: None,
