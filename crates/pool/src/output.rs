@@ -96,10 +96,13 @@ impl OutputLog {
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
-                let mut chunk = vec![0u8; 8192];
+                // Not zero-filled: a quiet instance's buffer costs scfsim only the pages its
+                // output actually touched, which matters with thousands of instances open.
+                let mut chunk = Vec::with_capacity(8192);
                 let mut pending: Vec<u8> = Vec::new();
                 loop {
-                    let n = match pipe.read(&mut chunk).await {
+                    chunk.clear();
+                    let n = match pipe.read_buf(&mut chunk).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
