@@ -80,6 +80,7 @@ async fn the_instance_has_the_platforms_limits_and_its_own_proc() {
          echo \"pids.max=$(cat /sys/fs/cgroup/pids$(grep ':pids:' /proc/self/cgroup | cut -d: -f3)/pids.max)\"\n\
          echo \"memory.limit=$(cat /sys/fs/cgroup/memory$(grep ':memory:' /proc/self/cgroup | cut -d: -f3)/memory.limit_in_bytes)\"\n\
          echo \"processes=$(ls /proc | grep -c '^[0-9]')\"\n\
+         echo \"sigign=$(grep SigIgn /proc/self/status | cut -f2)\"\n\
          touch /tmp/scfsim-instance-write-test && echo tmp-writable\n\
          exec {} echo",
         fixture_bin().display()
@@ -99,6 +100,12 @@ async fn the_instance_has_the_platforms_limits_and_its_own_proc() {
         "{lines:?}"
     );
     assert!(lines.contains(&"tmp-writable".to_string()), "{lines:?}");
+    // Nothing ignored (Rust ignores SIGPIPE in scfsim; the bootstrap must not). Measured in a
+    // child of the bootstrap: bash ignores SIGQUIT for itself, not for what it runs.
+    assert!(
+        lines.contains(&"sigign=0000000000000000".to_string()),
+        "{lines:?}"
+    );
     // Its own PID namespace and /proc: init, the bootstrap, and the subshell counting.
     let processes: usize = lines
         .iter()
@@ -306,13 +313,51 @@ async fn a_function_reaches_a_server_beyond_the_host_through_nat() {
     client.expect_text("still echoing").await;
 }
 
-#[tokio::test]
-async fn without_root_each_instance_gets_user_namespaces_and_its_own_port_9000() {
-    const NOBODY: (u32, u32) = (65534, 65534);
+const NOBODY: (u32, u32) = (65534, 65534);
+
+/// A directory for a scfsim that runs as nobody, with its own copy of the fixture: the user
+/// must be able to run it wherever the checkout is.
+fn unprivileged_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    // The user must be able to run the fixture wherever the checkout is: a copy of its own.
     let fixture = dir.path().join("scfsim-fixture");
     std::fs::copy(fixture_bin(), &fixture).unwrap();
+    (dir, fixture)
+}
+
+#[tokio::test]
+async fn without_root_going_over_memory_mb_ends_with_434() {
+    let (dir, fixture) = unprivileged_dir();
+    let body = format!(
+        "(sleep 0.5; exec python3 -c \"a = b'x' * (400 * 1024 * 1024); import time; time.sleep(60)\") &\n\
+         exec {} echo",
+        fixture.display()
+    );
+    let scfsim = Scfsim::start_with(
+        vec![Function::script("hog", &body).set("memory_mb", "128")],
+        Options {
+            dir: Some(dir.path().to_path_buf()),
+            run_as: Some(NOBODY),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(
+        scfsim.log().contains("memory_mb watched by scfsim"),
+        "{}",
+        scfsim.log()
+    );
+    let mut client = scfsim.connect("/hog").await;
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 1011);
+    assert!(reason.contains("memory"), "{reason}");
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 434, "{record:#}");
+    assert_eq!(record["end_reason"], "memory_limit");
+}
+
+#[tokio::test]
+async fn without_root_each_instance_gets_user_namespaces_and_its_own_port_9000() {
+    let (dir, fixture) = unprivileged_dir();
     let body = format!(
         "echo \"uid=$(id -u) processes=$(ls /proc | grep -c '^[0-9]')\"\n\
          exec {} echo",

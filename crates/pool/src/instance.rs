@@ -57,8 +57,40 @@ pub struct Instance {
     pub(crate) exit: Option<ExitInfo>,
     /// Memory and process limits; removed after the processes are reaped.
     pub(crate) cgroup: Option<InstanceCgroup>,
+    /// Without cgroups: `memory_mb` in bytes, watched by scfsim over the process tree's RSS.
+    pub(crate) memory_limit: Option<u64>,
     /// With `isolation = "none"`: the host's port 9000, held while this instance lives.
     pub(crate) _host_port: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The resident memory of `root` and all its descendants, by `/proc/<pid>/task/*/children`.
+/// Pages shared between processes count once per process, so this errs high, never low.
+fn tree_rss_bytes(root: u32) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let mut pending = vec![root];
+    let mut total = 0;
+    // Bounded: a fork bomb must not make scfsim walk forever (the pids limit is 1024).
+    for _ in 0..4096 {
+        let Some(pid) = pending.pop() else { break };
+        let resident = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+            .ok()
+            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok());
+        total += resident.unwrap_or(0) * page;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                pending.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    total
 }
 
 /// What is left of an instance once it is stopped and reaped.
@@ -94,9 +126,20 @@ impl Instance {
         exit
     }
 
-    /// True once the kernel OOM-killed a process of this instance (its memory limit).
+    /// True once the instance went over its memory limit: the kernel OOM-killed one of its
+    /// processes (cgroups), or, without cgroups, its process tree's RSS is over `memory_mb`, in
+    /// which case the whole group is killed here, as the kernel would.
     pub fn memory_exceeded(&self) -> bool {
-        self.cgroup.as_ref().is_some_and(InstanceCgroup::oom_killed)
+        if let Some(cgroup) = &self.cgroup {
+            return cgroup.oom_killed();
+        }
+        match self.memory_limit {
+            Some(limit) if self.exit.is_none() && tree_rss_bytes(self.pid) > limit => {
+                self.signal_group(Signal::SIGKILL);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn signal_group(&self, signal: Signal) {

@@ -106,7 +106,7 @@ const MAX_RETRY: Duration = Duration::from_millis(8);
 
 impl Launcher {
     pub fn new(options: LauncherOptions) -> Result<Launcher, PoolError> {
-        let unprivileged = || match probe_user_namespaces() {
+        let unprivileged = || match probe_user_namespaces(&options.supervisor) {
             Ok(()) => Ok((
                 Isolation::UserNamespaces,
                 None,
@@ -206,7 +206,8 @@ impl Launcher {
                 supervisor::MAX_OPEN_FILES
             )),
             Err(why) => lines.push(format!(
-                "instance limits: memory_mb and the process limit are NOT enforced ({why}); {} open files",
+                "instance limits: memory_mb watched by scfsim (the process tree's RSS, every \
+                 0.5 s; killed above it), the process limit NOT enforced ({why}); {} open files",
                 supervisor::MAX_OPEN_FILES
             )),
         }
@@ -252,16 +253,17 @@ impl Launcher {
             Isolation::UserNamespaces => format!(
                 "instance isolation: user namespaces ({}): every instance gets its own user \
                  (scfsim's user is its root), network, PID and mount namespace, listens on \
-                 0.0.0.0:{INSTANCE_PORT}, and dies with scfsim; without root there are no \
-                 memory or process limits and no network beyond the instance's loopback",
+                 0.0.0.0:{INSTANCE_PORT}, and dies with scfsim; without root scfsim watches \
+                 memory_mb itself, there is no process limit and no network beyond the \
+                 instance's loopback",
                 self.why
             ),
             Isolation::None => format!(
                 "instance isolation: NONE ({}): instances share the host network, so only ONE \
-                 instance at a time can run (later connections get HTTP 429 / status 432 while one \
-                 is open), /var/lang paths and memory limits do not work, and processes that \
-                 leave the bootstrap's process group are not stopped; run scfsim as root for \
-                 full isolation",
+                 instance at a time can run (later connections get HTTP 429 / status 432 while \
+                 one is open), /var/lang paths do not work, memory_mb is watched by scfsim, and \
+                 processes that leave the bootstrap's process group are not stopped; run scfsim \
+                 as root for full isolation",
                 self.why
             ),
         }
@@ -294,6 +296,8 @@ impl Launcher {
             Err(_) => None,
         };
         let began = Instant::now();
+        // One deadline for the whole start: the supervisor's report and the readiness wait.
+        let deadline = tokio::time::Instant::now() + spec.init_timeout;
         let mut env = spec.env.clone();
         let netns = match prepared {
             Some(prepared) => {
@@ -334,6 +338,11 @@ impl Launcher {
                         var_lang: self.runtimes.as_ref().ok().map(|t| t.root.clone().into()),
                         tmp_mb: private_tmp_mb(spec),
                         bootstrap: spec.bootstrap.clone().into(),
+                        env: spec
+                            .env
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}").into())
+                            .collect(),
                     },
                     report: write,
                     control,
@@ -353,8 +362,17 @@ impl Launcher {
         // scfsim's copies of the supervisor's ends go: the report pipe ends with the exec, the
         // control socket with the keeper.
         drop(setup);
-        let mut child = spawned
-            .map_err(|source| StartFailure::before_spawn(spawn_failure(&spec.bootstrap, source)))?;
+        let mut child = spawned.map_err(|source| {
+            // With a supervisor, the bootstrap's own exec errors come on the report pipe; a
+            // failed spawn is scfsim's (its pre_exec or the supervisor's exec).
+            let kind = match self.isolation {
+                Isolation::None => spawn_failure(&spec.bootstrap, source),
+                _ => StartFailureKind::Internal {
+                    detail: format!("starting the instance's supervisor: {source}"),
+                },
+            };
+            StartFailure::before_spawn(kind)
+        })?;
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, "instance spawned");
         let output = OutputLog::default();
@@ -372,11 +390,15 @@ impl Launcher {
             readers,
             _netns: netns.clone(),
             exit: None,
+            memory_limit: match cgroup {
+                Some(_) => None,
+                None => spec.memory_mb.map(|mb| u64::from(mb) << 20),
+            },
             cgroup,
             _host_port: host_port,
         };
         if let Some(report) = report {
-            if let Some(kind) = read_report(report, &spec.bootstrap, spec.init_timeout).await {
+            if let Some(kind) = read_report(report, &spec.bootstrap, deadline).await {
                 let stopped = instance.stop(Duration::ZERO).await;
                 return Err(StartFailure {
                     kind,
@@ -387,7 +409,7 @@ impl Launcher {
             }
         }
         match self
-            .wait_listening(&mut instance, netns, factory, spec.init_timeout)
+            .wait_listening(&mut instance, netns, factory, deadline, spec.init_timeout)
             .await
         {
             Ok(stream) => Ok(Ready {
@@ -413,9 +435,9 @@ impl Launcher {
         instance: &mut Instance,
         netns: Option<Arc<Netns>>,
         factory: Option<SocketFactory>,
+        deadline: tokio::time::Instant,
         init_timeout: Duration,
     ) -> Result<TcpStream, StartFailureKind> {
-        let deadline = tokio::time::Instant::now() + init_timeout;
         let mut delay = FIRST_RETRY;
         loop {
             match self.connect(netns.as_ref(), factory.as_ref()).await {
@@ -442,12 +464,19 @@ impl Launcher {
         factory: Option<&SocketFactory>,
     ) -> io::Result<TcpStream> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, INSTANCE_PORT));
-        let in_namespace = |fd: std::os::fd::OwnedFd| {
-            TcpSocket::from_std_stream(std::net::TcpStream::from(fd)).connect(addr)
+        let in_namespace = |fd: std::os::fd::OwnedFd| -> io::Result<TcpSocket> {
+            let socket = std::net::TcpStream::from(fd);
+            // A blocking socket would block a runtime thread in every read.
+            socket.set_nonblocking(true)?;
+            Ok(TcpSocket::from_std_stream(socket))
         };
         let stream = match (self.warm.as_ref().map(|w| w.worker()), netns, factory) {
-            (_, _, Some(factory)) => in_namespace(factory.socket().await?).await?,
-            (Some(worker), Some(ns), None) => in_namespace(worker.socket(ns).await?).await?,
+            (_, _, Some(factory)) => in_namespace(factory.socket().await?)?.connect(addr).await?,
+            (Some(worker), Some(ns), None) => {
+                in_namespace(worker.socket(ns).await?)?
+                    .connect(addr)
+                    .await?
+            }
             _ => TcpStream::connect(addr).await?,
         };
         stream.set_nodelay(true)?;
@@ -479,39 +508,55 @@ impl Launcher {
     }
 }
 
-/// Whether this (unprivileged) process can give an instance its own user and network
-/// namespace: a throwaway child tries.
-fn probe_user_namespaces() -> io::Result<()> {
+/// Whether this (unprivileged) process can give an instance its own user, network, mount and
+/// PID namespaces and use them: a throwaway child goes through the same steps an instance's
+/// does (maps, loopback up, a mount), then execs the supervisor program, which exits at once.
+/// Some kernels allow the namespaces but no capabilities in them (Ubuntu's AppArmor
+/// restriction), which only the steps show.
+fn probe_user_namespaces(supervisor: &Path) -> io::Result<()> {
     use std::os::unix::process::CommandExt;
-    let mut probe = std::process::Command::new("/bin/true");
-    // SAFETY: unshare is a raw system call, safe between fork and exec.
+    let maps = UserMaps::current();
+    let mut probe = std::process::Command::new(supervisor);
+    // SAFETY: raw system calls only, safe between fork and exec.
     unsafe {
-        probe.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0 {
+        probe.pre_exec(move || {
+            spawn::enter_user_namespace(&maps)?;
+            let mounted = libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) == 0
+                && libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) == 0
+                && libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c"/tmp".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ) == 0;
+            if mounted {
                 Ok(())
             } else {
                 Err(io::Error::last_os_error())
             }
         });
     }
-    let status = probe
+    // Its exit status does not matter (it is not asked to supervise anything): reaching the
+    // exec proves the namespaces work.
+    probe
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
+        .map(drop)
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("unprivileged user namespaces are not available: {e}"),
+                format!("unprivileged user namespaces are not usable here: {e}"),
             )
-        })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "the user-namespace probe failed ({status})"
-        )))
-    }
+        })
 }
 
 /// Reads the supervisor's report pipe to its end (the bootstrap's exec, or the supervisor's
@@ -519,7 +564,7 @@ fn probe_user_namespaces() -> io::Result<()> {
 async fn read_report(
     report: std::os::fd::OwnedFd,
     bootstrap: &Path,
-    wait: Duration,
+    deadline: tokio::time::Instant,
 ) -> Option<StartFailureKind> {
     use tokio::io::AsyncReadExt;
     let internal = |detail: String| Some(StartFailureKind::Internal { detail });
@@ -528,8 +573,16 @@ async fn read_report(
         Err(e) => return internal(format!("reading the supervisor's report: {e}")),
     };
     let mut bytes = Vec::new();
-    // A supervisor stuck past the init timeout is left to the readiness wait, which ends it.
-    let _ = tokio::time::timeout(wait, receiver.read_to_end(&mut bytes)).await;
+    if tokio::time::timeout_at(deadline, receiver.read_to_end(&mut bytes))
+        .await
+        .is_err()
+    {
+        return internal(
+            "the instance's supervisor did not reach the bootstrap's exec within the init \
+             timeout"
+                .into(),
+        );
+    }
     match supervisor::decode_report(&bytes) {
         None if bytes.is_empty() => None,
         None => internal(format!("unreadable supervisor report {bytes:?}")),
@@ -541,7 +594,12 @@ async fn read_report(
 /// A private tmpfs on `/tmp`, unless the function's own files are under the host's `/tmp`
 /// (a test's temporary directory, say), which it would hide.
 fn private_tmp_mb(spec: &InstanceSpec) -> u32 {
-    let under_tmp = |p: &Path| std::path::absolute(p).is_ok_and(|p| p.starts_with("/tmp"));
+    // Resolved, so that a symlink into /tmp counts as /tmp.
+    let under_tmp = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .is_ok_and(|p| p.starts_with("/tmp"))
+    };
     if under_tmp(&spec.code_dir) || under_tmp(&spec.bootstrap) {
         0
     } else {

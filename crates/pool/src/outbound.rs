@@ -42,6 +42,9 @@ impl Outbound {
         if !runs(Command::new("nft").arg("--version")) {
             return Err("nftables' `nft` is not installed".into());
         }
+        // Another scfsim starting or stopping at the same time must not undo ip_forward
+        // between our look at the markers and our own marker.
+        let _lock = state_lock();
         remove_stale();
         let id = format!(
             "{}_{}",
@@ -108,11 +111,26 @@ impl Outbound {
 
 impl Drop for Outbound {
     fn drop(&mut self) {
+        let _lock = state_lock();
         let _ = nft_script(&format!("delete table ip {}\n", self.table));
         let _ = fs::remove_file(&self.user);
         // Also what a crashed scfsim left, if it crashed while this one ran.
         remove_stale();
     }
+}
+
+/// An exclusive lock on `/run/scfsim/lock`, held by every scfsim while it changes the shared
+/// state (markers, ip_forward); released when dropped. `None` if it cannot be had, in which
+/// case scfsim goes on unlocked rather than not at all.
+fn state_lock() -> Option<nix::fcntl::Flock<fs::File>> {
+    fs::create_dir_all(STATE_DIR).ok()?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(STATE_DIR).join("lock"))
+        .ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
 }
 
 fn runs(cmd: &mut Command) -> bool {

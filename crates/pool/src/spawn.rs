@@ -96,10 +96,12 @@ pub(crate) fn command(spec: &InstanceSpec, setup: &ChildSetup) -> Command {
         }
         None => Command::new(&spec.bootstrap),
     };
-    cmd.current_dir(&spec.code_dir)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+    cmd.current_dir(&spec.code_dir).env_clear();
+    match &setup.supervised {
+        Some(supervised) => cmd.envs(supervised.args.to_env()),
+        None => cmd.envs(spec.env.iter().map(|(k, v)| (k, v))),
+    };
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut procs = [-1; 2];
@@ -139,6 +141,9 @@ impl Prepared {
         // SAFETY (whole function): raw system calls in the freshly forked child.
         unsafe {
             check(libc::setsid())?;
+            // The parent-death signal fires when the forking *thread* ends: instances are
+            // spawned from tokio's worker threads, which live as long as scfsim's runtime; a
+            // spawn from a short-lived thread (spawn_blocking) would kill its instance early.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
             // scfsim may have died between fork and prctl; then nobody would kill us.
             if libc::getppid() != self.scfsim {
@@ -162,6 +167,7 @@ impl Prepared {
                 }
             }
             if self.inherited[0] < 0 {
+                default_signals();
                 return limit_open_files();
             }
             // Only this child's copies lose close-on-exec; scfsim's stay as they were.
@@ -175,7 +181,7 @@ impl Prepared {
 
 /// A new user namespace in which scfsim's user is root, and a network namespace it owns with
 /// its loopback up. Raw system calls only (see the module doc).
-unsafe fn enter_user_namespace(maps: &UserMaps) -> io::Result<()> {
+pub(crate) unsafe fn enter_user_namespace(maps: &UserMaps) -> io::Result<()> {
     // SAFETY (whole function): raw system calls on memory prepared before the fork.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET))?;
@@ -212,6 +218,34 @@ unsafe fn write_file(path: &std::ffi::CStr, contents: &std::ffi::CStr) -> io::Re
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+}
+
+/// Every signal at its default disposition, none blocked: what a bootstrap starts with.
+/// Raw system calls only, so it may run between fork and exec.
+pub(crate) fn default_signals() {
+    // The kernel's `struct sigaction`, all zero: SIG_DFL, no flags, empty mask. (Zero is the
+    // same whether or not the architecture has `sa_restorer`.) The raw system call, because
+    // glibc's `signal` refuses the real-time signals it reserves (32, 33), which a parent may
+    // still have left ignored.
+    let default = [0u64; 4];
+    // SAFETY: rt_sigaction with a valid, zeroed kernel sigaction and the kernel's sigset size;
+    // SIGKILL and SIGSTOP cannot be changed and are skipped.
+    unsafe {
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 

@@ -60,6 +60,8 @@ pub(crate) enum Stage {
     MountTmp = 4,
     Fork = 5,
     Limits = 6,
+    MountProc = 8,
+    Pipe = 9,
     /// The bootstrap's own exec: its errors are the function's (status 445), all others scfsim's.
     Exec = 7,
 }
@@ -72,6 +74,8 @@ impl Stage {
             Stage::MountTmp,
             Stage::Fork,
             Stage::Limits,
+            Stage::MountProc,
+            Stage::Pipe,
             Stage::Exec,
         ]
         .into_iter()
@@ -84,6 +88,8 @@ impl Stage {
             Stage::MountVarLang => "mounting the runtime tree on /var/lang",
             Stage::MountTmp => "mounting the instance's private /tmp",
             Stage::Fork => "forking the instance's init or bootstrap",
+            Stage::MountProc => "mounting the instance's own /proc",
+            Stage::Pipe => "creating the supervisor's pipes",
             Stage::Limits => "setting the instance's open-file limit",
             Stage::Exec => "executing the bootstrap",
         }
@@ -111,7 +117,15 @@ pub(crate) struct SupervisorArgs {
     /// The instance's private `/tmp` size in MiB, or 0 for the host's `/tmp`.
     pub tmp_mb: u32,
     pub bootstrap: OsString,
+    /// The bootstrap's whole environment, `KEY=VALUE`. It travels in the supervisor's own
+    /// environment (private to its user, unlike the command line), each name behind
+    /// [`ENV_PREFIX`], so that nothing in a function's `env` (`LD_PRELOAD`, say) applies to the
+    /// supervisor itself.
+    pub env: Vec<OsString>,
 }
+
+/// Marks the bootstrap's variables in the supervisor's environment.
+pub(crate) const ENV_PREFIX: &str = "SCFSIM_BOOTSTRAP_ENV_";
 
 impl SupervisorArgs {
     pub(crate) fn to_args(&self) -> Vec<OsString> {
@@ -125,25 +139,49 @@ impl SupervisorArgs {
         ]
     }
 
-    fn parse(mut args: impl Iterator<Item = OsString>) -> Option<SupervisorArgs> {
+    /// The supervisor's environment: the bootstrap's, each name prefixed.
+    pub(crate) fn to_env(&self) -> Vec<(OsString, OsString)> {
+        self.env
+            .iter()
+            .filter_map(|kv| {
+                let kv = kv.to_str()?;
+                let (k, v) = kv.split_once('=')?;
+                Some((format!("{ENV_PREFIX}{k}").into(), v.into()))
+            })
+            .collect()
+    }
+
+    fn parse(
+        mut args: impl Iterator<Item = OsString>,
+        vars: impl Iterator<Item = (OsString, OsString)>,
+    ) -> Option<SupervisorArgs> {
         let report_fd = args.next()?.into_string().ok()?.parse().ok()?;
         let control_fd = args.next()?.into_string().ok()?.parse().ok()?;
         let var_lang = args.next()?;
         let tmp_mb = args.next()?.into_string().ok()?.parse().ok()?;
         let bootstrap = args.next()?;
+        let env = vars
+            .filter_map(|(k, v)| {
+                let k = k.to_str()?.strip_prefix(ENV_PREFIX)?;
+                let mut kv = OsString::from(format!("{k}="));
+                kv.push(v);
+                Some(kv)
+            })
+            .collect();
         Some(SupervisorArgs {
             report_fd,
             control_fd,
             var_lang: (!var_lang.is_empty()).then_some(var_lang),
             tmp_mb,
             bootstrap,
+            env,
         })
     }
 }
 
 /// The supervisor's `main`: never returns.
 pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
-    let Some(args) = SupervisorArgs::parse(args) else {
+    let Some(args) = SupervisorArgs::parse(args, std::env::vars_os()) else {
         eprintln!("scfsim: this program is started by scfsim for each function instance");
         std::process::exit(2)
     };
@@ -157,6 +195,7 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
     let cstr = |s: OsString| CString::new(s.into_vec()).unwrap_or_default();
     let var_lang = args.var_lang.map(cstr);
     let bootstrap = cstr(args.bootstrap);
+    let env: Vec<CString> = args.env.into_iter().map(cstr).collect();
     // SAFETY (whole block): a fresh, single-threaded process making plain system calls.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) < 0 {
@@ -202,7 +241,7 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
         let alive = pipe();
         match libc::fork() {
             -1 => fail_errno(Stage::Fork),
-            0 => init(bootstrap, status, alive),
+            0 => init(bootstrap, env, status, alive),
             init => keeper(init, status, alive, control),
         }
     }
@@ -212,7 +251,7 @@ fn pipe() -> [RawFd; 2] {
     let mut fds = [-1; 2];
     // SAFETY: pipe2 into a two-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        fail_errno(Stage::Fork);
+        fail_errno(Stage::Pipe);
     }
     fds
 }
@@ -343,7 +382,12 @@ fn serve_sockets(status: RawFd, control: RawFd) {
                 fds[1].fd = -1;
                 continue;
             }
-            let socket = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            // Non-blocking: scfsim hands it to its async runtime as it is.
+            let socket = libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            );
             let passed = [socket];
             let rights = [ControlMessage::ScmRights(&passed)];
             // A failed socket() is answered without a descriptor: scfsim reports it.
@@ -366,7 +410,7 @@ fn serve_sockets(status: RawFd, control: RawFd) {
     }
 }
 
-fn init(bootstrap: CString, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
+fn init(bootstrap: CString, env: Vec<CString>, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
     set_name(c"scfsim-init");
     // SAFETY (whole function): plain system calls in a single-threaded process.
     unsafe {
@@ -385,25 +429,28 @@ fn init(bootstrap: CString, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
         }
         libc::close(alive[0]);
         // A /proc of this PID namespace, so the bootstrap sees itself, not the host.
-        libc::mount(
+        if libc::mount(
             c"proc".as_ptr(),
             c"/proc".as_ptr(),
             c"proc".as_ptr(),
             (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong,
             std::ptr::null(),
-        );
+        ) < 0
+        {
+            fail_errno(Stage::MountProc);
+        }
         match libc::fork() {
             -1 => fail_errno(Stage::Fork),
             0 => {
                 libc::close(status[1]);
-                exec_bootstrap(&bootstrap)
+                exec_bootstrap(&bootstrap, &env)
             }
             pid => reap(pid, status[1]),
         }
     }
 }
 
-fn exec_bootstrap(bootstrap: &CString) -> ! {
+fn exec_bootstrap(bootstrap: &CString, env: &[CString]) -> ! {
     // SAFETY (whole function): plain system calls in a single-threaded process.
     unsafe {
         let files = libc::rlimit {
@@ -413,12 +460,10 @@ fn exec_bootstrap(bootstrap: &CString) -> ! {
         if libc::setrlimit(libc::RLIMIT_NOFILE, &files) < 0 {
             fail_errno(Stage::Limits);
         }
-        // Rust's runtime ignores SIGPIPE in this program; the bootstrap gets the defaults, as a
-        // process the platform starts does.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // The bootstrap gets every signal at its default, as a process the platform starts
+        // does: Rust's runtime ignores SIGPIPE in this program, and scfsim may itself have been
+        // started with signals ignored (nohup, a script's `&`).
+        crate::spawn::default_signals();
         // A successful exec closes the report pipe: scfsim sees its end with nothing in it.
         libc::fcntl(
             REPORT_FD.load(Ordering::Relaxed),
@@ -426,7 +471,12 @@ fn exec_bootstrap(bootstrap: &CString) -> ! {
             libc::FD_CLOEXEC,
         );
         let argv = [bootstrap.as_ptr(), std::ptr::null()];
-        libc::execv(bootstrap.as_ptr(), argv.as_ptr());
+        let envp: Vec<*const libc::c_char> = env
+            .iter()
+            .map(|kv| kv.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        libc::execve(bootstrap.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail_errno(Stage::Exec)
     }
 }
@@ -538,18 +588,25 @@ mod tests {
             var_lang: Some("/data/var-lang".into()),
             tmp_mb: 512,
             bootstrap: "/code/scf_bootstrap".into(),
+            env: vec!["A=1".into(), "B=x=y".into()],
         };
-        let parsed = SupervisorArgs::parse(args.to_args().into_iter().skip(1)).unwrap();
+        let parsed = SupervisorArgs::parse(
+            args.to_args().into_iter().skip(1),
+            args.to_env().into_iter(),
+        )
+        .unwrap();
         assert_eq!(parsed.var_lang.as_deref(), Some("/data/var-lang".as_ref()));
         assert_eq!(parsed.tmp_mb, 512);
         assert_eq!(parsed.report_fd, 7);
         assert_eq!(parsed.control_fd, -1);
         assert_eq!(parsed.bootstrap, "/code/scf_bootstrap");
+        assert_eq!(parsed.env, vec!["A=1", "B=x=y"]);
         let none = SupervisorArgs {
             var_lang: None,
             ..args
         };
-        let parsed = SupervisorArgs::parse(none.to_args().into_iter().skip(1)).unwrap();
+        let parsed =
+            SupervisorArgs::parse(none.to_args().into_iter().skip(1), std::iter::empty()).unwrap();
         assert!(parsed.var_lang.is_none());
     }
 }
