@@ -409,8 +409,11 @@ async fn without_root_each_instance_gets_user_namespaces_and_its_own_port_9000()
 
 #[tokio::test]
 async fn the_instance_has_a_private_512_mb_tmp() {
-    // The code must live outside the host's /tmp, which the instance's own /tmp would hide.
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // The code, and the fixture it runs, must live outside the host's /tmp, which the
+    // instance's own /tmp hides; the build may well be under /tmp (CARGO_TARGET_DIR).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let fixture = dir.path().join("scfsim-fixture");
+    std::fs::copy(fixture_bin(), &fixture).unwrap();
     let host_marker = format!("/tmp/scfsim-host-marker-{}", std::process::id());
     let instance_marker = format!("/tmp/scfsim-instance-marker-{}", std::process::id());
     std::fs::write(&host_marker, "host").unwrap();
@@ -419,7 +422,7 @@ async fn the_instance_has_a_private_512_mb_tmp() {
          echo \"tmp.kib=$(df -k /tmp | tail -1 | awk '{{print $2}}')\"\n\
          echo instance > {instance_marker} && echo tmp-writable\n\
          exec {} echo",
-        fixture_bin().display()
+        fixture.display()
     );
     let scfsim = Scfsim::start_with(
         vec![Function::script("tmp", &body)],
