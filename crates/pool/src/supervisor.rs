@@ -476,7 +476,16 @@ fn exec_bootstrap(bootstrap: &CString, env: &[CString]) -> ! {
             .map(|kv| kv.as_ptr())
             .chain([std::ptr::null()])
             .collect();
-        libc::execve(bootstrap.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        // ETXTBSY: some process still holds the file open for writing — typically a copy of
+        // the descriptor that the writer's process handed to a child it forked at that moment,
+        // gone at that child's exec. Worth a few short retries rather than a 445.
+        for _ in 0..50 {
+            libc::execve(bootstrap.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            if errno() != libc::ETXTBSY {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         fail_errno(Stage::Exec)
     }
 }

@@ -61,10 +61,11 @@ async fn exit_before_listening_reports_code_and_output() {
     let dir = tempfile::tempdir().unwrap();
     let spec = bootstrap(dir.path(), "echo about to fail; echo oops >&2; exit 3");
     let failure = launcher().start(&spec).await.err().unwrap();
-    assert!(matches!(
-        failure.kind,
-        StartFailureKind::ExitedBeforeListening { .. }
-    ));
+    assert!(
+        matches!(failure.kind, StartFailureKind::ExitedBeforeListening { .. }),
+        "{:?}",
+        failure.kind
+    );
     assert_eq!(failure.exit.unwrap().code, Some(3));
     let lines: Vec<_> = failure
         .output
