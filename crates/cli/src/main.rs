@@ -58,8 +58,9 @@ enum Command {
         /// Where records and logs are kept (overrides gateway.data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// How instances are isolated (overrides gateway.isolation): own network+PID namespaces
-        /// (needs root), none, or auto (namespaces where possible).
+        /// How instances are isolated (overrides gateway.isolation): own network, PID and mount
+        /// namespaces (user namespaces too when not root), none, or auto (namespaces where
+        /// possible).
         #[arg(long, value_enum)]
         isolation: Option<IsolationArg>,
     },

@@ -88,7 +88,8 @@ pub enum Isolation {
     /// Namespaces where the machine allows them, else none (said at startup).
     #[default]
     Auto,
-    /// Own network and PID namespace per instance, or refuse to start.
+    /// Own network, PID and mount namespace per instance (in a user namespace when not root),
+    /// or refuse to start.
     Namespaces,
     /// Host network and PID space: one instance at a time on port 9000.
     None,
