@@ -12,11 +12,12 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
-# The whole workspace: Cargo needs every member's manifest (and crates/init's templates are
-# compiled in).
+# The whole workspace: Cargo needs every member's manifest, and crates/init compiles in its
+# templates and the example functions' code it scaffolds from.
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
 COPY tests tests
+COPY examples examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p scfsim \

@@ -1,6 +1,7 @@
 """Zero-dependency WebSocket echo server for scfsim (Python 3 standard library only).
 
 Listens on 0.0.0.0:9000 as the platform requires, and echoes every text and binary message.
+Put your logic where the message is echoed, in serve().
 It implements just enough of RFC 6455: the opening handshake, masked client frames, fragmented
 messages (reassembled before echoing), ping/pong, and the close handshake (echoing the code).
 """

@@ -15,7 +15,7 @@ wss.on('connection', (ws, req) => {
   console.log(`connection from ${peer}, path ${req.url}`);
   ws.on('message', (data, isBinary) => {
     console.log(`${isBinary ? 'binary' : 'text'} message, ${data.length} bytes`);
-    ws.send(data, { binary: isBinary });
+    ws.send(data, { binary: isBinary }); // echo: replace with your function's logic
   });
   ws.on('close', (code, reason) => {
     console.log(`connection closed, code ${code} reason ${JSON.stringify(reason.toString())}`);

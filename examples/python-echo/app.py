@@ -23,7 +23,7 @@ async def handler(websocket):
         async for message in websocket:
             kind = "text" if isinstance(message, str) else "binary"
             log(f"{kind} message, {len(message)} {'chars' if kind == 'text' else 'bytes'}")
-            await websocket.send(message)
+            await websocket.send(message)  # echo: replace with your function's logic
     except websockets.ConnectionClosed:
         pass  # closed without a proper close handshake: nothing left to do
     log(f"connection closed, code {websocket.close_code} reason {websocket.close_reason!r}")

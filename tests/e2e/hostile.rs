@@ -343,20 +343,6 @@ fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     ))
 }
 
-async fn log_lines(scfsim: &Scfsim, request_id: &str) -> Vec<String> {
-    let logs = scfsim
-        .get(&format!("/api/invocations/{request_id}/logs"))
-        .await;
-    logs["lines"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|l| l["line"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn assert_record(record: &Value, status: u64, end_reason: &str, close_code: Option<u64>) {
     assert_eq!(record["status_code"], status, "{record:#}");
     assert_eq!(record["end_reason"], end_reason, "{record:#}");
@@ -390,7 +376,7 @@ async fn client_violation(bad: &[u8], code: u16) {
     assert_record(&record, 456, "client_protocol_error", Some(u64::from(code)));
     assert_eq!(record["closed_by"], "gateway", "{record:#}");
     assert_eq!(record["messages_in"], 1, "{record:#}");
-    let logs = log_lines(&scfsim, &ws.request_id).await;
+    let logs = scfsim.log_lines(&ws.request_id).await;
     assert!(
         logs.iter()
             .any(|l| l.contains("close frame received: code=1001")),
@@ -763,7 +749,7 @@ async fn a_utf8_close_reason_reaches_the_function_and_the_record_intact() {
         assert_record(&record, 200, "client_closed", Some(1000));
         assert_eq!(record["close_reason"], reason, "{record:#}");
         assert_eq!(record["closed_by"], "client", "{record:#}");
-        let logs = log_lines(&scfsim, &ws.request_id).await;
+        let logs = scfsim.log_lines(&ws.request_id).await;
         let want = format!("close frame received: code=1000 reason={reason:?}");
         assert!(
             logs.iter().any(|l| l.contains(&want)),
@@ -785,7 +771,7 @@ async fn a_close_frame_without_a_code_is_recorded_as_1005_and_answered() {
     let record = scfsim.record(&ws.request_id).await;
     // semantics.md §3: only 1000 and 1010 from the client are a success.
     assert_record(&record, 456, "client_closed", Some(1005));
-    let logs = log_lines(&scfsim, &ws.request_id).await;
+    let logs = scfsim.log_lines(&ws.request_id).await;
     assert!(
         logs.iter()
             .any(|l| l.contains("close frame received without a code")),
@@ -1376,26 +1362,13 @@ fn pids_cgroups(pid: u32) -> Vec<(u64, u64, u64)> {
     found
 }
 
-/// The `stat` lines of the children of `pid`.
-fn child_stats(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-            after.split_whitespace().nth(1) == Some(&pid.to_string())
-        })
-        .collect()
-}
-
 fn children_of(pid: u32) -> usize {
-    child_stats(pid).len()
+    scfsim_e2e::children(pid).len()
 }
 
 /// Instances of scfsim `pid`: its children that are instance supervisors.
 fn instances_of(pid: u32) -> usize {
-    child_stats(pid)
+    scfsim_e2e::children(pid)
         .iter()
         .filter(|stat| stat.contains("(scfsim-keeper)"))
         .count()

@@ -7,18 +7,6 @@ use std::time::Duration;
 use scfsim_e2e::{fixture_bin, repo_root, Function, Options, Scfsim};
 use serde_json::Value;
 
-async fn log_lines(scfsim: &Scfsim, request_id: &str) -> Vec<String> {
-    let logs = scfsim
-        .get(&format!("/api/invocations/{request_id}/logs"))
-        .await;
-    logs["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["line"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_platform_bootstrap_calling_var_lang_python3_runs_unchanged() {
     let server = repo_root().join("examples/echo/server.py");
@@ -92,7 +80,7 @@ async fn the_instance_has_the_platforms_limits_and_its_own_proc() {
     let mut client = scfsim.connect("/limits").await;
     client.close(1000, "").await;
     scfsim.record(&client.request_id).await;
-    let lines = log_lines(&scfsim, &client.request_id).await;
+    let lines = scfsim.log_lines(&client.request_id).await;
     assert!(lines.contains(&"nofile=1024".to_string()), "{lines:?}");
     assert!(lines.contains(&"pids.max=1024".to_string()), "{lines:?}");
     assert!(
@@ -167,16 +155,7 @@ fn scfsim_mounts(pid: u32) -> usize {
 
 /// Children of `pid` (zombies included) and scfsim cgroups of `pid`.
 fn leftovers(pid: u32) -> (Vec<String>, usize) {
-    let children: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            // pid (comm) state ppid ...
-            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-            after.split_whitespace().nth(1) == Some(&pid.to_string())
-        })
-        .collect();
+    let children = scfsim_e2e::children(pid);
     let cgroups = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"]
         .iter()
         .filter_map(|root| std::fs::read_dir(root).ok())
@@ -395,7 +374,7 @@ async fn without_root_each_instance_gets_user_namespaces_and_its_own_port_9000()
         client.close(1000, "").await;
         let record = scfsim.record(&client.request_id).await;
         assert_eq!(record["status_code"], 200, "{record:#}");
-        let lines = log_lines(&scfsim, &client.request_id).await;
+        let lines = scfsim.log_lines(&client.request_id).await;
         let line = lines
             .iter()
             .find(|l| l.starts_with("uid="))
@@ -435,7 +414,7 @@ async fn the_instance_has_a_private_512_mb_tmp() {
     let mut client = scfsim.connect("/tmp").await;
     client.close(1000, "").await;
     scfsim.record(&client.request_id).await;
-    let lines = log_lines(&scfsim, &client.request_id).await;
+    let lines = scfsim.log_lines(&client.request_id).await;
     std::fs::remove_file(&host_marker).unwrap();
     assert!(lines.contains(&"tmp=private".to_string()), "{lines:?}");
     assert!(lines.contains(&"tmp.kib=524288".to_string()), "{lines:?}");

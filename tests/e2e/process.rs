@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use scfsim_e2e::{Function, Options, Scfsim, PATIENCE};
+use scfsim_e2e::{Function, Scfsim, PATIENCE};
 
 /// Bootstrap processes (not their supervisors) whose environment holds `marker`.
 fn bootstraps_with(marker: &str) -> Vec<u32> {
@@ -79,14 +79,7 @@ async fn sigterm_drains_every_connection_with_1001_and_records_500() {
     wait_until_gone(&marker).await;
 
     // The records were written before scfsim exited: a new scfsim on the same data reads them.
-    let restarted = Scfsim::start_with(
-        vec![],
-        Options {
-            dir: Some(dir),
-            ..Options::default()
-        },
-    )
-    .await;
+    let restarted = Scfsim::reopen(dir).await;
     for id in [&a.request_id, &b.request_id] {
         let record = restarted.record(id).await;
         assert_eq!(record["status_code"], 500, "{record:#}");
@@ -132,14 +125,7 @@ async fn sigkill_of_scfsim_leaves_no_instance_behind_and_the_restart_completes_t
     assert!(!status.success());
     wait_until_gone(&marker).await;
 
-    let restarted = Scfsim::start_with(
-        vec![],
-        Options {
-            dir: Some(dir),
-            ..Options::default()
-        },
-    )
-    .await;
+    let restarted = Scfsim::reopen(dir).await;
     // The dead scfsim's NAT table is gone: the new one removed it at its start.
     assert!(!nat_tables().contains(&nat_table), "{:?}", nat_tables());
     let record = restarted.record(&finished.request_id).await;
@@ -199,14 +185,7 @@ async fn sigterm_during_the_instances_handshake_answers_503_and_records_shutdown
     );
     let (http, _, _) = scfsim_e2e::refused(pending.await.unwrap().expect_err("refused"));
     assert_eq!(http, 503);
-    let restarted = Scfsim::start_with(
-        vec![],
-        Options {
-            dir: Some(dir),
-            ..Options::default()
-        },
-    )
-    .await;
+    let restarted = Scfsim::reopen(dir).await;
     let record = restarted.last_record("mute").await;
     assert_eq!(record["end_reason"], "gateway_shutdown", "{record:#}");
 }

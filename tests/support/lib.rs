@@ -31,8 +31,8 @@ pub use serde_json::json;
 /// Bound on any single wait in a test; only reached when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A directory next to the test executable's (`target/debug`).
-fn target_dir() -> PathBuf {
+/// `target/<profile>`, where the test executable's directory (`deps/`) is.
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     exe.parent()
         .and_then(Path::parent)
@@ -58,6 +58,20 @@ pub fn scfsim_bin() -> PathBuf {
 /// The multi-mode fixture bootstrap.
 pub fn fixture_bin() -> PathBuf {
     built_binary("scfsim-fixture")
+}
+
+/// The `/proc/<pid>/stat` lines of the children of `pid`, zombies included.
+pub fn children(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            after.split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .collect()
 }
 
 /// The repository root (for the examples).
@@ -296,6 +310,18 @@ impl Scfsim {
         }
     }
 
+    /// A new scfsim on the config and data a stopped one left in `dir`.
+    pub async fn reopen(dir: PathBuf) -> Scfsim {
+        Scfsim::start_with(
+            vec![],
+            Options {
+                dir: Some(dir),
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -388,6 +414,24 @@ impl Scfsim {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The lines an invocation's instance printed, as the admin API keeps them.
+    pub async fn log_lines(&self, request_id: &str) -> Vec<String> {
+        let logs = self
+            .get(&format!("/api/invocations/{request_id}/logs"))
+            .await;
+        logs["lines"]
+            .as_array()
+            .expect("logs carry `lines`")
+            .iter()
+            .map(|l| {
+                l["line"]
+                    .as_str()
+                    .expect("each line is a string")
+                    .to_string()
+            })
+            .collect()
     }
 
     /// The newest finished record of `function`, for invocations that never got a 101.

@@ -341,22 +341,21 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
     table.row("connections", &|t| t.connections.to_string(), &none);
     table.row("errors", &|t| t.errors.count.to_string(), &none);
 
-    println!(
-        "\n### connect: {} connections per target at concurrency {}, {} interleaved rounds\n",
-        per_round * rounds,
-        opts.concurrency,
-        rounds
+    crate::stats::print_scenario(
+        &format!(
+            "connect: {} connections per target at concurrency {}, {} interleaved rounds",
+            per_round * rounds,
+            opts.concurrency,
+            rounds
+        ),
+        &procfs::loadavg(),
+        &table.render(),
+        targets
+            .iter()
+            .zip(&tallies)
+            .map(|(t, tally)| (t.name(), &tally.errors)),
+        &skipped,
     );
-    println!("load average after: {}\n", procfs::loadavg());
-    print!("{}", table.render());
-    for (t, tally) in targets.iter().zip(&tallies) {
-        for e in &tally.errors.first {
-            println!("  {} error: {e}", t.name());
-        }
-    }
-    for (name, why) in &skipped {
-        println!("  {name}: skipped ({})", why.as_str().unwrap_or_default());
-    }
     let out = json!({
         "scenario": "connect",
         "connections": per_round * rounds,

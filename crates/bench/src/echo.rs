@@ -295,23 +295,22 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
     table.row("messages", &|t| t.messages.to_string(), &none);
     table.row("errors", &|t| t.errors.count.to_string(), &none);
 
-    println!(
-        "\n### echo: {} B messages, {} connection(s) × {} messages, {} interleaved rounds\n",
-        opts.size,
-        opts.connections,
-        per_conn * rounds,
-        rounds
+    crate::stats::print_scenario(
+        &format!(
+            "echo: {} B messages, {} connection(s) × {} messages, {} interleaved rounds",
+            opts.size,
+            opts.connections,
+            per_conn * rounds,
+            rounds
+        ),
+        &procfs::loadavg(),
+        &table.render(),
+        targets
+            .iter()
+            .zip(&tallies)
+            .map(|(t, tally)| (t.name(), &tally.errors)),
+        &skipped,
     );
-    println!("load average after: {}\n", procfs::loadavg());
-    print!("{}", table.render());
-    for (t, tally) in targets.iter().zip(&tallies) {
-        for e in &tally.errors.first {
-            println!("  {} error: {e}", t.name());
-        }
-    }
-    for (name, why) in &skipped {
-        println!("  {name}: skipped ({})", why.as_str().unwrap_or_default());
-    }
     let out = json!({
         "scenario": "echo",
         "size": opts.size,

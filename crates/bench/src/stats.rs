@@ -136,6 +136,28 @@ impl<'a, T> Comparison<'a, T> {
     }
 }
 
+/// Prints one scenario's report: its heading, the load average after it, the table, the first
+/// errors of each target and the targets that were skipped (with why).
+pub fn print_scenario<'e>(
+    heading: &str,
+    load_average: &str,
+    table: &str,
+    errors: impl IntoIterator<Item = (&'e str, &'e Errors)>,
+    skipped: &serde_json::Map<String, Value>,
+) {
+    println!("\n### {heading}\n");
+    println!("load average after: {load_average}\n");
+    print!("{table}");
+    for (target, errors) in errors {
+        for e in &errors.first {
+            println!("  {target} error: {e}");
+        }
+    }
+    for (name, why) in skipped {
+        println!("  {name}: skipped ({})", why.as_str().unwrap_or_default());
+    }
+}
+
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,

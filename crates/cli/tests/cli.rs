@@ -1,18 +1,26 @@
 //! The command line's contract: exit codes and messages of `scfsim check`, usage errors.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn scfsim() -> Command {
     Command::new(env!("CARGO_BIN_EXE_scfsim"))
 }
 
+/// `scfsim check --config <config>`.
+fn check(config: &Path) -> Output {
+    scfsim()
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_accepts_the_shipped_config() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/scfsim.toml");
-    let out = scfsim()
-        .args(["check", "--config", config])
-        .output()
-        .unwrap();
+    let out = check(Path::new(config));
     assert!(
         out.status.success(),
         "{}",
@@ -30,12 +38,7 @@ fn check_names_the_file_the_field_and_the_range() {
         "[[functions]]\nname = \"f\"\npath = \"/f\"\ncode_dir = \".\"\nidle_timeout = \"2s\"\n",
     )
     .unwrap();
-    let out = scfsim()
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml"), "{err}");
@@ -49,12 +52,7 @@ fn unknown_keys_and_missing_files_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("typo.toml");
     std::fs::write(&config, "[gateway]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
-    let out = scfsim()
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_addr"));
 

@@ -6,8 +6,9 @@
 //! dependency file and a README. It returns the `[[functions]]` block to add to an scfsim config
 //! and the commands that install or build the function's dependencies.
 //!
-//! The files are the templates under `crates/init/templates/<runtime>/`, built into the library.
-//! They contain three placeholders, replaced when written: `{{name}}` (the function's name),
+//! The files are the templates under `crates/init/templates/<runtime>/` and, for the server code
+//! that is also one of scfsim's examples (python3, nodejs, rust, bash), the example's file under
+//! `examples/`; all are built into the library. Templates contain three placeholders, replaced when written: `{{name}}` (the function's name),
 //! `{{package}}` (the name in lower case, for package.json, go.mod and Cargo.toml) and
 //! `{{config_block}}` (in the README).
 //!
@@ -158,6 +159,15 @@ macro_rules! template {
     ($runtime:literal, $path:literal, from $file:literal) => {
         template!($runtime, $path, $file, false)
     };
+    // Code that is also one of scfsim's examples (tested there as served by scfsim): the
+    // example is the one copy.
+    ($runtime:literal, $path:literal, example $file:literal) => {
+        Template {
+            path: $path,
+            content: include_str!(concat!("../../../examples/", $file)),
+            executable: false,
+        }
+    };
     ($runtime:literal, $path:literal, $file:literal, $executable:expr) => {
         Template {
             path: $path,
@@ -169,14 +179,14 @@ macro_rules! template {
 
 const PYTHON3: &[Template] = &[
     template!("python3", "scf_bootstrap", executable),
-    template!("python3", "app.py"),
+    template!("python3", "app.py", example "python-echo/app.py"),
     template!("python3", "requirements.txt"),
     template!("python3", "README.md"),
 ];
 
 const NODEJS: &[Template] = &[
     template!("nodejs", "scf_bootstrap", executable),
-    template!("nodejs", "app.js"),
+    template!("nodejs", "app.js", example "node-echo/app.js"),
     template!("nodejs", "package.json"),
     template!("nodejs", "README.md"),
     template!("nodejs", ".gitignore", from "gitignore"),
@@ -196,14 +206,14 @@ const GO: &[Template] = &[
 const RUST: &[Template] = &[
     template!("rust", "scf_bootstrap", executable),
     template!("rust", "Cargo.toml", from "Cargo.toml.tmpl"),
-    template!("rust", "src/main.rs"),
+    template!("rust", "src/main.rs", example "rust-echo/src/main.rs"),
     template!("rust", "README.md"),
     template!("rust", ".gitignore", from "gitignore"),
 ];
 
 const BASH: &[Template] = &[
     template!("bash", "scf_bootstrap", executable),
-    template!("bash", "server.py"),
+    template!("bash", "server.py", example "echo/server.py"),
     template!("bash", "README.md"),
 ];
 

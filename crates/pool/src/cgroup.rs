@@ -236,11 +236,7 @@ fn remove_stale(root: &Path) {
         else {
             continue;
         };
-        let alive = pid
-            .parse::<u32>()
-            .map(|p| Path::new("/proc").join(p.to_string()).exists())
-            .unwrap_or(false);
-        if !alive {
+        if !pid.parse().is_ok_and(crate::procfs::running) {
             remove_tree(&entry.path());
         }
     }

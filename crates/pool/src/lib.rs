@@ -17,6 +17,7 @@ mod netns;
 mod network;
 mod outbound;
 mod output;
+mod procfs;
 mod runtimes;
 mod sockets;
 mod spawn;

@@ -169,14 +169,6 @@ fn owner(id: &str) -> Option<u32> {
     id.split('_').next()?.parse().ok()
 }
 
-/// Running, not a zombie waiting to be reaped.
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
-    })
-}
-
 /// Tables and forwarding markers of scfsims that are no longer running.
 fn remove_stale() {
     if let Ok(out) = Command::new("nft").args(["list", "tables"]).output() {
@@ -187,14 +179,14 @@ fn remove_stale() {
             let dead = name
                 .strip_prefix(TABLE_PREFIX)
                 .and_then(owner)
-                .is_some_and(|pid| !alive(pid));
+                .is_some_and(|pid| !crate::procfs::running(pid));
             if dead {
                 let _ = nft_script(&format!("delete table ip {name}\n"));
             }
         }
     }
     for (pid, user) in users() {
-        if !alive(pid) {
+        if !crate::procfs::running(pid) {
             let _ = fs::remove_file(user);
         }
     }
@@ -218,7 +210,10 @@ fn users() -> Vec<(u32, PathBuf)> {
 
 /// Puts the ip_forward that scfsim found back, once no live scfsim uses NAT.
 fn restore_forwarding_if_unused() {
-    if users().into_iter().any(|(pid, _)| alive(pid)) {
+    if users()
+        .into_iter()
+        .any(|(pid, _)| crate::procfs::running(pid))
+    {
         return;
     }
     let original = Path::new(STATE_DIR).join(ORIGINAL);

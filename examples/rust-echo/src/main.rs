@@ -44,7 +44,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr) {
         let reply = match message {
             Ok(Message::Text(text)) => {
                 println!("text message, {} bytes", text.len());
-                Message::Text(text)
+                Message::Text(text) // echo: replace with your function's logic
             }
             Ok(Message::Binary(data)) => {
                 println!("binary message, {} bytes", data.len());
