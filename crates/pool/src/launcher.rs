@@ -154,7 +154,15 @@ impl Launcher {
         let (network, no_network) = match HostNetwork::probe() {
             Ok(network) if namespaces => (Some(network), None),
             Ok(_) => (None, None),
-            Err(why) => (None, Some(why)),
+            Err(err) => {
+                let mut why = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(cause) = source {
+                    why = format!("{why}: {cause}");
+                    source = cause.source();
+                }
+                (None, Some(why))
+            }
         };
         let outbound = match &network {
             Some(_) => Outbound::enable(),

@@ -3,17 +3,21 @@
 //! `setns`/`unshare(CLONE_NEWNET)` change only the calling thread, and a socket keeps the
 //! namespace it was created in. So one dedicated thread creates namespaces and sockets inside
 //! them, and always switches back to the host namespace before it takes the next job: no tokio
-//! worker ever leaves the host's namespace.
+//! worker ever leaves the host's namespace. The thread brings each namespace's `lo` up over
+//! netlink, with a socket it made inside that namespace.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use tokio::sync::oneshot;
 
 use crate::error::PoolError;
+use crate::network::{loopback_up, Netlink};
 
 /// A network namespace with `lo` up. It lives while this handle or any process inside it lives.
 #[derive(Debug)]
@@ -48,22 +52,36 @@ impl NetnsWorker {
         std::thread::Builder::new()
             .name("scfsim-netns".into())
             .spawn(move || {
+                let netlink = match Netlink::new() {
+                    Ok(netlink) => netlink,
+                    Err(err) => {
+                        let _ = probe_tx.send(Err(err));
+                        return;
+                    }
+                };
                 // A probe, so that "no namespaces here" is known at startup rather than per
                 // connection.
-                let probe = create(&host).map(drop);
+                let probe = match create(&netlink, &host) {
+                    Ok(made) => made.map(drop),
+                    Err(Stuck(err)) => Err(err),
+                };
                 let usable = probe.is_ok();
                 let _ = probe_tx.send(probe);
                 if !usable {
                     return;
                 }
                 for job in rx {
-                    match job {
-                        Job::Create(reply) => {
-                            let _ = reply.send(create(&host));
-                        }
-                        Job::Socket(ns, reply) => {
-                            let _ = reply.send(socket_in(&host, &ns));
-                        }
+                    let stuck = match job {
+                        Job::Create(reply) => create(&netlink, &host).map(|made| {
+                            let _ = reply.send(made);
+                        }),
+                        Job::Socket(ns, reply) => socket_in(&host, &ns).map(|made| {
+                            let _ = reply.send(made);
+                        }),
+                    };
+                    if let Err(Stuck(err)) = stuck {
+                        tracing::error!(%err, "the namespace thread cannot return to the host's namespace; it stops");
+                        return;
                     }
                 }
             })
@@ -96,66 +114,38 @@ fn gone() -> io::Error {
     io::Error::other("namespace worker thread is gone")
 }
 
-fn create(host: &File) -> io::Result<Netns> {
-    // SAFETY: plain syscalls on this thread; the thread is switched back to `host` below on
-    // every path.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
+/// Switching back failed: the thread would make the next namespace's things in the wrong
+/// one, so it stops (later jobs fail with "gone").
+struct Stuck(io::Error);
+
+fn create(netlink: &Netlink, host: &File) -> Result<io::Result<Netns>, Stuck> {
+    if let Err(errno) = unshare(CloneFlags::CLONE_NEWNET) {
+        return Ok(Err(errno.into()));
     }
-    let made = File::open("/proc/thread-self/ns/net").and_then(|ns| {
-        loopback_up()?;
+    let made =
+        File::open("/proc/thread-self/ns/net").and_then(|ns| Ok((ns, netlink.connect_here()?)));
+    enter(host).map_err(Stuck)?;
+    Ok(made.and_then(|(ns, inside)| {
+        netlink.run(loopback_up(&inside))?;
         Ok(Netns { fd: ns.into() })
-    });
-    enter(host.as_raw_fd())?;
-    made
+    }))
 }
 
-fn socket_in(host: &File, ns: &Netns) -> io::Result<OwnedFd> {
-    enter(ns.raw_fd())?;
-    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    let made = if fd < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        // SAFETY: fd was just returned by socket(2) and nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    };
-    enter(host.as_raw_fd())?;
-    made
+fn socket_in(host: &File, ns: &Netns) -> Result<io::Result<OwnedFd>, Stuck> {
+    if let Err(err) = enter(&ns.fd) {
+        return Ok(Err(err));
+    }
+    let made = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from);
+    enter(host).map_err(Stuck)?;
+    Ok(made)
 }
 
-fn enter(ns: RawFd) -> io::Result<()> {
-    // SAFETY: setns on a namespace fd we hold open.
-    if unsafe { libc::setns(ns, libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A new namespace has `lo` down; `0.0.0.0:9000` is unreachable until it is up.
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: a throwaway datagram socket for the ioctl, closed by OwnedFd.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: sock is a fresh fd owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    // SAFETY: SIOCSIFFLAGS with a valid, initialised ifreq.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn enter(ns: impl AsFd) -> io::Result<()> {
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
