@@ -7,15 +7,25 @@
 //! the bootstrap directly.
 //!
 //! Everything in [`Prepared::run`] runs between fork and exec in a copy of a multi-threaded
-//! process, so it uses only raw system calls: no allocation, no locks.
+//! process, so it makes only system calls (nix's thin wrappers, which do not allocate for the
+//! arguments used here, or raw ones where nix has none): no allocation, no locks.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::sys::stat::Mode;
+use nix::unistd::{getgid, getpid, getppid, getuid, setsid, write, Pid};
 use tokio::process::Command;
 
 use crate::supervisor::{SupervisorArgs, MAX_OPEN_FILES};
@@ -56,8 +66,7 @@ pub(crate) struct UserMaps {
 
 impl UserMaps {
     pub(crate) fn current() -> UserMaps {
-        // SAFETY: getuid/getgid have no preconditions.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (getuid(), getgid());
         UserMaps {
             uid_map: CString::new(format!("0 {uid} 1\n")).expect("no NUL"),
             gid_map: CString::new(format!("0 {gid} 1\n")).expect("no NUL"),
@@ -75,7 +84,7 @@ pub(crate) struct Supervised {
 }
 
 struct Prepared {
-    scfsim: libc::pid_t,
+    scfsim: Pid,
     netns: RawFd,
     cgroup_procs: [RawFd; 2],
     /// Descriptors kept open across the exec for the supervisor (report pipe, control
@@ -109,8 +118,7 @@ pub(crate) fn command(spec: &InstanceSpec, setup: &ChildSetup) -> Command {
         *slot = *fd;
     }
     let prepared = Prepared {
-        // SAFETY: getpid has no preconditions.
-        scfsim: unsafe { libc::getpid() },
+        scfsim: getpid(),
         netns: setup.netns.unwrap_or(-1),
         cgroup_procs: procs,
         inherited: setup.supervised.as_ref().map_or([-1; 2], |s| {
@@ -121,119 +129,133 @@ pub(crate) fn command(spec: &InstanceSpec, setup: &ChildSetup) -> Command {
         }),
         user_namespace: setup.user_namespace.clone(),
     };
-    // SAFETY: the closure only makes raw system calls (see the module doc).
+    // SAFETY: the closure only makes system calls that neither allocate nor lock (see the
+    // module doc).
     unsafe {
         cmd.pre_exec(move || prepared.run());
     }
     cmd
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+/// A descriptor that the parent holds open while it spawns.
+///
+/// # Safety
+/// `fd` is open in the parent until `spawn` returned, hence open in this forked copy of it, and
+/// nothing here closes it.
+unsafe fn inherited(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: see the function's contract.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Ends the forked child at once: no destructors, no atexit handlers, nothing of the parent's
+/// state touched. nix has no `_exit`.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and has no preconditions.
+    unsafe { libc::_exit(code) }
 }
 
 impl Prepared {
     fn run(&self) -> io::Result<()> {
-        // SAFETY (whole function): raw system calls in the freshly forked child.
-        unsafe {
-            check(libc::setsid())?;
-            // The parent-death signal fires when the forking *thread* ends: instances are
-            // spawned from tokio's worker threads, which live as long as scfsim's runtime; a
-            // spawn from a short-lived thread (spawn_blocking) would kill its instance early.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-            // scfsim may have died between fork and prctl; then nobody would kill us.
-            if libc::getppid() != self.scfsim {
-                libc::_exit(1);
-            }
-            // Join the cgroups first, so every descendant is counted.
-            for fd in self.cgroup_procs.iter().filter(|fd| **fd >= 0) {
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if self.netns >= 0 {
-                check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
-            }
-            if let Some(maps) = &self.user_namespace {
-                enter_user_namespace(maps)?;
-                // Credentials changed: make sure the parent-death signal still holds.
-                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-                if libc::getppid() != self.scfsim {
-                    libc::_exit(1);
-                }
-            }
-            if self.inherited[0] < 0 {
-                default_signals();
-                return limit_open_files();
-            }
-            // Only this child's copies lose close-on-exec; scfsim's stay as they were.
-            for fd in self.inherited.iter().filter(|fd| **fd >= 0) {
-                check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
-            }
-            Ok(())
+        setsid()?;
+        // The parent-death signal fires when the forking *thread* ends: instances are spawned
+        // from tokio's worker threads, which live as long as scfsim's runtime; a spawn from a
+        // short-lived thread (spawn_blocking) would kill its instance early.
+        set_pdeathsig(Signal::SIGKILL)?;
+        // scfsim may have died between fork and prctl; then nobody would kill us.
+        if getppid() != self.scfsim {
+            exit_now(1);
         }
+        // Join the cgroups first, so every descendant is counted.
+        for fd in self.cgroup_procs.iter().filter(|fd| **fd >= 0) {
+            // SAFETY: the cgroup's `cgroup.procs` stays open in scfsim while it spawns.
+            if write(unsafe { inherited(*fd) }, b"0")? != 1 {
+                return Err(Errno::EIO.into());
+            }
+        }
+        if self.netns >= 0 {
+            // SAFETY: the launcher holds the namespace open while it spawns.
+            setns(unsafe { inherited(self.netns) }, CloneFlags::CLONE_NEWNET)?;
+        }
+        if let Some(maps) = &self.user_namespace {
+            enter_user_namespace(maps)?;
+            // Credentials changed: make sure the parent-death signal still holds.
+            set_pdeathsig(Signal::SIGKILL)?;
+            if getppid() != self.scfsim {
+                exit_now(1);
+            }
+        }
+        if self.inherited[0] < 0 {
+            default_signals();
+            return limit_open_files();
+        }
+        // Only this child's copies lose close-on-exec; scfsim's stay as they were.
+        for fd in self.inherited.iter().filter(|fd| **fd >= 0) {
+            // SAFETY: the supervisor's report pipe and control socket stay open in scfsim
+            // while it spawns.
+            fcntl(
+                unsafe { inherited(*fd) },
+                FcntlArg::F_SETFD(FdFlag::empty()),
+            )?;
+        }
+        Ok(())
     }
 }
 
 /// A new user namespace in which scfsim's user is root, and a network namespace it owns with
-/// its loopback up. Raw system calls only (see the module doc).
-pub(crate) unsafe fn enter_user_namespace(maps: &UserMaps) -> io::Result<()> {
-    // SAFETY (whole function): raw system calls on memory prepared before the fork.
-    unsafe {
-        check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET))?;
-        // An unprivileged process may map only its own ids, and gid_map only once setgroups
-        // is denied.
-        write_file(c"/proc/self/setgroups", c"deny")?;
-        write_file(c"/proc/self/uid_map", &maps.uid_map)?;
-        write_file(c"/proc/self/gid_map", &maps.gid_map)?;
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        check(sock)?;
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        let up = check(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req)).and_then(|()| {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            check(libc::ioctl(sock, libc::SIOCSIFFLAGS, &req))
-        });
-        libc::close(sock);
-        up
+/// its loopback up. It may run between fork and exec: nothing here allocates.
+pub(crate) fn enter_user_namespace(maps: &UserMaps) -> io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)?;
+    // An unprivileged process may map only its own ids, and gid_map only once setgroups is
+    // denied.
+    write_file(c"/proc/self/setgroups", c"deny")?;
+    write_file(c"/proc/self/uid_map", &maps.uid_map)?;
+    write_file(c"/proc/self/gid_map", &maps.gid_map)?;
+    // An ioctl, not netlink: it needs no buffers, which matters between fork and exec.
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data, for which all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
     }
+    // SAFETY: SIOCGIFFLAGS reads into a valid ifreq that names its device; nix has no wrapper
+    // for the interface-flag ioctls.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS with the same valid ifreq; as above, nix has no wrapper.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })?;
+    Ok(())
 }
 
-unsafe fn write_file(path: &std::ffi::CStr, contents: &std::ffi::CStr) -> io::Result<()> {
-    // SAFETY (whole function): raw system calls with valid NUL-terminated strings.
-    unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        check(fd)?;
-        let len = contents.to_bytes().len();
-        let written = libc::write(fd, contents.as_ptr().cast(), len);
-        libc::close(fd);
-        if written == len as isize {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+fn write_file(path: &CStr, contents: &CStr) -> io::Result<()> {
+    let file = open(path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let len = contents.to_bytes().len();
+    if write(&file, contents.to_bytes())? == len {
+        Ok(())
+    } else {
+        Err(Errno::EIO.into())
     }
 }
 
 /// Every signal at its default disposition, none blocked: what a bootstrap starts with.
-/// Raw system calls only, so it may run between fork and exec.
+/// It may run between fork and exec: nothing here allocates.
 pub(crate) fn default_signals() {
     // The kernel's `struct sigaction`, all zero: SIG_DFL, no flags, empty mask. (Zero is the
     // same whether or not the architecture has `sa_restorer`.) The raw system call, because
-    // glibc's `signal` refuses the real-time signals it reserves (32, 33), which a parent may
-    // still have left ignored.
+    // glibc's `sigaction` (and so nix's) refuses the real-time signals it reserves (32, 33),
+    // which a parent may still have left ignored.
     let default = [0u64; 4];
-    // SAFETY: rt_sigaction with a valid, zeroed kernel sigaction and the kernel's sigset size;
-    // SIGKILL and SIGSTOP cannot be changed and are skipped.
-    unsafe {
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+    for sig in 1..=64 {
+        if sig != Signal::SIGKILL as i32 && sig != Signal::SIGSTOP as i32 {
+            // SAFETY: rt_sigaction with a valid, zeroed kernel sigaction, no old-action
+            // pointer and the kernel's sigset size; SIGKILL and SIGSTOP cannot be changed and
+            // are skipped.
+            unsafe {
                 libc::syscall(
                     libc::SYS_rt_sigaction,
                     sig,
@@ -243,18 +265,12 @@ pub(crate) fn default_signals() {
                 );
             }
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 /// The platform's 1024 open files, for a bootstrap exec'd directly (the supervisor sets its own).
 fn limit_open_files() -> io::Result<()> {
-    let files = libc::rlimit {
-        rlim_cur: MAX_OPEN_FILES,
-        rlim_max: MAX_OPEN_FILES,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &files) })
+    setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES)?;
+    Ok(())
 }
