@@ -147,9 +147,10 @@ unsafe fn inherited(fd: RawFd) -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
-/// Ends the forked child at once: no destructors, no atexit handlers, nothing of the parent's
-/// state touched. nix has no `_exit`.
-fn exit_now(code: i32) -> ! {
+/// Ends this process at once: no destructors, no atexit handlers, nothing of a forking
+/// parent's state touched (the forked child here, the supervisor's processes). nix has no
+/// `_exit`.
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is async-signal-safe and has no preconditions.
     unsafe { libc::_exit(code) }
 }

@@ -31,11 +31,24 @@
 //! interpreter is ENOENT) are written to a report pipe as a stage byte and an errno; scfsim reads
 //! that pipe to its end, which comes when the bootstrap's exec closes it.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::spawn::exit_now;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::mount::{mount, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::prctl::{set_name, set_pdeathsig};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{kill, signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{close, execve, fork, getpid, pipe2, read, write, ForkResult, Pid};
 
 /// The argument (after the program name) that makes a binary run as a supervisor.
 pub const SUPERVISOR_ARG: &str = "__scfsim-instance-supervisor";
@@ -189,78 +202,92 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
     let control = args.control_fd;
     if control >= 0 {
         // Only the keeper serves it; init and the bootstrap must not hold it.
-        // SAFETY: fcntl on a descriptor this process owns.
-        unsafe { libc::fcntl(control, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: scfsim passed the control socket open across the exec.
+        let _ = fcntl(
+            unsafe { passed(control) },
+            FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
+        );
     }
     let cstr = |s: OsString| CString::new(s.into_vec()).unwrap_or_default();
     let var_lang = args.var_lang.map(cstr);
     let bootstrap = cstr(args.bootstrap);
     let env: Vec<CString> = args.env.into_iter().map(cstr).collect();
-    // SAFETY (whole block): a fresh, single-threaded process making plain system calls.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) < 0 {
-            fail_errno(Stage::Namespaces);
-        }
-        // Nothing mounted here may propagate back to the host.
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) < 0
+    if unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID).is_err() {
+        fail_errno(Stage::Namespaces);
+    }
+    // Nothing mounted here may propagate back to the host.
+    if mount(
+        NONE,
+        c"/",
+        NONE,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        NONE,
+    )
+    .is_err()
+    {
+        fail_errno(Stage::Namespaces);
+    }
+    if let Some(tree) = &var_lang {
+        if mount(
+            Some(tree.as_c_str()),
+            c"/var/lang",
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .is_err()
         {
-            fail_errno(Stage::Namespaces);
+            fail_errno(Stage::MountVarLang);
         }
-        if let Some(tree) = &var_lang {
-            if libc::mount(
-                tree.as_ptr(),
-                c"/var/lang".as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ) < 0
-            {
-                fail_errno(Stage::MountVarLang);
-            }
+    }
+    if args.tmp_mb > 0 {
+        let options = CString::new(format!("size={}m,mode=1777", args.tmp_mb)).unwrap();
+        if mount(
+            Some(c"tmpfs"),
+            c"/tmp",
+            Some(c"tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_c_str()),
+        )
+        .is_err()
+        {
+            fail_errno(Stage::MountTmp);
         }
-        if args.tmp_mb > 0 {
-            let options = CString::new(format!("size={}m,mode=1777", args.tmp_mb)).unwrap();
-            if libc::mount(
-                c"tmpfs".as_ptr(),
-                c"/tmp".as_ptr(),
-                c"tmpfs".as_ptr(),
-                (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
-                options.as_ptr().cast(),
-            ) < 0
-            {
-                fail_errno(Stage::MountTmp);
-            }
-        }
-        let status = pipe();
-        let alive = pipe();
-        match libc::fork() {
-            -1 => fail_errno(Stage::Fork),
-            0 => init(bootstrap, env, status, alive),
-            init => keeper(init, status, alive, control),
-        }
+    }
+    let status = pipe();
+    let alive = pipe();
+    // SAFETY: this process is single-threaded (a fresh exec that started no thread), so the
+    // child may do anything the parent could.
+    match unsafe { fork() } {
+        Err(_) => fail_errno(Stage::Fork),
+        Ok(ForkResult::Child) => init(bootstrap, env, status, alive),
+        Ok(ForkResult::Parent { child }) => keeper(child, status, alive, control),
     }
 }
 
+/// `None` for an optional argument of [`mount`].
+const NONE: Option<&CStr> = None;
+
+/// A descriptor number scfsim passed across the exec, or one of this process's pipes.
+///
+/// # Safety
+/// `fd` is open, and stays open while the returned value is used.
+unsafe fn passed(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: see the function's contract.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// A pipe as two descriptor numbers: the processes below close them by number on their own
+/// schedules, across forks.
 fn pipe() -> [RawFd; 2] {
-    let mut fds = [-1; 2];
-    // SAFETY: pipe2 into a two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        fail_errno(Stage::Pipe);
+    match pipe2(OFlag::O_CLOEXEC) {
+        Ok((read, write)) => [read.into_raw_fd(), write.into_raw_fd()],
+        Err(_) => fail_errno(Stage::Pipe),
     }
-    fds
 }
 
 fn fail_errno(stage: Stage) -> ! {
-    fail(
-        stage,
-        io::Error::last_os_error().raw_os_error().unwrap_or(0),
-    )
+    fail(stage, Errno::last_raw())
 }
 
 /// Reports a failure to scfsim and exits 127 (as a shell does when it cannot run a command).
@@ -268,308 +295,267 @@ fn fail(stage: Stage, errno: i32) -> ! {
     let mut report = [0u8; 5];
     report[0] = stage as u8;
     report[1..].copy_from_slice(&errno.to_le_bytes());
-    // SAFETY: writing a local buffer, then exiting without running anything else.
-    unsafe {
-        libc::write(
-            REPORT_FD.load(Ordering::Relaxed),
-            report.as_ptr().cast(),
-            report.len(),
-        );
-        libc::_exit(127)
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: scfsim passed the report pipe open across the exec; only a successful exec
+        // of the bootstrap closes it, after which this code no longer runs.
+        let _ = write(unsafe { passed(fd) }, &report);
     }
-}
-
-fn errno() -> libc::c_int {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn set_name(name: &std::ffi::CStr) {
-    // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    exit_now(127)
 }
 
 /// Closes every descriptor but `keep`.
 fn close_all_but(keep: &[RawFd]) {
     // A fresh process holds only what scfsim passed (stdio, the report pipe) and its own pipes;
     // anything else leaked through a descriptor without close-on-exec is closed here as well.
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on this process's own descriptors.
-    unsafe {
-        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur.min(1 << 20) as RawFd
-        } else {
-            1024
-        };
-        let mut first = 0;
-        let mut sorted = keep.to_vec();
-        sorted.sort_unstable();
-        for fd in sorted.into_iter().chain([max]) {
-            if fd > first
-                && libc::syscall(libc::SYS_close_range, first as u32, (fd - 1) as u32, 0u32) != 0
-            {
-                (first..fd).for_each(|fd| {
-                    libc::close(fd);
-                });
-            }
-            first = fd + 1;
+    let max = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(1 << 20) as RawFd)
+        .unwrap_or(1024);
+    let mut first = 0;
+    let mut sorted = keep.to_vec();
+    sorted.sort_unstable();
+    for fd in sorted.into_iter().chain([max]) {
+        // SAFETY: close_range on this process's own descriptor numbers, none of which is
+        // borrowed or owned by anything still in use here; nix has no close_range.
+        if fd > first
+            && unsafe { libc::syscall(libc::SYS_close_range, first as u32, (fd - 1) as u32, 0u32) }
+                != 0
+        {
+            (first..fd).for_each(|fd| {
+                let _ = close(fd);
+            });
         }
+        first = fd + 1;
     }
 }
 
-fn keeper(init: libc::pid_t, status: [RawFd; 2], alive: [RawFd; 2], control: RawFd) -> ! {
-    set_name(c"scfsim-keeper");
-    // SAFETY (whole function): plain system calls in a single-threaded process.
-    unsafe {
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
-            libc::signal(sig, libc::SIG_IGN);
-        }
-        // Stdio and the report pipe go: scfsim reads the bootstrap's output to its end, which
-        // must not wait for the keeper. `alive[1]` stays open as long as the keeper lives:
-        // init checks it.
-        close_all_but(&[status[0], alive[1], control]);
-        if control >= 0 {
-            serve_sockets(status[0], control);
-        }
-        let mut reported: libc::c_int = 0;
-        let got = read_status(status[0], &mut reported);
-        let mut waited: libc::c_int = 0;
-        while libc::waitpid(init, &mut waited, 0) < 0 {
-            if errno() != libc::EINTR {
-                break;
-            }
-        }
-        mirror(if got { reported } else { waited })
+fn keeper(init: Pid, status: [RawFd; 2], alive: [RawFd; 2], control: RawFd) -> ! {
+    let _ = set_name(c"scfsim-keeper");
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+    // Stdio and the report pipe go: scfsim reads the bootstrap's output to its end, which
+    // must not wait for the keeper. `alive[1]` stays open as long as the keeper lives: init
+    // checks it.
+    close_all_but(&[status[0], alive[1], control]);
+    if control >= 0 {
+        serve_sockets(status[0], control);
+    }
+    let reported = read_status(status[0]);
+    let waited = loop {
+        match waitpid(init, None) {
+            Err(Errno::EINTR) => continue,
+            waited => break waited.ok(),
+        }
+    };
+    mirror(reported.or(waited))
 }
 
 /// Hands scfsim a new TCP socket of this network namespace for every byte it writes on
 /// `control`, until scfsim closes it or the bootstrap's status arrives on `status`.
 fn serve_sockets(status: RawFd, control: RawFd) {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let mut fds = [
-        libc::pollfd {
-            fd: status,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: control,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    while fds[1].fd >= 0 {
-        // SAFETY (whole loop): plain system calls on this process's descriptors.
-        unsafe {
-            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
-                if errno() == libc::EINTR {
-                    continue;
-                }
-                break;
-            }
-            if fds[0].revents != 0 {
-                break;
-            }
-            if fds[1].revents == 0 {
-                continue;
-            }
-            let mut request = [0u8; 1];
-            if libc::read(control, request.as_mut_ptr().cast(), 1) != 1 {
-                libc::close(control);
-                fds[1].fd = -1;
-                continue;
-            }
-            // Non-blocking: scfsim hands it to its async runtime as it is.
-            let socket = libc::socket(
-                libc::AF_INET,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            );
-            let passed = [socket];
-            let rights = [ControlMessage::ScmRights(&passed)];
-            // A failed socket() is answered without a descriptor: scfsim reports it.
-            let cmsgs: &[ControlMessage] = if socket >= 0 { &rights } else { &[] };
-            let _ = sendmsg::<()>(
-                control,
-                &[std::io::IoSlice::new(b"s")],
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-            if socket >= 0 {
-                libc::close(socket);
-            }
+    use nix::sys::socket::{
+        sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    };
+    // SAFETY: both stay open until this function closes `control` and returns.
+    let (status_fd, control_fd) = unsafe { (passed(status), passed(control)) };
+    loop {
+        let mut fds = [
+            PollFd::new(status_fd, PollFlags::POLLIN),
+            PollFd::new(control_fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+            Ok(_) => {}
         }
+        // Any event counts: a closed pipe or socket shows only as POLLHUP.
+        if happened(&fds[0]) {
+            break;
+        }
+        if !happened(&fds[1]) {
+            continue;
+        }
+        let mut request = [0u8; 1];
+        if read(control_fd, &mut request) != Ok(1) {
+            break;
+        }
+        // Non-blocking: scfsim hands it to its async runtime as it is.
+        let socket = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        );
+        // A failed socket() is answered without a descriptor: scfsim reports it.
+        let passed_fds = socket.as_ref().map(|s| [s.as_raw_fd()]);
+        let rights = passed_fds
+            .as_ref()
+            .map(|fds| [ControlMessage::ScmRights(fds)]);
+        let cmsgs: &[ControlMessage] = rights.as_ref().map_or(&[], |r| r);
+        let _ = sendmsg::<()>(
+            control,
+            &[std::io::IoSlice::new(b"s")],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
     }
-    if fds[1].fd >= 0 {
-        // SAFETY: closing our own descriptor.
-        unsafe { libc::close(control) };
-    }
+    let _ = close(control);
+}
+
+fn happened(fd: &PollFd) -> bool {
+    fd.revents().is_none_or(|events| !events.is_empty())
 }
 
 fn init(bootstrap: CString, env: Vec<CString>, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
-    set_name(c"scfsim-init");
-    // SAFETY (whole function): plain system calls in a single-threaded process.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::close(status[0]);
-        libc::close(alive[1]);
-        // getppid() is 0 across the namespace boundary, so the keeper's death before the prctl
-        // above is seen on the pipe whose only writer it holds.
-        let mut poll = libc::pollfd {
-            fd: alive[0],
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        if libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLHUP != 0 {
-            libc::_exit(1);
-        }
-        libc::close(alive[0]);
-        // A /proc of this PID namespace, so the bootstrap sees itself, not the host.
-        if libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong,
-            std::ptr::null(),
-        ) < 0
+    let _ = set_name(c"scfsim-init");
+    let _ = set_pdeathsig(Signal::SIGKILL);
+    let _ = close(status[0]);
+    let _ = close(alive[1]);
+    // getppid() is 0 across the namespace boundary, so the keeper's death before the prctl
+    // above is seen on the pipe whose only writer it holds.
+    {
+        // SAFETY: alive[0] is this process's pipe, closed only after this block.
+        let mut fds = [PollFd::new(unsafe { passed(alive[0]) }, PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
         {
-            fail_errno(Stage::MountProc);
+            exit_now(1);
         }
-        match libc::fork() {
-            -1 => fail_errno(Stage::Fork),
-            0 => {
-                libc::close(status[1]);
-                exec_bootstrap(&bootstrap, &env)
-            }
-            pid => reap(pid, status[1]),
+    }
+    let _ = close(alive[0]);
+    // A /proc of this PID namespace, so the bootstrap sees itself, not the host.
+    if mount(
+        Some(c"proc"),
+        c"/proc",
+        Some(c"proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        NONE,
+    )
+    .is_err()
+    {
+        fail_errno(Stage::MountProc);
+    }
+    // SAFETY: this process is single-threaded (a fork of a single-threaded process).
+    match unsafe { fork() } {
+        Err(_) => fail_errno(Stage::Fork),
+        Ok(ForkResult::Child) => {
+            let _ = close(status[1]);
+            exec_bootstrap(&bootstrap, &env)
         }
+        Ok(ForkResult::Parent { child }) => reap(child, status[1]),
     }
 }
 
 fn exec_bootstrap(bootstrap: &CString, env: &[CString]) -> ! {
-    // SAFETY (whole function): plain system calls in a single-threaded process.
-    unsafe {
-        let files = libc::rlimit {
-            rlim_cur: MAX_OPEN_FILES,
-            rlim_max: MAX_OPEN_FILES,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &files) < 0 {
-            fail_errno(Stage::Limits);
-        }
-        // The bootstrap gets every signal at its default, as a process the platform starts
-        // does: Rust's runtime ignores SIGPIPE in this program, and scfsim may itself have been
-        // started with signals ignored (nohup, a script's `&`).
-        crate::spawn::default_signals();
-        // A successful exec closes the report pipe: scfsim sees its end with nothing in it.
-        libc::fcntl(
-            REPORT_FD.load(Ordering::Relaxed),
-            libc::F_SETFD,
-            libc::FD_CLOEXEC,
-        );
-        let argv = [bootstrap.as_ptr(), std::ptr::null()];
-        let envp: Vec<*const libc::c_char> = env
-            .iter()
-            .map(|kv| kv.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
-        // ETXTBSY: some process still holds the file open for writing — typically a copy of
-        // the descriptor that the writer's process handed to a child it forked at that moment,
-        // gone at that child's exec. Worth a few short retries rather than a 445.
-        for _ in 0..50 {
-            libc::execve(bootstrap.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            if errno() != libc::ETXTBSY {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        fail_errno(Stage::Exec)
+    if setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES).is_err() {
+        fail_errno(Stage::Limits);
     }
+    // The bootstrap gets every signal at its default, as a process the platform starts
+    // does: Rust's runtime ignores SIGPIPE in this program, and scfsim may itself have been
+    // started with signals ignored (nohup, a script's `&`).
+    crate::spawn::default_signals();
+    // A successful exec closes the report pipe: scfsim sees its end with nothing in it.
+    let report = REPORT_FD.load(Ordering::Relaxed);
+    if report >= 0 {
+        // SAFETY: scfsim passed the report pipe open across the exec.
+        let _ = fcntl(
+            unsafe { passed(report) },
+            FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
+        );
+    }
+    // ETXTBSY: some process still holds the file open for writing — typically a copy of
+    // the descriptor that the writer's process handed to a child it forked at that moment,
+    // gone at that child's exec. Worth a few short retries rather than a 445.
+    for _ in 0..50 {
+        let Err(errno) = execve(bootstrap, &[bootstrap], env);
+        if errno != Errno::ETXTBSY {
+            fail(Stage::Exec, errno as i32);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    fail(Stage::Exec, Errno::ETXTBSY as i32)
 }
 
-fn reap(bootstrap: libc::pid_t, status_w: RawFd) -> ! {
+fn reap(bootstrap: Pid, status_w: RawFd) -> ! {
     close_all_but(&[status_w]);
-    // SAFETY (whole function): plain system calls in a single-threaded process.
-    unsafe {
-        let mut reported = false;
-        let mut waited_ms = 0u32;
-        loop {
-            let mut status: libc::c_int = 0;
-            let flags = if reported { libc::WNOHANG } else { 0 };
-            let pid = libc::waitpid(-1, &mut status, flags);
-            if pid == bootstrap {
-                libc::write(
-                    status_w,
-                    (&status as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>(),
+    let mut reported = false;
+    let mut waited_ms = 0u32;
+    loop {
+        let flags = reported.then_some(WaitPidFlag::WNOHANG);
+        match waitpid(None, flags) {
+            Ok(status) if status.pid() == Some(bootstrap) => {
+                // SAFETY: status_w is this process's pipe, never closed here.
+                let _ = write(
+                    unsafe { passed(status_w) },
+                    &encode_status(status).to_ne_bytes(),
                 );
                 reported = true;
                 // Whatever is left (children, daemons in other sessions) gets the same stop as
                 // the bootstrap: SIGTERM, a grace period, then the namespace's end.
-                libc::kill(-1, libc::SIGTERM);
-                continue;
+                let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
             }
-            if pid < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            if pid < 0 {
-                libc::_exit(0); // no children left
-            }
-            if pid == 0 {
+            Err(Errno::EINTR) => {}
+            Err(_) => exit_now(0), // no children left
+            Ok(WaitStatus::StillAlive) => {
                 // The bootstrap is gone; its children get a grace period, then init's exit
                 // ends them.
                 if waited_ms >= CHILDREN_GRACE_MS {
-                    libc::_exit(0);
+                    exit_now(0);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 waited_ms += 10;
             }
+            Ok(_) => {}
         }
     }
 }
 
-fn read_status(fd: RawFd, out: &mut libc::c_int) -> bool {
-    let want = std::mem::size_of::<libc::c_int>();
+/// The bootstrap's end as a wait(2) status word, for the pipe from init to the keeper.
+fn encode_status(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => (code & 0xff) << 8,
+        WaitStatus::Signaled(_, sig, core) => sig as i32 | if core { 0x80 } else { 0 },
+        _ => 1 << 8,
+    }
+}
+
+fn read_status(fd: RawFd) -> Option<WaitStatus> {
+    let mut raw = [0u8; 4];
     loop {
-        // SAFETY: reading into a c_int-sized buffer we own.
-        let n = unsafe { libc::read(fd, (out as *mut libc::c_int).cast(), want) };
-        if n == want as isize {
-            return true;
+        // SAFETY: `fd` is the keeper's end of the status pipe, open while it reads.
+        match read(unsafe { passed(fd) }, &mut raw) {
+            Err(Errno::EINTR) => continue,
+            Ok(4) => return WaitStatus::from_raw(Pid::from_raw(0), i32::from_ne_bytes(raw)).ok(),
+            _ => return None,
         }
-        if n < 0 && errno() == libc::EINTR {
-            continue;
-        }
-        return false;
     }
 }
 
 /// Ends the keeper the way the bootstrap ended, so scfsim sees the bootstrap's own status.
-fn mirror(status: libc::c_int) -> ! {
-    // SAFETY: plain system calls in a single-threaded process.
-    unsafe {
-        if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            let no_core = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            libc::kill(libc::getpid(), sig);
-            libc::_exit(128 + sig);
+fn mirror(status: Option<WaitStatus>) -> ! {
+    match status {
+        Some(WaitStatus::Signaled(_, sig, _)) => {
+            let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+            // SAFETY: SIG_DFL installs no handler code.
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+            let mut set = SigSet::empty();
+            set.add(sig);
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+            let _ = kill(getpid(), sig);
+            exit_now(128 + sig as i32)
         }
-        libc::_exit(if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            1
-        })
+        Some(WaitStatus::Exited(_, code)) => exit_now(code),
+        _ => exit_now(1),
     }
 }
 
@@ -580,10 +566,10 @@ mod tests {
     #[test]
     fn reports_round_trip() {
         let mut bytes = vec![Stage::Exec as u8];
-        bytes.extend(libc::ENOENT.to_le_bytes());
+        bytes.extend((Errno::ENOENT as i32).to_le_bytes());
         let (stage, err) = decode_report(&bytes).unwrap();
         assert_eq!(stage, Stage::Exec);
-        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(err.raw_os_error(), Some(Errno::ENOENT as i32));
         assert!(decode_report(&bytes[..3]).is_none());
         assert!(decode_report(&[]).is_none());
         assert!(decode_report(&[99, 0, 0, 0, 0]).is_none());
