@@ -143,19 +143,10 @@ fn raise_nofile() -> u64 {
 
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or("?".into(), |kib| {
-            format!("{:.1} GiB", kib as f64 / 1048576.0)
-        });
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
+    let mem = procfs::mem_total_kib().map_or("?".into(), |kib| {
+        format!("{:.1} GiB", kib as f64 / 1048576.0)
+    });
+    let kernel = procfs::kernel_release().unwrap_or_default();
     format!("{cores} cores, {mem} memory, Linux {kernel}")
 }
 

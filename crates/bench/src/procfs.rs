@@ -1,57 +1,56 @@
 //! What the benchmark reads from /proc: memory of a process and of its descendants, CPU time,
-//! the process tree.
+//! the process tree. Through the `procfs` crate, as scfsim's own pool does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// A `kB` field (e.g. `VmRSS:`, `Pss:`) of a /proc file, in KiB.
-fn kib_field(text: &str, field: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+use procfs::process::Process;
+use procfs::{Current, LoadAverage, Meminfo};
+
+fn process(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
 }
 
 /// Resident set size of `pid` in KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    kib_field(&status, "VmRSS:")
+    process(pid)?.status().ok()?.vmrss
 }
 
 /// Proportional set size of `pid` in KiB (shared pages divided among their users).
 pub fn pss_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    kib_field(&rollup, "Pss:")
+    let rollup = process(pid)?.smaps_rollup().ok()?;
+    let bytes: u64 = rollup
+        .memory_map_rollup
+        .iter()
+        .filter_map(|map| map.extension.map.get("Pss"))
+        .sum();
+    Some(bytes / 1024)
 }
 
 /// `MemAvailable` of /proc/meminfo, in KiB.
 pub fn mem_available_kib() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    kib_field(&meminfo, "MemAvailable:")
+    Some(Meminfo::current().ok()?.mem_available? / 1024)
 }
 
 /// The 1, 5 and 15 minute load averages: other work on the machine shows here.
 pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    LoadAverage::current()
+        .map(|l| format!("{} {} {}", l.one, l.five, l.fifteen))
         .unwrap_or_default()
 }
 
 /// (pid, ppid, comm) of every process.
 fn processes() -> Vec<(u32, u32, String)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    dir.filter_map(|entry| {
-        let name = entry.ok()?.file_name();
-        let pid: u32 = name.to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let open = stat.find('(')?;
-        let close = stat.rfind(')')?;
-        let comm = stat.get(open + 1..close)?.to_string();
-        // After ") ": state, ppid, ...
-        let ppid = stat.get(close + 2..)?.split(' ').nth(1)?.parse().ok()?;
-        Some((pid, ppid, comm))
+    all.filter_map(|p| {
+        let stat = p.ok()?.stat().ok()?;
+        Some((
+            u32::try_from(stat.pid).ok()?,
+            u32::try_from(stat.ppid).ok()?,
+            stat.comm,
+        ))
     })
     .collect()
 }
@@ -124,15 +123,11 @@ pub fn descendant_memory(root: u32) -> BTreeMap<String, MemGroup> {
 /// CPU time used so far by every thread of `pid` (from /proc/PID/task/*/schedstat, ns).
 /// Threads that have already exited are not counted.
 pub fn cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Some(tasks) = process(pid).and_then(|p| p.tasks().ok()) else {
         return Duration::ZERO;
     };
     let ns: u64 = tasks
-        .filter_map(|t| {
-            let path = t.ok()?.path().join("schedstat");
-            let text = std::fs::read_to_string(path).ok()?;
-            text.split_whitespace().next()?.parse::<u64>().ok()
-        })
+        .filter_map(|t| Some(t.ok()?.schedstat().ok()?.sum_exec_runtime))
         .sum();
     Duration::from_nanos(ns)
 }
@@ -146,6 +141,19 @@ pub fn tree_cpu_time(pid: u32) -> Duration {
             .sum::<Duration>()
 }
 
+/// `MemTotal` of /proc/meminfo, in KiB.
+pub fn mem_total_kib() -> Option<u64> {
+    Some(Meminfo::current().ok()?.mem_total / 1024)
+}
+
+/// The running kernel's release, as `uname -r` prints it (the procfs crate parses only its
+/// numbers).
+pub fn kernel_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,14 +162,23 @@ mod tests {
     fn reads_own_memory_and_cpu() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
+        assert!(pss_kib(me).unwrap() > 0);
         assert!(mem_available_kib().unwrap() > 0);
         assert!(cpu_time(me) > Duration::ZERO);
+        assert_eq!(loadavg().split(' ').count(), 3);
     }
 
     #[test]
-    fn kib_fields() {
-        let text = "Name:\tx\nVmRSS:\t  1234 kB\nVmSwap:\t0 kB\n";
-        assert_eq!(kib_field(text, "VmRSS:"), Some(1234));
-        assert_eq!(kib_field(text, "Pss:"), None);
+    fn a_child_is_a_descendant() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("coreutils' sleep (apt-get install coreutils)");
+        let found = descendants(std::process::id())
+            .into_iter()
+            .any(|(pid, comm)| pid == child.id() && comm == "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found);
     }
 }

@@ -3,6 +3,8 @@
 //! own instance supervisor; a program that runs [`Server::start`] in-process names a supervisor
 //! program (see `scfsim_pool::run_supervisor_if_requested`).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

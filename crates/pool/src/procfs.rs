@@ -1,39 +1,69 @@
-//! What scfsim reads of other processes in `/proc`.
+//! What scfsim reads of other processes in `/proc`, through the `procfs` crate (the one reader
+//! of `/proc` in the workspace; the benchmark uses it as well).
+
+use procfs::process::Process;
 
 /// Running, not a zombie waiting to be reaped.
 pub(crate) fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
-    })
+    process(pid)
+        .and_then(|p| p.stat().ok())
+        .is_some_and(|stat| !matches!(stat.state, 'Z' | 'X'))
 }
 
 /// The resident memory of `root` and all its descendants, by `/proc/<pid>/task/*/children`.
 /// Pages shared between processes count once per process, so this errs high, never low.
 pub(crate) fn tree_rss_bytes(root: u32) -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let page = procfs::page_size();
     let mut pending = vec![root];
     let mut total = 0;
     // Bounded: a fork bomb must not make scfsim walk forever (the pids limit is 1024).
     for _ in 0..4096 {
         let Some(pid) = pending.pop() else { break };
-        let resident = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-            .ok()
-            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok());
-        total += resident.unwrap_or(0) * page;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        let Some(process) = process(pid) else {
+            continue;
+        };
+        total += process.statm().map_or(0, |statm| statm.resident) * page;
+        let Ok(tasks) = process.tasks() else {
             continue;
         };
         for task in tasks.flatten() {
-            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
-                pending.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
-            }
+            pending.extend(task.children().unwrap_or_default());
         }
     }
     total
+}
+
+fn process(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_runs_and_has_memory() {
+        let me = std::process::id();
+        assert!(running(me));
+        assert!(tree_rss_bytes(me) > 0);
+        assert!(!running(u32::MAX));
+    }
+
+    #[test]
+    fn a_child_counts_in_the_tree_and_a_zombie_does_not_run() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("coreutils' sleep (apt-get install coreutils)");
+        let pid = child.id();
+        assert!(running(pid));
+        child.kill().unwrap();
+        // Not reaped yet: a zombie (or already gone from the kill), either way not running.
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !running(pid)
+        });
+        child.wait().unwrap();
+        assert!(gone, "pid {pid} still running 5 s after SIGKILL");
+    }
 }
