@@ -22,14 +22,14 @@ pub mod client;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the record store in {dir}: {source}")]
+    #[error("cannot open the record store in {dir}")]
     Store {
         dir: PathBuf,
         #[source]

@@ -12,6 +12,7 @@
 //! - `invocation`: one connection's life, from request to record.
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
+//! - `responses`: the HTTP answers given instead of an upgrade.
 
 pub mod client;
 mod env;
@@ -20,6 +21,7 @@ mod invocation;
 mod limits;
 pub mod live;
 mod proxy;
+mod responses;
 mod server;
 mod tls;
 
@@ -99,6 +101,23 @@ use tokio_util::task::TaskTracker;
 pub use client::ClientStream;
 pub use live::{LiveInstance, LiveInstanceView, LiveInstances, TrafficSnapshot};
 pub use tls::{Tls, TlsError};
+
+/// Shows an error with every source in its chain, `outer: inner: root`, for log lines: our
+/// errors' messages never repeat their source, so a log that showed only the outer message
+/// would lose the cause (a full disk's "No space left on device", say).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
 
 /// The account an instance believes it runs in (its `TENCENTCLOUD_*` variables and `X-Scf-*`
 /// headers).
