@@ -200,3 +200,28 @@ impl Gateway {
         tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[test]
+    fn an_error_chain_shows_the_root_cause_once() {
+        // What the gateway logs when the record store cannot write: the path from the store's
+        // error, the cause from its source, each once.
+        let err = scfsim_record::RecordError::Io {
+            path: "/data/invocations.jsonl".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let shown = ErrorChain(&err).to_string();
+        assert!(
+            shown.starts_with("I/O error on /data/invocations.jsonl: No space left on device"),
+            "{shown}"
+        );
+        assert_eq!(
+            shown.matches("No space left on device").count(),
+            1,
+            "{shown}"
+        );
+    }
+}
