@@ -112,7 +112,7 @@ impl Launcher {
     pub async fn start(&self, spec: &InstanceSpec) -> Result<Ready, StartFailure> {
         if !self.set_up {
             return Err(StartFailure::before_spawn(StartFailureKind::Internal {
-                what: "start an instance before Launcher::setup".into(),
+                what: "starting an instance: the launcher was not set up (Launcher::setup)".into(),
                 source: None,
             }));
         }
@@ -168,9 +168,12 @@ async fn wait_listening<B: Backend>(
     loop {
         match tokio::time::timeout_at(deadline, backend.connect(instance)).await {
             Ok(Ok(stream)) => {
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| StartFailureKind::internal("set TCP_NODELAY", e))?;
+                stream.set_nodelay(true).map_err(|e| {
+                    StartFailureKind::internal(
+                        "setting TCP_NODELAY on the connection to port 9000",
+                        e,
+                    )
+                })?;
                 return Ok(stream);
             }
             Ok(Err(err)) if err.kind() == io::ErrorKind::ConnectionRefused => {}
