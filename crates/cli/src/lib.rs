@@ -84,12 +84,14 @@ impl Server {
         }
         let store = Arc::new(store);
         let mut isolation_notes = Vec::new();
-        let launcher = Arc::new(Launcher::new(LauncherOptions {
+        let mut launcher = Launcher::new(LauncherOptions {
             isolation,
             runtimes: config.runtimes.clone(),
             work_dir: data_dir.clone(),
             supervisor,
-        })?);
+        })?;
+        launcher.setup().await?;
+        let launcher = Arc::new(launcher);
         let mut isolation = vec![launcher.describe()];
         isolation.extend(launcher.details());
 

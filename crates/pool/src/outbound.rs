@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::error::PoolError;
+
 const TABLE_PREFIX: &str = "scfsim_";
 /// Launchers of this process so far: a process (a test binary) may run several.
 static LAUNCHERS: AtomicU32 = AtomicU32::new(0);
@@ -38,9 +40,9 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     /// Sets up forwarding and NAT, or says why not.
-    pub(crate) fn enable() -> Result<Outbound, String> {
+    pub(crate) fn enable() -> Result<Outbound, PoolError> {
         if !runs(Command::new("nft").arg("--version")) {
-            return Err("nftables' `nft` is not installed".into());
+            return Err(PoolError::NftMissing);
         }
         // Another scfsim starting or stopping at the same time must not undo ip_forward
         // between our look at the markers and our own marker.
@@ -77,21 +79,18 @@ impl Outbound {
         };
         fs::create_dir_all(state)
             .and_then(|()| fs::write(&user, ""))
-            .map_err(|e| format!("cannot write {}: {e}", user.display()))?;
-        let forwarding =
-            fs::read_to_string(IP_FORWARD).map_err(|e| format!("cannot read {IP_FORWARD}: {e}"))?;
+            .map_err(|source| host_file("write", &user, source))?;
+        let forwarding = fs::read_to_string(IP_FORWARD)
+            .map_err(|source| host_file("read", Path::new(IP_FORWARD), source))?;
         let original = state.join(ORIGINAL);
         if forwarding.trim() == "1" {
             outbound.forwarding_changed = original.exists();
             return Ok(outbound);
         }
-        fs::write(&original, forwarding.trim()).map_err(|e| {
-            format!(
-                "cannot record the old ip_forward in {}: {e}",
-                original.display()
-            )
-        })?;
-        fs::write(IP_FORWARD, "1").map_err(|e| format!("cannot enable ip_forward: {e}"))?;
+        fs::write(&original, forwarding.trim())
+            .map_err(|source| host_file("record the old ip_forward in", &original, source))?;
+        fs::write(IP_FORWARD, "1")
+            .map_err(|source| host_file("write 1 to", Path::new(IP_FORWARD), source))?;
         outbound.forwarding_changed = true;
         Ok(outbound)
     }
@@ -140,27 +139,33 @@ fn runs(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn nft_script(script: &str) -> Result<(), String> {
+fn host_file(action: &'static str, path: &Path, source: std::io::Error) -> PoolError {
+    PoolError::HostFile {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn nft_script(script: &str) -> Result<(), PoolError> {
+    let spawn = |source| PoolError::NftSpawn { source };
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
+        .map_err(spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("cannot write to nft: {e}"))?;
+        stdin.write_all(script.as_bytes()).map_err(spawn)?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    let out = child.wait_with_output().map_err(spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(PoolError::Nft {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 

@@ -44,14 +44,6 @@ impl WarmPool {
         })
     }
 
-    pub(crate) fn worker(&self) -> &NetnsWorker {
-        &self.worker
-    }
-
-    pub(crate) fn has_network(&self) -> bool {
-        self.network.is_some()
-    }
-
     async fn prepare(&self) -> io::Result<Prepared> {
         let netns = Arc::new(self.worker.create().await?);
         let lease = match &self.network {
@@ -61,12 +53,17 @@ impl WarmPool {
         Ok(Prepared { netns, lease })
     }
 
-    /// A prepared namespace: from the stock if there is one, else made now.
-    pub(crate) async fn take(self: &Arc<Self>) -> io::Result<Prepared> {
+    /// Starts keeping the stock full, from now on (inside a tokio runtime).
+    pub(crate) fn fill(self: &Arc<Self>) {
         self.refilling.call_once(|| {
             let pool = Arc::downgrade(self);
             tokio::spawn(refill(pool, self.wanted.clone()));
         });
+    }
+
+    /// A prepared namespace: from the stock if there is one, else made now.
+    pub(crate) async fn take(self: &Arc<Self>) -> io::Result<Prepared> {
+        self.fill();
         let stocked = self.stock.lock().expect("warm pool poisoned").pop();
         self.wanted.notify_one();
         match stocked {
