@@ -11,6 +11,7 @@
 
 mod cgroup;
 mod error;
+mod firewall;
 mod instance;
 mod launcher;
 mod netns;
