@@ -81,11 +81,7 @@ impl Allowance {
     /// Where the rules are, for the startup log; `None` if none was needed.
     pub(crate) fn describe(&self) -> Option<String> {
         self.chain.map(|chain| {
-            format!(
-                "forwarding accepted for the instances' links in iptables' {chain} chain \
-                 (comment {})",
-                self.mark
-            )
+            format!("forwarding accepted for the instances' links in iptables' {chain} chain")
         })
     }
 }
