@@ -28,6 +28,7 @@
 mod backend;
 mod cgroup;
 mod error;
+mod firewall;
 mod instance;
 mod launcher;
 mod netns;

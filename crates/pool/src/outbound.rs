@@ -8,7 +8,9 @@
 //! - `net.ipv4.ip_forward`, set to 1 if it was 0; the old value is kept in
 //!   `/run/scfsim/ip_forward.orig` and put back when the last scfsim using NAT stops (each
 //!   marks itself with `/run/scfsim/nat-<pid>_<n>`), or, after a crash, when the next one starts and
-//!   finds no other alive.
+//!   finds no other alive;
+//! - on a host whose firewall drops forwarded traffic (Docker's engine, ufw), two rules that
+//!   accept the instances' traffic there, removed like the table (see [`crate::firewall`]).
 //!
 //! Needs nftables' `nft`; without it instances reach the host only.
 
@@ -36,6 +38,8 @@ pub(crate) struct Outbound {
     user: PathBuf,
     /// Whether forwarding was off before scfsim (this one or another) turned it on.
     forwarding_changed: bool,
+    /// Rules in the host's firewall, if it drops forwarded traffic (Docker's engine does).
+    firewall: crate::firewall::Allowance,
 }
 
 impl Outbound {
@@ -54,6 +58,9 @@ impl Outbound {
             LAUNCHERS.fetch_add(1, Ordering::Relaxed)
         );
         let table = format!("{TABLE_PREFIX}{id}");
+        // First: dropped (rules removed) if anything below fails.
+        let firewall = crate::firewall::Allowance::grant(&id)
+            .map_err(|e| crate::firewall::with_sources(&e))?;
         // `oifname != "sv*"`: traffic between instances' links is never masqueraded, and is
         // dropped in forward: instances do not see each other, as on the platform.
         let rules = format!(
@@ -76,6 +83,7 @@ impl Outbound {
             table,
             user: user.clone(),
             forwarding_changed: false,
+            firewall,
         };
         fs::create_dir_all(state)
             .and_then(|()| fs::write(&user, ""))
@@ -97,8 +105,11 @@ impl Outbound {
 
     pub(crate) fn describe(&self) -> String {
         format!(
-            "the internet through NAT (nftables table ip {}{})",
+            "the internet through NAT (nftables table ip {}{}{})",
             self.table,
+            self.firewall
+                .describe()
+                .map_or_else(String::new, |d| format!(", {d}")),
             if self.forwarding_changed {
                 ", and net.ipv4.ip_forward = 1 until scfsim stops"
             } else {
@@ -174,8 +185,9 @@ fn owner(id: &str) -> Option<u32> {
     id.split('_').next()?.parse().ok()
 }
 
-/// Tables and forwarding markers of scfsims that are no longer running.
+/// Tables, firewall rules and forwarding markers of scfsims that are no longer running.
 fn remove_stale() {
+    crate::firewall::remove_stale();
     if let Ok(out) = Command::new("nft").args(["list", "tables"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some(name) = line.strip_prefix("table ip ") else {
