@@ -53,6 +53,11 @@ pub enum PoolError {
     },
     #[error("nft failed: {stderr}")]
     Nft { stderr: String },
+    #[error("cannot let the instances' traffic through the host's firewall")]
+    Firewall {
+        #[source]
+        source: crate::firewall::FirewallError,
+    },
     #[error("no cgroup memory controller found")]
     NoMemoryController {
         #[source]

@@ -34,7 +34,7 @@ const LOCK_WAIT_SECONDS: &str = "5";
 /// The host's firewall would not take scfsim's rules; the host's setup is at fault, not the
 /// function's or the client's.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FirewallError {
+pub enum FirewallError {
     #[error("cannot run the host's `iptables {args}`")]
     Run {
         args: String,
@@ -101,18 +101,6 @@ pub(crate) fn remove_stale() {
             .and_then(|id| id.split('_').next()?.parse::<u32>().ok())
             .is_some_and(|pid| !crate::procfs::running(pid))
     });
-}
-
-/// An error and every source under it, on one line, for callers that carry errors as text.
-pub(crate) fn with_sources(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The chain that decides, if the host's firewall drops forwarded traffic by default. A host
@@ -186,7 +174,7 @@ mod tests {
             source: io::Error::new(io::ErrorKind::NotFound, "No such file or directory"),
         };
         assert_eq!(
-            with_sources(&err),
+            crate::error::with_sources(&err),
             "cannot run the host's `iptables -S`: No such file or directory"
         );
     }

@@ -60,7 +60,7 @@ impl Outbound {
         let table = format!("{TABLE_PREFIX}{id}");
         // First: dropped (rules removed) if anything below fails.
         let firewall = crate::firewall::Allowance::grant(&id)
-            .map_err(|e| crate::firewall::with_sources(&e))?;
+            .map_err(|source| PoolError::Firewall { source })?;
         // `oifname != "sv*"`: traffic between instances' links is never masqueraded, and is
         // dropped in forward: instances do not see each other, as on the platform.
         let rules = format!(
