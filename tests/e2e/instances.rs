@@ -2,7 +2,6 @@
 //! instance's limits, and nothing left behind after many connections.
 
 use std::path::Path;
-use std::time::Duration;
 
 use scfsim_e2e::{fixture_bin, repo_root, Function, Options, Scfsim};
 use serde_json::Value;
@@ -212,19 +211,19 @@ async fn a_thousand_connections_leave_nothing_behind() {
 
     // Instances are reaped and their cgroups removed a moment after their records are
     // written; wait for that (bounded), then compare.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (children, cgroups) = leftovers(pid);
-        if children.is_empty() && cgroups == 0 && fd_count(pid) <= fds {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "left behind: children {children:?}, cgroups {cgroups}, fds {} (baseline {fds})",
-            fd_count(pid)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    scfsim
+        .eventually("the instances to be reaped and their cgroups removed", || async {
+            let (children, cgroups) = leftovers(pid);
+            let open = fd_count(pid);
+            if children.is_empty() && cgroups == 0 && open <= fds {
+                Ok(())
+            } else {
+                Err(format!(
+                    "left behind: children {children:?}, cgroups {cgroups}, fds {open} (baseline {fds})"
+                ))
+            }
+        })
+        .await;
     assert_eq!(scfsim_mounts(pid), mounts, "mounts leaked");
     let grown = rss_kib(pid).saturating_sub(rss);
     assert!(

@@ -301,9 +301,64 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// How long one test's scfsim may live. Past it, the test is stuck in a wait without a bound
+/// of its own: [`Watchdog`] then kills scfsim, which ends every wait on it, and if the test is
+/// still stuck after that, ends the test binary, so that a run fails instead of hanging.
+pub const LIFETIME: Duration = Duration::from_secs(600);
+
+/// Watches one [`Scfsim`] for [`LIFETIME`]; disarmed when dropped (with the `Scfsim`).
+struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+    /// scfsim's pid while it is ours to kill (0 once reaped, so a reused pid is safe).
+    pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Watchdog {
+    fn new(pid: u32) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        use std::sync::mpsc::RecvTimeoutError;
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(pid));
+        let watched = pid.clone();
+        // libtest runs each test on a thread named after it.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        std::thread::spawn(move || {
+            if disarmed.recv_timeout(LIFETIME) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+            let pid = watched.swap(0, Ordering::SeqCst);
+            eprintln!(
+                "{test}: its scfsim (pid {pid}) is still running after {LIFETIME:?}: the test is \
+                 stuck in an unbounded wait; killing scfsim to end it"
+            );
+            if pid != 0 {
+                // SAFETY: kill(2) on scfsim's pid, which is not reaped yet (swapped to 0 then).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            if disarmed.recv_timeout(PATIENCE) == Err(RecvTimeoutError::Timeout) {
+                eprintln!("{test}: still stuck {PATIENCE:?} after that: ending the test binary");
+                std::process::exit(101);
+            }
+        });
+        Watchdog {
+            _disarm: disarm,
+            pid,
+        }
+    }
+
+    /// scfsim is about to be reaped: its pid is no longer ours to kill.
+    fn reaped(&self) {
+        self.pid.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A running `scfsim serve`, killed when dropped.
 pub struct Scfsim {
     child: Option<Child>,
+    watchdog: Watchdog,
     pub ws: String,
     /// `wss://IP:PORT` when started with `Options::tls`.
     pub wss: Option<String>,
@@ -457,6 +512,7 @@ impl Scfsim {
             .find_map(|l| l.strip_prefix("listening wss://"))
             .map(|a| format!("wss://{a}"));
         Scfsim {
+            watchdog: Watchdog::new(child.id()),
             child: Some(child),
             ws,
             wss,
@@ -623,8 +679,8 @@ impl Scfsim {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
-        let status = exited("scfsim", &mut child, PATIENCE).await;
-        status
+        self.watchdog.reaped();
+        exited("scfsim", &mut child, PATIENCE).await
     }
 
     /// A raw HTTP request to the gateway port: (response head, body).
@@ -637,6 +693,7 @@ impl Drop for Scfsim {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM so that scfsim stops its instances; SIGKILL is tested on purpose elsewhere.
+            self.watchdog.reaped();
             stop_child(&mut child, PATIENCE);
         }
     }
@@ -725,23 +782,36 @@ pub struct Client {
 }
 
 impl Client {
+    /// Sends a message (bounded: a peer that stops reading fails the test).
+    pub async fn send(&mut self, msg: Message) {
+        tokio::time::timeout(PATIENCE, self.ws.send(msg))
+            .await
+            .expect("the message sent within patience")
+            .expect("send");
+    }
+
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.expect("send text");
+        self.send(Message::text(text)).await;
     }
 
     pub async fn send_binary(&mut self, data: Vec<u8>) {
-        self.ws
-            .send(Message::binary(data))
+        self.send(Message::binary(data)).await;
+    }
+
+    /// The next frame as the stream gives it (`None` once the connection ended), within
+    /// [`PATIENCE`].
+    pub async fn next_frame(&mut self) -> Option<Result<Message, WsError>> {
+        tokio::time::timeout(PATIENCE, self.ws.next())
             .await
-            .expect("send binary");
+            .expect("a frame (or the end) within patience")
     }
 
     /// The next text or binary message (pings and pongs are skipped).
     pub async fn next_message(&mut self) -> Message {
         loop {
-            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+            let msg = self
+                .next_frame()
                 .await
-                .expect("a message within patience")
                 .expect("connection still open")
                 .expect("a valid frame");
             if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
@@ -779,12 +849,13 @@ impl Client {
 
     /// Starts the closing handshake and waits for the answer.
     pub async fn close(&mut self, code: u16, reason: &str) {
-        self.ws
-            .close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            }))
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        tokio::time::timeout(PATIENCE, self.ws.close(Some(frame)))
             .await
+            .expect("the close frame sent within patience")
             .expect("send close");
         self.finish().await;
     }
