@@ -28,16 +28,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
         exit 1
     fi
     say "installing ${missing[*]}"
-    apt-get update -qq
+    log="$(mktemp)"
     # No daemon is wanted (the bench starts nginx itself with its own config): policy-rc.d's
     # 101 keeps the packages' scripts from starting theirs.
     policy=/usr/sbin/policy-rc.d
+    cleanup() { rm -f "$log"; }
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
-        trap 'rm -f "$policy"' EXIT
+        cleanup() { rm -f "$log" "$policy"; }
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+    trap cleanup EXIT
+    # Quiet unless it fails: then apt's own output says why.
+    if ! { apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 \
+            apt-get install -y -qq --no-install-recommends "${missing[@]}" &&
+        # Chromium with its recommends (fonts among them), for screenshots a person can read.
+        if [[ " ${missing[*]} " == *" chromium "* ]]; then
+            DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq chromium
+        fi; } >"$log" 2>&1; then
+        cat "$log" >&2
+        say "apt-get install ${missing[*]} failed"
+        exit 1
+    fi
 fi
 
 # --- Python examples -------------------------------------------------------------------------
