@@ -150,10 +150,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
 
     let close_began = Instant::now();
     let closed = on_each(conns, 64, &mut errors, |mut ws| async move {
-        client::close(&mut ws)
-            .await
-            .map(|_| ws)
-            .context("close")
+        client::close(&mut ws).await.map(|_| ws).context("close")
     })
     .await;
     drop(closed);

@@ -322,10 +322,10 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("64"), Ok(64));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("64").unwrap(), 64);
+        assert_eq!(parse_size("64K").unwrap(), 65536);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
         assert!(parse_size("x").is_err());
     }
 }

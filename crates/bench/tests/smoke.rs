@@ -75,7 +75,10 @@ fn errors(v: &Value) -> u64 {
 /// nginx and websocketd, the reference columns, must be there: a column the benchmark skips
 /// would pass here unchecked.
 fn require_references() {
-    for (name, path) in [("nginx", "/usr/sbin/nginx"), ("websocketd", "/usr/bin/websocketd")] {
+    for (name, path) in [
+        ("nginx", "/usr/sbin/nginx"),
+        ("websocketd", "/usr/bin/websocketd"),
+    ] {
         assert!(
             Path::new(path).is_file(),
             "{name} is missing ({path}): install it with `apt-get install {name}` \

@@ -238,7 +238,12 @@ fn sources_parse() {
     }
     let d = tmp.path().join("nodejs");
     scaffold(&d, "f", Runtime::Nodejs).unwrap();
-    check("node", &["--check"], &d.join("app.js"), "apt-get install nodejs");
+    check(
+        "node",
+        &["--check"],
+        &d.join("app.js"),
+        "apt-get install nodejs",
+    );
     let d = tmp.path().join("bootstraps");
     for runtime in Runtime::ALL {
         let d = d.join(runtime.as_str());
