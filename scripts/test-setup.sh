@@ -71,5 +71,6 @@ for lock in examples/*/package-lock.json; do
 done
 
 # --- Docker engine ---------------------------------------------------------------------------
-# LEAD: call scripts/docker-engine.sh here (it starts Docker's engine for the docker backend's
-# tests; written by another branch).
+# The whole suite runs with the engine up: its iptables FORWARD policy (DROP) is what instances'
+# NAT must get through on hosts that run Docker, and the container tests need it.
+scripts/docker-engine.sh

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-setup.sh
 if [ "$#" -eq 0 ]; then
-    set -- --workspace
+    # Every test binary, even after one fails: one run shows every failure.
+    set -- --workspace --no-fail-fast
 fi
 exec cargo test --locked "$@"
