@@ -6,6 +6,10 @@
 # Stages: `builder` compiles scfsim; `deps` fetches the example functions' libraries (websockets
 # for Python, ws for Node.js); the final image has the runtimes, those libraries and scfsim, and
 # downloads nothing when it runs.
+#
+# Behind a TLS-intercepting proxy, hand the build the CA bundle that trusts it as a secret; it is
+# mounted only while crates, wheels and npm packages download, and is in no image:
+#   docker build --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt .
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -19,6 +23,7 @@ COPY crates crates
 COPY tests tests
 COPY examples examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p scfsim \
     && install -m 755 target/release/scfsim /usr/local/bin/scfsim
@@ -33,13 +38,15 @@ RUN apt-get update \
 # Python packages go to /pyroot/usr/local/lib/python3.*/dist-packages, copied to / below: the
 # interpreter finds them whichever path runs it (/usr/bin/python3 or a /var/lang link).
 COPY examples/python-echo/requirements.txt /tmp/requirements.txt
-RUN pip3 install --no-cache-dir --break-system-packages --root /pyroot -r /tmp/requirements.txt
+RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
+    pip3 install --no-cache-dir --break-system-packages --root /pyroot -r /tmp/requirements.txt
 # Node.js resolves `require('ws')` through every parent directory's node_modules, so one
 # /srv/scfsim/node_modules serves every function under /srv/scfsim, including examples/ mounted
 # from the host without a node_modules of its own.
 WORKDIR /srv/scfsim
 COPY examples/node-echo/package.json examples/node-echo/package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund
+RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
+    npm ci --omit=dev --no-audit --no-fund
 
 FROM debian:${DEBIAN_RELEASE}-slim
 # bash: bootstraps start with #!/bin/bash. iproute2: `ip`, with which scfsim wires each

@@ -1,6 +1,8 @@
 //! The admin API's access rules.
 
-use scfsim_e2e::{Function, Options, Scfsim};
+use std::process::Stdio;
+
+use scfsim_e2e::{Function, Options, Scfsim, PATIENCE};
 
 #[tokio::test]
 async fn with_an_admin_token_every_endpoint_but_healthz_requires_it() {
@@ -44,7 +46,10 @@ async fn scfsim_e2e_raw_admin(scfsim: &Scfsim, extra: &str) -> (String, String) 
     .await
     .unwrap();
     let mut buf = Vec::new();
-    tcp.read_to_end(&mut buf).await.unwrap();
+    tokio::time::timeout(scfsim_e2e::PATIENCE, tcp.read_to_end(&mut buf))
+        .await
+        .expect("an answer within patience")
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (head.to_string(), body.to_string())
@@ -52,18 +57,21 @@ async fn scfsim_e2e_raw_admin(scfsim: &Scfsim, extra: &str) -> (String, String) 
 
 #[tokio::test]
 async fn scfsim_invocations_lists_and_follows() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use tokio::io::AsyncBufReadExt;
+    use tokio::process::Command;
     let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
     let mut first = scfsim.connect("/echo").await;
     first.close(1000, "").await;
     scfsim.record(&first.request_id).await;
 
-    let out = Command::new(scfsim_e2e::scfsim_bin())
-        .args(["invocations", "--admin", &scfsim.admin])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = scfsim_e2e::run(
+        "scfsim invocations",
+        Command::new(scfsim_e2e::scfsim_bin()).args(["invocations", "--admin", &scfsim.admin]),
+        PATIENCE,
+        "cargo build --bins",
+    )
+    .await;
+    assert!(out.status.success(), "{}", scfsim_e2e::output_text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("REQUEST_ID"), "{table}");
     assert!(
@@ -71,6 +79,7 @@ async fn scfsim_invocations_lists_and_follows() {
         "{table}"
     );
 
+    // Killed when dropped, whichever way the test ends.
     let mut follow = Command::new(scfsim_e2e::scfsim_bin())
         .args([
             "invocations",
@@ -79,33 +88,31 @@ async fn scfsim_invocations_lists_and_follows() {
             "--json",
             "--follow",
         ])
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
     // The listing comes first; once it is printed, the stream is being read.
-    let listed = rx.recv_timeout(scfsim_e2e::PATIENCE).unwrap();
+    let listed = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the listing within patience")
+        .unwrap()
+        .expect("a line");
     assert!(listed.contains(&first.request_id), "{listed}");
     let mut second = scfsim.connect("/echo").await;
     second.close(4000, "").await;
-    let mut seen = false;
-    while let Ok(line) = rx.recv_timeout(scfsim_e2e::PATIENCE) {
-        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if record["request_id"] == second.request_id.as_str() {
-            assert_eq!(record["status_code"], 456);
-            seen = true;
-            break;
+    let followed = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if record["request_id"] == second.request_id.as_str() {
+                return record;
+            }
         }
-    }
-    let _ = follow.kill();
-    let _ = follow.wait();
-    assert!(seen, "--follow printed the new invocation");
+        panic!("--follow ended without printing the new invocation")
+    })
+    .await
+    .expect("--follow printed the new invocation within patience");
+    assert_eq!(followed["status_code"], 456);
 }

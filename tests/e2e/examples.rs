@@ -1,68 +1,47 @@
 //! The example functions in examples/, through scfsim: each one's own behaviour (echo, server
 //! push, binary digests, a custom close code, Rust), the echoes also 20 at once, and
 //! config/scfsim.toml itself, served as users serve it. An example whose runtime or library is
-//! missing is skipped with a visible `SKIPPED:` line (`.ci/run` installs them).
+//! missing fails, naming the command that installs it (scripts/test-setup.sh installs them all).
 //!
 //! Nothing here asserts on elapsed time: waits are bounded only so that a broken build fails
 //! instead of hanging.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
-use futures_util::StreamExt;
-use scfsim_e2e::{refused, repo_root, Client, Function, Options, Scfsim, PATIENCE};
+use scfsim_e2e::{
+    output_text, refused, repo_root, require, run, Client, Function, Options, Scfsim,
+    BUILD_PATIENCE,
+};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Says why a test (or part of one) did nothing. Written to stderr directly, not with
-/// `eprintln!`, which the test harness captures (and shows only for failures): a skip must be
-/// visible in every run.
-fn skip(why: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {why}");
+fn python3() {
+    require(
+        "python3",
+        "python3",
+        &["--version"],
+        "apt-get install python3",
+    );
 }
 
-/// True if `check` runs and succeeds; otherwise says that `what` is missing.
-fn available(what: &str, check: &[&str]) -> bool {
-    let ok = Command::new(check[0])
-        .args(&check[1..])
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(&format!(
-            "{what} is not installed here (`{}` failed)",
-            check.join(" ")
-        ));
-    }
-    ok
-}
-
-fn python3() -> bool {
-    available("python3", &["python3", "--version"])
-}
-
-fn python_websockets() -> bool {
-    available(
-        "python3 websockets",
-        &["python3", "-c", "import websockets"],
-    )
+fn python_websockets() {
+    require(
+        "python3's websockets library",
+        "python3",
+        &["-c", "import websockets"],
+        "python3 -m pip install -r examples/python-echo/requirements.txt",
+    );
 }
 
 /// Node.js, and the example's dependencies installed from its lock file.
-fn node_example(dir: &str) -> bool {
-    if !available("node", &["node", "--version"]) {
-        return false;
-    }
-    if !example(dir).join("node_modules").exists() {
-        skip(&format!(
-            "examples/{dir}/node_modules is missing: run `npm ci --prefix examples/{dir}` first"
-        ));
-        return false;
-    }
-    true
+fn node_example(dir: &str) {
+    require("node", "node", &["--version"], "apt-get install nodejs");
+    assert!(
+        example(dir).join("node_modules").exists(),
+        "examples/{dir}/node_modules is missing: install it with `npm ci --prefix examples/{dir}` \
+         (scripts/test-setup.sh installs everything the tests need)"
+    );
 }
 
 fn example(dir: &str) -> PathBuf {
@@ -101,23 +80,20 @@ async fn twenty_at_once_on(scfsim: &Scfsim, path: &str) {
 
 #[tokio::test]
 async fn stdlib_python_echo() {
-    if python3() {
-        twenty_at_once("echo").await;
-    }
+    python3();
+    twenty_at_once("echo").await;
 }
 
 #[tokio::test]
 async fn python_websockets_echo() {
-    if python_websockets() {
-        twenty_at_once("python-echo").await;
-    }
+    python_websockets();
+    twenty_at_once("python-echo").await;
 }
 
 #[tokio::test]
 async fn node_ws_echo() {
-    if node_example("node-echo") {
-        twenty_at_once("node-echo").await;
-    }
+    node_example("node-echo");
+    twenty_at_once("node-echo").await;
 }
 
 // ---- examples/push ----------------------------------------------------------------------------
@@ -148,9 +124,7 @@ async fn expect_echo_and_tick(client: &mut Client, sent: &str) -> u64 {
 
 #[tokio::test]
 async fn push_echoes_and_pushes_ticks() {
-    if !python_websockets() {
-        return;
-    }
+    python_websockets();
     let scfsim = Scfsim::start(vec![Function::code_dir("push", example("push"))]).await;
     let mut client = scfsim.connect("/push").await;
     client.send_text("hello").await;
@@ -192,9 +166,7 @@ const SHA256_VECTORS: &[(&[u8], &str)] = &[
 
 #[tokio::test]
 async fn binary_answers_sha256_digests() {
-    if !node_example("binary") {
-        return;
-    }
+    node_example("binary");
     let scfsim = Scfsim::start(vec![Function::code_dir("binary", example("binary"))]).await;
     let mut client = scfsim.connect("/binary").await;
     for (data, digest) in SHA256_VECTORS {
@@ -218,16 +190,9 @@ async fn binary_answers_sha256_digests() {
 
 // ---- examples/close-code -----------------------------------------------------------------------
 
-/// After the function's close frame: lets the client answer it and waits for the end.
-async fn finish_close_handshake(client: &mut Client) {
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, client.ws.next()).await {}
-}
-
 #[tokio::test]
 async fn close_code_is_4000_for_the_client_and_439_in_the_record() {
-    if !python3() {
-        return;
-    }
+    python3();
     let scfsim = Scfsim::start(vec![Function::code_dir(
         "close-code",
         example("close-code"),
@@ -240,7 +205,7 @@ async fn close_code_is_4000_for_the_client_and_439_in_the_record() {
         client.expect_close().await,
         (4000, "bye from the function".to_string())
     );
-    finish_close_handshake(&mut client).await;
+    client.finish().await;
     let record = scfsim.record(&client.request_id).await;
     assert_eq!(record["status_code"], 439, "{record:#}");
     assert_eq!(record["end_reason"], "function_closed", "{record:#}");
@@ -273,73 +238,40 @@ fn tail(out: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// Builds examples/rust-echo once per test run: `Some(CARGO_TARGET_DIR)` if it built, `None`
-/// (after a visible skip) if its crates could not be downloaded. A compile error fails.
-async fn build_rust_echo() -> Option<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = tokio::task::spawn_blocking(|| {
-        BUILT
-            .get_or_init(|| {
-                let target = rust_echo_target_dir();
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let manifest = example("rust-echo").join("Cargo.toml");
-                let build = |extra: &[&str]| {
-                    Command::new(&cargo)
-                        .args(["build", "--release", "--locked", "--manifest-path"])
-                        .arg(&manifest)
-                        .args(extra)
-                        .env("CARGO_TARGET_DIR", &target)
-                        .stdin(Stdio::null())
-                        .output()
-                };
-                // Offline first (the workspace's own build has put the crates in the local
-                // cache), then online.
-                let mut out = build(&["--offline"]);
-                if !out.as_ref().is_ok_and(|o| o.status.success()) {
-                    out = build(&[]);
-                }
-                match out {
-                    Err(e) => Err(format!("cargo could not be run: {e}")),
-                    Ok(o) if o.status.success() => Ok(target),
-                    Ok(o) => {
-                        let text = String::from_utf8_lossy(&o.stderr).into_owned();
-                        let network = [
-                            "failed to download",
-                            "failed to get",
-                            "Unable to update registry",
-                            "failed to query replaced source",
-                            "Couldn't resolve host",
-                            "Could not resolve host",
-                            "spurious network error",
-                            "failed to load source for dependency",
-                        ]
-                        .iter()
-                        .any(|m| text.contains(m));
-                        assert!(
-                            network,
-                            "`cargo build --release --manifest-path examples/rust-echo/Cargo.toml` \
-                             failed, and not for lack of network:\n{}",
-                            tail(&text)
-                        );
-                        Err(format!(
-                            "`cargo build --release --manifest-path examples/rust-echo/Cargo.toml` \
-                             could not download its crates (is crates.io reachable?):\n{}",
-                            tail(&text)
-                        ))
-                    }
-                }
-            })
-            .clone()
-    })
-    .await
-    .expect("builder thread");
-    match built {
-        Ok(target) => Some(target),
-        Err(why) => {
-            skip(&why);
-            None
-        }
-    }
+/// Builds examples/rust-echo once per test run (bounded; a failure fails every test that needs
+/// it) and returns its `CARGO_TARGET_DIR`.
+async fn build_rust_echo() -> PathBuf {
+    static BUILT: tokio::sync::OnceCell<Result<PathBuf, String>> =
+        tokio::sync::OnceCell::const_new();
+    let built = BUILT
+        .get_or_init(|| async {
+            let target = rust_echo_target_dir();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let manifest = example("rust-echo").join("Cargo.toml");
+            let build = |extra: &'static [&'static str]| {
+                let mut cmd = tokio::process::Command::new(&cargo);
+                cmd.args(["build", "--release", "--locked", "--manifest-path"])
+                    .arg(&manifest)
+                    .args(extra)
+                    .env("CARGO_TARGET_DIR", &target);
+                cmd
+            };
+            let what = "`cargo build --release --manifest-path examples/rust-echo/Cargo.toml`";
+            let install = "rustup (https://rustup.rs)";
+            // Offline first (the workspace's own build has put the crates in the local cache),
+            // then online: crates.io is reachable from here.
+            let mut out = run(what, &mut build(&["--offline"]), BUILD_PATIENCE, install).await;
+            if !out.status.success() {
+                out = run(what, &mut build(&[]), BUILD_PATIENCE, install).await;
+            }
+            if out.status.success() {
+                Ok(target)
+            } else {
+                Err(format!("{what} failed:\n{}", tail(&output_text(&out))))
+            }
+        })
+        .await;
+    built.clone().unwrap_or_else(|why| panic!("{why}"))
 }
 
 /// examples/rust-echo with its bootstrap pointed at the tests' build (`CARGO_TARGET_DIR`).
@@ -357,9 +289,7 @@ fn rust_echo_function(target: &Path) -> Function {
 
 #[tokio::test]
 async fn rust_echo() {
-    let Some(target) = build_rust_echo().await else {
-        return;
-    };
+    let target = build_rust_echo().await;
     let scfsim = Scfsim::start(vec![rust_echo_function(&target)]).await;
     twenty_at_once_on(&scfsim, "/rust").await;
 }
@@ -400,18 +330,18 @@ enum Check {
 #[tokio::test]
 async fn config_serves_every_example() {
     let rust_target = build_rust_echo().await;
-    // name -> (path, check, is what it needs here?)
-    let expected: BTreeMap<&str, (&str, Check, bool)> = BTreeMap::from([
-        ("echo", ("/echo", Check::Echo, python3())),
-        ("python-echo", ("/python", Check::Echo, python_websockets())),
-        (
-            "node-echo",
-            ("/node", Check::Echo, node_example("node-echo")),
-        ),
-        ("push", ("/push", Check::Push, python_websockets())),
-        ("binary", ("/binary", Check::Digest, node_example("binary"))),
-        ("close-code", ("/close-code", Check::CloseCode, python3())),
-        ("rust-echo", ("/rust", Check::Echo, rust_target.is_some())),
+    python_websockets();
+    node_example("node-echo");
+    node_example("binary");
+    // name -> (path, check)
+    let expected: BTreeMap<&str, (&str, Check)> = BTreeMap::from([
+        ("echo", ("/echo", Check::Echo)),
+        ("python-echo", ("/python", Check::Echo)),
+        ("node-echo", ("/node", Check::Echo)),
+        ("push", ("/push", Check::Push)),
+        ("binary", ("/binary", Check::Digest)),
+        ("close-code", ("/close-code", Check::CloseCode)),
+        ("rust-echo", ("/rust", Check::Echo)),
     ]);
     let served = Scfsim::start_with(
         vec![],
@@ -419,10 +349,10 @@ async fn config_serves_every_example() {
             config: Some(repo_root().join("config/scfsim.toml")),
             // The config passes CARGO_TARGET_DIR on to instances: rust-echo's bootstrap finds
             // the tests' build there.
-            env: rust_target
-                .iter()
-                .map(|t| ("CARGO_TARGET_DIR".to_string(), t.display().to_string()))
-                .collect(),
+            env: vec![(
+                "CARGO_TARGET_DIR".to_string(),
+                rust_target.display().to_string(),
+            )],
             ..Options::default()
         },
     )
@@ -441,21 +371,14 @@ async fn config_serves_every_example() {
         .collect();
     let wanted: BTreeMap<String, String> = expected
         .iter()
-        .map(|(name, (path, _, _))| (name.to_string(), path.to_string()))
+        .map(|(name, (path, _))| (name.to_string(), path.to_string()))
         .collect();
     assert_eq!(
         configured, wanted,
         "config/scfsim.toml's functions (left) are the ones this test checks (right): add a check \
          for a new one"
     );
-    for (name, (path, check, runnable)) in expected {
-        if !runnable {
-            skip(&format!(
-                "{name} ({path}) of config/scfsim.toml was not tried: what it needs is missing \
-                 (see the SKIPPED line above)"
-            ));
-            continue;
-        }
+    for (name, (path, check)) in expected {
         let mut client = served.connect(path).await;
         let status = match check {
             Check::Echo => {
@@ -483,7 +406,7 @@ async fn config_serves_every_example() {
                 client.send_text("hello").await;
                 client.expect_text("hello").await;
                 assert_eq!(client.expect_close().await.0, 4000);
-                finish_close_handshake(&mut client).await;
+                client.finish().await;
                 439
             }
         };

@@ -1394,18 +1394,15 @@ async fn a_fork_bomb_is_held_at_1024_pids_and_harms_nothing_else() {
     let mut bombed = scfsim.connect("/bomb").await;
 
     // Wait (bounded) until the pids limit has refused a fork.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let (current, max) = loop {
-        let groups = pids_cgroups(pid);
-        if let Some(&(current, max, _)) = groups.iter().find(|(_, _, refused)| *refused > 0) {
-            break (current, max);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the pids limit never refused a fork: {groups:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (current, max) = scfsim
+        .eventually("the pids limit to refuse a fork", || async {
+            let groups = pids_cgroups(pid);
+            match groups.iter().find(|(_, _, refused)| *refused > 0) {
+                Some(&(current, max, _)) => Ok((current, max)),
+                None => Err(format!("pids cgroups {groups:?}")),
+            }
+        })
+        .await;
     assert_eq!(max, 1024);
     assert!(current <= 1024, "{current} pids");
 
@@ -1424,16 +1421,18 @@ async fn a_fork_bomb_is_held_at_1024_pids_and_harms_nothing_else() {
     bombed.close(1000, "").await;
     let record = scfsim.record(&bombed.request_id).await;
     assert_eq!(record["status_code"], 200, "{record:#}");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while children_of(pid) > 0 || !pids_cgroups(pid).is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "left behind: {} children, cgroups {:?}",
-            children_of(pid),
-            pids_cgroups(pid)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    scfsim
+        .eventually("the bomb's processes and cgroup to be gone", || async {
+            let (children, groups) = (children_of(pid), pids_cgroups(pid));
+            if children == 0 && groups.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "left behind: {children} children, cgroups {groups:?}"
+                ))
+            }
+        })
+        .await;
     let mut after = scfsim.connect("/echo").await;
     after.send_text("after the bomb").await;
     after.expect_text("after the bomb").await;
@@ -1458,23 +1457,21 @@ async fn an_asterisk_request_target_is_400_and_starts_no_instance() {
         "expected a 4xx answer, got {head:?}"
     );
     // Nothing is left running or half-recorded.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let records = scfsim.get("/api/invocations").await;
-        let unfinished = records
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["status_code"].is_null());
-        if !unfinished && scfsim.get("/api/instances").await == serde_json::json!([]) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "an invocation never finished: {records:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    scfsim
+        .eventually("every invocation to finish", || async {
+            let records = scfsim.get("/api/invocations").await;
+            let unfinished = records
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["status_code"].is_null());
+            if !unfinished && scfsim.get("/api/instances").await == serde_json::json!([]) {
+                Ok(())
+            } else {
+                Err(format!("records {records:#}"))
+            }
+        })
+        .await;
     let mut client = scfsim.connect("/anything").await;
     client.send_text("still serving").await;
     client.expect_text("still serving").await;

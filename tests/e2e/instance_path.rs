@@ -400,7 +400,7 @@ async fn pings_are_answered_once_each_way() {
     client.send_text("marker").await;
     let mut pongs = Vec::new();
     loop {
-        match client.ws.next().await.unwrap().unwrap() {
+        match client.next_frame().await.unwrap().unwrap() {
             Message::Pong(p) => pongs.push(p),
             Message::Text(t) if t.as_str() == "marker" => break,
             other => panic!("unexpected {other:?}"),

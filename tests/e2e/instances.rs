@@ -1,9 +1,6 @@
 //! Instances as the platform runs them: unchanged bootstraps calling /var/lang runtimes, the
 //! instance's limits, and nothing left behind after many connections.
 
-use std::path::Path;
-use std::time::Duration;
-
 use scfsim_e2e::{fixture_bin, repo_root, Function, Options, Scfsim};
 use serde_json::Value;
 
@@ -24,13 +21,23 @@ async fn a_platform_bootstrap_calling_var_lang_python3_runs_unchanged() {
 
 #[tokio::test]
 async fn a_runtime_that_is_not_installed_is_405_naming_it_and_the_config_key() {
-    if Path::new("/usr/bin/php").exists() {
-        eprintln!("SKIPPED: php is installed here, so /var/lang/php7 is not missing");
-        return;
-    }
+    // A default runtime whose command this machine lacks (php, else java): its /var/lang path
+    // is a stub that says so.
+    let on_path = |command: &str| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).any(|dir| dir.join(command).is_file())
+    };
+    let (runtime, command) = [("php7/bin/php", "php"), ("java8/bin/java", "java")]
+        .into_iter()
+        .find(|(_, command)| !on_path(command))
+        .expect(
+            "php and java are both installed here: this test needs a runtime that is not \
+             (remove one, e.g. `apt-get remove php-cli`)",
+        );
+    let missing = format!("/var/lang/{runtime}");
     let scfsim = Scfsim::start(vec![Function::script(
         "php",
-        "/var/lang/php7/bin/php index.php",
+        &format!("{missing} index.{command}"),
     )])
     .await;
     let err = scfsim.connect_with("/php", &[]).await.err().unwrap();
@@ -39,7 +46,7 @@ async fn a_runtime_that_is_not_installed_is_405_naming_it_and_the_config_key() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["status_code"], 405);
     let message = body["error"].as_str().unwrap();
-    assert!(message.contains("/var/lang/php7/bin/php"), "{message}");
+    assert!(message.contains(&missing), "{message}");
     assert!(message.contains("[runtimes]"), "{message}");
 }
 
@@ -212,19 +219,19 @@ async fn a_thousand_connections_leave_nothing_behind() {
 
     // Instances are reaped and their cgroups removed a moment after their records are
     // written; wait for that (bounded), then compare.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (children, cgroups) = leftovers(pid);
-        if children.is_empty() && cgroups == 0 && fd_count(pid) <= fds {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "left behind: children {children:?}, cgroups {cgroups}, fds {} (baseline {fds})",
-            fd_count(pid)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    scfsim
+        .eventually("the instances to be reaped and their cgroups removed", || async {
+            let (children, cgroups) = leftovers(pid);
+            let open = fd_count(pid);
+            if children.is_empty() && cgroups == 0 && open <= fds {
+                Ok(())
+            } else {
+                Err(format!(
+                    "left behind: children {children:?}, cgroups {cgroups}, fds {open} (baseline {fds})"
+                ))
+            }
+        })
+        .await;
     assert_eq!(scfsim_mounts(pid), mounts, "mounts leaked");
     let grown = rss_kib(pid).saturating_sub(rss);
     assert!(
@@ -262,10 +269,16 @@ async fn a_function_reaches_a_tcp_service_on_the_host_at_scfsim_host() {
 async fn a_function_reaches_a_server_beyond_the_host_through_nat() {
     // A server in a namespace of the test's own, reachable from the host only by routing, as
     // a server on the internet is: it has no route back to the instances' 169.254.0.0/16, so
-    // the connection works only if scfsim forwards and masquerades.
+    // the connection works only if scfsim forwards and masquerades, and, on a host whose
+    // firewall drops forwarded traffic (Docker's engine sets FORWARD's policy to DROP), only if
+    // scfsim allows its instances' traffic there.
     let outside = scfsim_e2e::TestNet::create(2);
     let listener = outside.listen();
     let addr = listener.local_addr().unwrap();
+    // Non-blocking and driven by tokio, so every wait below is bounded: a thread blocked in
+    // accept() would outlive a failed test and hold up the whole test binary.
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let body = format!(
         "python3 -c \"import socket; s = socket.create_connection(('{}', {}), timeout=10); s.sendall(b'hello from the instance'); s.close()\"\n\
          exec {} echo",
@@ -273,23 +286,87 @@ async fn a_function_reaches_a_server_beyond_the_host_through_nat() {
         addr.port(),
         fixture_bin().display()
     );
-    let scfsim = Scfsim::start(vec![Function::script("nat", &body)]).await;
-    let accepted = tokio::task::spawn_blocking(move || {
-        let (mut conn, peer) = listener.accept().unwrap();
-        let mut got = String::new();
-        std::io::Read::read_to_string(&mut conn, &mut got).unwrap();
-        (got, peer)
-    });
+    let mut scfsim = Scfsim::start(vec![Function::script("nat", &body)]).await;
+    let mark = format!("scfsim_{}_", scfsim.pid());
+    let host_drops = forward_is_dropped();
+    if host_drops {
+        assert!(
+            !scfsim_rules(&mark).is_empty(),
+            "the host's firewall drops forwarded traffic, yet scfsim added no rule:\n{}",
+            iptables_rules()
+        );
+    }
     let mut client = scfsim.connect("/nat").await;
-    let (got, peer) = tokio::time::timeout(scfsim_e2e::PATIENCE, accepted)
-        .await
-        .expect("the instance reached the server beyond the host")
-        .unwrap();
+    let Ok(accepted) = tokio::time::timeout(scfsim_e2e::PATIENCE, listener.accept()).await else {
+        panic!(
+            "no connection from the instance reached {addr} beyond the host within {:?}; \
+             the instance's output: {:?}\nthe host's firewall:\n{}\nscfsim's log:\n{}",
+            scfsim_e2e::PATIENCE,
+            scfsim.log_lines(&client.request_id).await,
+            iptables_rules(),
+            scfsim.log()
+        )
+    };
+    let (mut conn, peer) = accepted.expect("accept");
+    let mut got = String::new();
+    tokio::time::timeout(
+        scfsim_e2e::PATIENCE,
+        tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut got),
+    )
+    .await
+    .expect("the instance's message and its end within patience")
+    .expect("read the instance's message");
     assert_eq!(got, "hello from the instance");
     // Masqueraded: the server saw the host's address on its link, not the instance's.
     assert_eq!(peer.ip(), std::net::IpAddr::V4(outside.host_addr), "{peer}");
     client.send_text("still echoing").await;
     client.expect_text("still echoing").await;
+
+    // Nothing is left in the host's firewall: a killed scfsim's rules go when the next one
+    // starts, and that one's own when it stops.
+    let dir = scfsim.dir.clone();
+    assert!(!scfsim.signal(libc::SIGKILL).await.success());
+    let mut restarted = Scfsim::reopen(dir).await;
+    let restarted_mark = format!("scfsim_{}_", restarted.pid());
+    assert_eq!(
+        scfsim_rules(&mark),
+        Vec::<String>::new(),
+        "killed scfsim's rules"
+    );
+    assert_eq!(host_drops, !scfsim_rules(&restarted_mark).is_empty());
+    assert!(restarted.signal(libc::SIGTERM).await.success());
+    assert_eq!(
+        scfsim_rules(&restarted_mark),
+        Vec::<String>::new(),
+        "stopped scfsim's rules"
+    );
+}
+
+/// The filter table's rules as `iptables -S` prints them (the backend the host chose).
+fn iptables_rules() -> String {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "5", "-S"])
+        .output()
+        .expect("run iptables (install it: apt-get install iptables)");
+    assert!(out.status.success(), "iptables -S: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Rules whose comment starts with `mark`.
+fn scfsim_rules(mark: &str) -> Vec<String> {
+    iptables_rules()
+        .lines()
+        .filter(|rule| rule.contains(&format!("--comment {mark}")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether the host's firewall drops forwarded packets that no rule accepts, or keeps Docker's
+/// chain for other software's rules.
+fn forward_is_dropped() -> bool {
+    iptables_rules()
+        .lines()
+        .any(|rule| matches!(rule.trim(), "-P FORWARD DROP" | "-N DOCKER-USER"))
 }
 
 const NOBODY: (u32, u32) = (65534, 65534);

@@ -1,4 +1,4 @@
-//! Watching scfsim as users do: the `/api/events` stream over a raw HTTP connection,
+//! Watching scfsim as users do: the `/api/events` stream as a browser's EventSource reads it,
 //! `/metrics` checked line by line against the Prometheus text format and against what
 //! `/api/invocations` lists, and the dashboard at `/` in a real headless Chromium driven over
 //! the DevTools protocol. Waits are bounded polls; nothing asserts on time.
@@ -9,9 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use scfsim_e2e::{json, Function, Scfsim, PATIENCE};
+use scfsim_e2e::{eventually, json, stop_child, EventStream, Function, Scfsim, PATIENCE};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -19,116 +18,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 // ---------------------------------------------------------------------------------------------
 // /api/events
 
-/// A raw `GET /api/events`: parses the chunked body and the event stream by hand, so the test
-/// sees exactly the bytes a browser's EventSource would.
-struct EventStream {
-    stream: TcpStream,
-    /// Bytes read from the socket and not yet decoded from chunked encoding.
-    raw: Vec<u8>,
-    /// Decoded body text not yet split into events.
-    text: String,
-}
-
-impl EventStream {
-    async fn open(admin: &str) -> EventStream {
-        let mut stream = TcpStream::connect(admin.trim_start_matches("http://"))
-            .await
-            .expect("connect to the admin API");
-        stream
-            .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-            .await
-            .expect("send request");
-        let mut es = EventStream {
-            stream,
-            raw: Vec::new(),
-            text: String::new(),
-        };
-        // The head arrives once the server has subscribed: nothing after it can be missed.
-        let head = loop {
-            if let Some(end) = find(&es.raw, b"\r\n\r\n") {
-                let head: Vec<u8> = es.raw.drain(..end + 4).collect();
-                break String::from_utf8(head)
-                    .expect("ASCII head")
-                    .to_ascii_lowercase();
-            }
-            es.fill().await;
-        };
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        assert!(head.contains("content-type: text/event-stream"), "{head}");
-        assert!(head.contains("transfer-encoding: chunked"), "{head}");
-        es
-    }
-
-    async fn fill(&mut self) {
-        let mut buf = [0u8; 8192];
-        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut buf))
-            .await
-            .expect("event stream data within patience")
-            .expect("read event stream");
-        assert!(n > 0, "the event stream ended");
-        self.raw.extend_from_slice(&buf[..n]);
-    }
-
-    /// Decodes one chunk of the body into `text`.
-    async fn read_chunk(&mut self) {
-        let line_end = loop {
-            if let Some(i) = find(&self.raw, b"\r\n") {
-                break i;
-            }
-            self.fill().await;
-        };
-        let size_line = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
-        assert!(size > 0, "the event stream ended");
-        while self.raw.len() < line_end + 2 + size + 2 {
-            self.fill().await;
-        }
-        let chunk: Vec<u8> = self.raw.drain(..line_end + 2 + size + 2).collect();
-        assert_eq!(&chunk[line_end + 2 + size..], b"\r\n", "chunk framing");
-        self.text
-            .push_str(std::str::from_utf8(&chunk[line_end + 2..line_end + 2 + size]).unwrap());
-    }
-
-    /// The next named event: (name, JSON data). Comments (keep-alives) are skipped.
-    async fn next(&mut self) -> (String, Value) {
-        loop {
-            if let Some(end) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..end + 2).collect();
-                let (mut name, mut data) = (String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        name = v.trim_start().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    } else {
-                        // The block's own ending, or a comment (the keep-alive).
-                        assert!(
-                            line.is_empty() || line.starts_with(':'),
-                            "unexpected SSE line {line:?}"
-                        );
-                    }
-                }
-                if name.is_empty() {
-                    continue;
-                }
-                let data = serde_json::from_str(&data)
-                    .unwrap_or_else(|e| panic!("event {name}: data is not JSON ({e}): {data}"));
-                return (name, data);
-            }
-            self.read_chunk().await;
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[tokio::test]
 async fn api_events_streams_a_started_then_an_ended_event_per_connection() {
     let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
-    let mut events = EventStream::open(&scfsim.admin).await;
+    let mut events = EventStream::open(&format!("{}/api/events", scfsim.admin)).await;
+    assert_eq!(events.head.status, 200);
+    let header = |name: &str| {
+        events
+            .head
+            .headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
+    };
+    assert_eq!(header("content-type"), Some("text/event-stream"));
+    assert_eq!(header("transfer-encoding"), Some("chunked"));
 
     let mut client = scfsim.connect("/echo").await;
     let (name, started) = events.next().await;
@@ -321,18 +224,17 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Polls `/metrics` until `check` holds (the live gauges follow the gateway's registry, which
 /// drops a connection just after its record is written).
 async fn scrape_until(scfsim: &Scfsim, what: &str, check: impl Fn(&[Sample]) -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if check(&scrape(scfsim).await) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/metrics never showed {what}:\n{}",
-            scfsim.get_status("/metrics").await.1
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scfsim
+        .eventually(&format!("/metrics to show {what}"), || async {
+            let (status, body) = scfsim.get_status("/metrics").await;
+            assert_eq!(status, 200, "{body}");
+            if check(&parse_exposition(&body)) {
+                Ok(())
+            } else {
+                Err(format!("/metrics:\n{body}"))
+            }
+        })
+        .await
 }
 
 #[tokio::test]
@@ -474,27 +376,53 @@ async fn metrics_are_valid_prometheus_text_and_count_what_api_invocations_lists(
 // ---------------------------------------------------------------------------------------------
 // The dashboard in headless Chromium
 
-/// The first Chromium on `PATH`.
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).find_map(|dir| {
-        [
-            "chromium",
-            "chromium-browser",
-            "google-chrome",
-            "google-chrome-stable",
-        ]
-        .iter()
-        .map(|name| dir.join(name))
-        .find(|p| p.is_file())
+/// The first Chromium on `PATH`; the test fails without one.
+fn find_chromium() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .find_map(|dir| {
+            [
+                "chromium",
+                "chromium-browser",
+                "google-chrome",
+                "google-chrome-stable",
+            ]
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|p| p.is_file())
+        })
+        .expect(
+            "no Chromium on PATH: install it with `apt-get install chromium` \
+             (scripts/test-setup.sh installs everything the tests need)",
+        )
+}
+
+/// Chromium writes "PORT\n/devtools/browser/<uuid>" to `DevToolsActivePort` in its profile
+/// once it listens: polls (bounded) until both lines are there.
+async fn poll_devtools_url(profile: &Path) -> String {
+    let active_port = profile.join("DevToolsActivePort");
+    eventually("Chromium to open its DevTools port", PATIENCE, || async {
+        let text = std::fs::read_to_string(&active_port).unwrap_or_default();
+        let mut lines = text.lines();
+        match (lines.next(), lines.next()) {
+            (Some(port), Some(path)) if path.len() >= "/devtools/browser/".len() + 36 => {
+                Ok(format!("ws://127.0.0.1:{port}{path}"))
+            }
+            _ => Err(format!(
+                "DevToolsActivePort holds {text:?}; Chromium's log:\n{}",
+                std::fs::read_to_string(profile.join("chromium.log")).unwrap_or_default()
+            )),
+        }
     })
+    .await
 }
 
 /// A headless Chromium driven over the DevTools protocol (a WebSocket of JSON commands), with
 /// one page attached. Killed when dropped.
 struct Browser {
     child: Option<Child>,
-    cdp: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The DevTools connection, once Chromium has opened its port.
+    cdp: Option<WebSocketStream<MaybeTlsStream<TcpStream>>>,
     next_id: u64,
     session: Option<String>,
     /// Chromium's profile and log; removed after `drop` has stopped Chromium.
@@ -525,42 +453,22 @@ impl Browser {
             .stderr(log)
             .spawn()
             .expect("spawn chromium");
-        let mut browser_child = Some(child);
-        let active_port = profile.path().join("DevToolsActivePort");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let url = loop {
-            // "PORT\n/devtools/browser/<uuid>"; read until both lines are there.
-            let text = std::fs::read_to_string(&active_port).unwrap_or_default();
-            let mut lines = text.lines();
-            if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                if path.len() >= "/devtools/browser/".len() + 36 {
-                    break format!("ws://127.0.0.1:{port}{path}");
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                if let Some(mut c) = browser_child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                panic!(
-                    "chromium did not open its DevTools port; its log:\n{}",
-                    std::fs::read_to_string(profile.path().join("chromium.log"))
-                        .unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Owned by the Browser from here on, so that a failure below still stops Chromium.
+        let mut browser = Browser {
+            child: Some(child),
+            cdp: None,
+            next_id: 0,
+            session: None,
+            _profile: profile,
         };
+        let profile = browser._profile.path().to_path_buf();
+        let url = poll_devtools_url(&profile).await;
         let (cdp, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(&url))
             .await
             .expect("DevTools handshake within patience")
             .expect("connect to DevTools");
-        Browser {
-            child: browser_child,
-            cdp,
-            next_id: 0,
-            session: None,
-            _profile: profile,
-        }
+        browser.cdp = Some(cdp);
+        browser
     }
 
     /// Sends one command (to the page once attached) and returns its result; events that
@@ -572,12 +480,12 @@ impl Browser {
         if let Some(session) = &self.session {
             command["sessionId"] = json!(session);
         }
-        self.cdp
-            .send(Message::text(command.to_string()))
+        let cdp = self.cdp.as_mut().expect("connected to DevTools");
+        cdp.send(Message::text(command.to_string()))
             .await
             .expect("send DevTools command");
         loop {
-            let msg = tokio::time::timeout(PATIENCE, self.cdp.next())
+            let msg = tokio::time::timeout(PATIENCE, cdp.next())
                 .await
                 .unwrap_or_else(|_| panic!("no answer to {method} within patience"))
                 .expect("DevTools connection open")
@@ -629,17 +537,24 @@ impl Browser {
         expression: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let value = self.eval(expression).await;
-            if check(&value) {
-                return value;
+        let mut last = Value::Null;
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let value = self.eval(expression).await;
+                if check(&value) {
+                    return value;
+                }
+                last = value;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if tokio::time::Instant::now() >= deadline {
+        })
+        .await;
+        match waited {
+            Ok(value) => value,
+            Err(_) => {
                 let page = self.eval("document.body.innerText").await;
-                panic!("the dashboard never showed {what}; last value {value}\npage:\n{page}");
+                panic!("the dashboard never showed {what}; last value {last}\npage:\n{page}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -661,9 +576,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM lets Chromium take its helper processes down with it.
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+            stop_child(&mut child, PATIENCE);
         }
     }
 }
@@ -694,10 +607,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_dashboard_shows_a_live_connection_then_its_finished_invocation_in_chromium() {
-    let Some(chromium) = find_chromium() else {
-        println!("SKIPPED: chromium not installed (apt-get install chromium)");
-        return;
-    };
+    let chromium = find_chromium();
     let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
     let mut client = scfsim.connect("/echo").await;
     client.send_text("hello").await;

@@ -1,9 +1,7 @@
 //! scfsim's own lifecycle: drain on SIGTERM, nothing left behind on SIGKILL, records that
 //! survive a restart.
 
-use std::time::Duration;
-
-use scfsim_e2e::{Function, Scfsim, PATIENCE};
+use scfsim_e2e::{eventually, Function, Scfsim, PATIENCE};
 
 /// Bootstrap processes (not their supervisors) whose environment holds `marker`.
 fn bootstraps_with(marker: &str) -> Vec<u32> {
@@ -32,15 +30,13 @@ fn processes_with(marker: &str) -> Vec<u32> {
 }
 
 async fn wait_until_gone(marker: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !processes_with(marker).is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "instance processes survived: {:?}",
-            processes_with(marker)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the instance processes to be gone", PATIENCE, || async {
+        match processes_with(marker) {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("still running: {left:?}")),
+        }
+    })
+    .await
 }
 
 /// The host's nftables tables of the `ip` family (scfsim's NAT is `ip scfsim_<pid>_<n>`).
@@ -48,7 +44,15 @@ fn nat_tables() -> Vec<String> {
     let out = std::process::Command::new("nft")
         .args(["list", "tables", "ip"])
         .output()
-        .expect("nft is installed (.ci/run installs nftables)");
+        .expect(
+            "nft is missing: install it with `apt-get install nftables` \
+             (scripts/test-setup.sh installs everything the tests need)",
+        );
+    assert!(
+        out.status.success(),
+        "nft list tables ip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("table ip "))
@@ -164,17 +168,16 @@ async fn sigterm_during_the_instances_handshake_answers_503_and_records_shutdown
     let pending = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await });
     // The record exists (running) once the invocation began; then the instance is listening
     // but mute.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while scfsim
-        .get("/api/invocations?function=mute")
-        .await
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scfsim
+        .eventually("the invocation to begin", || async {
+            let list = scfsim.get("/api/invocations?function=mute").await;
+            if list.as_array().unwrap().is_empty() {
+                Err("no invocation listed")
+            } else {
+                Ok(())
+            }
+        })
+        .await;
     let dir = scfsim.dir.clone();
     let log = scfsim.dir.join("scfsim.stderr");
     let status = scfsim.signal(libc::SIGTERM).await;
@@ -183,7 +186,11 @@ async fn sigterm_during_the_instances_handshake_answers_503_and_records_shutdown
         "{status}: {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
-    let (http, _, _) = scfsim_e2e::refused(pending.await.unwrap().expect_err("refused"));
+    let answer = tokio::time::timeout(PATIENCE, pending)
+        .await
+        .expect("an answer to the pending upgrade within patience")
+        .unwrap();
+    let (http, _, _) = scfsim_e2e::refused(answer.expect_err("refused"));
     assert_eq!(http, 503);
     let restarted = Scfsim::reopen(dir).await;
     let record = restarted.last_record("mute").await;
@@ -195,24 +202,26 @@ async fn a_client_that_leaves_during_the_start_frees_its_instance_at_once() {
     use tokio::io::AsyncWriteExt;
     let scfsim = Scfsim::start(vec![Function::fixture("slow", &["slow-listen", "20000"])]).await;
     let addr = scfsim.ws.trim_start_matches("ws://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tcp = tokio::time::timeout(PATIENCE, tokio::net::TcpStream::connect(&addr))
+        .await
+        .expect("connect within patience")
+        .unwrap();
     tcp.write_all(
         b"GET /slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .await
     .unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while scfsim
-        .get("/api/invocations?function=slow")
-        .await
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scfsim
+        .eventually("the invocation to begin", || async {
+            let list = scfsim.get("/api/invocations?function=slow").await;
+            if list.as_array().unwrap().is_empty() {
+                Err("no invocation listed")
+            } else {
+                Ok(())
+            }
+        })
+        .await;
     drop(tcp);
     let record = scfsim.last_record("slow").await;
     assert_eq!(record["status_code"], 456, "{record:#}");

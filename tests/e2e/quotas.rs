@@ -1,8 +1,8 @@
 //! The platform's quotas through real connections: message size, request rate and
 //! bandwidth, concurrency and new-instance quotas. Counts and order are asserted, never time.
 
-use futures_util::{SinkExt, StreamExt};
-use scfsim_e2e::{refused, Function, Scfsim};
+use futures_util::SinkExt;
+use scfsim_e2e::{refused, Function, Scfsim, PATIENCE};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -66,17 +66,19 @@ async fn send_fifty_at_once(
 ) -> (scfsim_e2e::Client, Vec<String>, Option<u16>) {
     let mut client = scfsim.connect(path).await;
     for i in 0..50 {
-        client
-            .ws
-            .feed(Message::text(format!("m{i}")))
+        tokio::time::timeout(PATIENCE, client.ws.feed(Message::text(format!("m{i}"))))
             .await
+            .expect("fed within patience")
             .unwrap();
     }
-    client.ws.flush().await.unwrap();
+    tokio::time::timeout(PATIENCE, client.ws.flush())
+        .await
+        .expect("flushed within patience")
+        .unwrap();
     let mut echoed = Vec::new();
     let mut close = None;
     loop {
-        match client.ws.next().await {
+        match client.next_frame().await {
             Some(Ok(Message::Text(t))) => {
                 echoed.push(t.to_string());
                 if echoed.len() == 50 {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use scfsim_e2e::{Function, Options, Scfsim};
+use scfsim_e2e::{Function, Options, Scfsim, PATIENCE};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,16 +47,30 @@ async fn connect_wss(
         .as_ref()
         .expect("wss listener")
         .trim_start_matches("wss://");
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    let connected = tokio::time::timeout(PATIENCE, async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake with the generated certificate");
+        let req = format!("wss://localhost{path}")
+            .into_client_request()
+            .unwrap();
+        tokio_tungstenite::client_async(req, tls).await.unwrap().0
+    });
+    connected.await.expect("connected over TLS within patience")
+}
+
+/// The next message, within patience.
+async fn next_message<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(PATIENCE, ws.next())
         .await
-        .expect("TLS handshake with the generated certificate");
-    let req = format!("wss://localhost{path}")
-        .into_client_request()
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
-    ws
+        .expect("a message within patience")
+        .expect("the connection is open")
+        .expect("a valid frame")
 }
 
 #[tokio::test]
@@ -64,11 +78,11 @@ async fn a_client_trusting_the_generated_certificate_gets_its_echo() {
     let scfsim = tls_scfsim().await;
     let mut ws = connect_wss(&scfsim, "/echo").await;
     ws.send(Message::text("over tls")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+    assert_eq!(next_message(&mut ws).await, Message::text("over tls"));
     ws.close(None).await.unwrap();
 
     let mut ws = connect_wss(&scfsim, "/headers").await;
-    let Message::Text(text) = ws.next().await.unwrap().unwrap() else {
+    let Message::Text(text) = next_message(&mut ws).await else {
         panic!("expected the fixture's JSON");
     };
     let seen: Value = serde_json::from_str(&text).unwrap();
@@ -85,21 +99,21 @@ async fn plain_http_on_the_tls_port_is_dropped_without_harming_others() {
         .unwrap()
         .trim_start_matches("wss://")
         .to_string();
-    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    let mut plain = tokio::time::timeout(PATIENCE, TcpStream::connect(&addr))
+        .await
+        .expect("connect within patience")
+        .unwrap();
     plain
         .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut buf = Vec::new();
     // scfsim ends the connection (the TLS handshake fails); this read ends instead of hanging.
-    let _ = tokio::time::timeout(scfsim_e2e::PATIENCE, plain.read_to_end(&mut buf))
+    let _ = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut buf))
         .await
         .expect("the plain-HTTP connection is closed by scfsim");
     ws.send(Message::text("still fine")).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::text("still fine")
-    );
+    assert_eq!(next_message(&mut ws).await, Message::text("still fine"));
 }
 
 #[tokio::test]

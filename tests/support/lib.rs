@@ -7,8 +7,13 @@
 //! ([`Function::code_dir`]).
 //!
 //! Nothing here asserts on elapsed time: waits are bounded only so that a broken build fails
-//! instead of hanging.
+//! instead of hanging. Every wait has its bound here, and none can outlive it: a poll goes
+//! through [`eventually`], a child process is killed when its wait gives up ([`stop_child`],
+//! [`run`]), and no blocking call runs on tokio's blocking pool, which a test's runtime waits
+//! for when it shuts down (so one stuck call there would hang the whole test binary).
 
+use std::fmt::Display;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +35,148 @@ pub use serde_json::json;
 
 /// Bound on any single wait in a test; only reached when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Bound on building a function's code in a test (cargo, go, npm): minutes on a busy machine.
+pub const BUILD_PATIENCE: Duration = Duration::from_secs(900);
+
+/// Polls `check` until it answers `Ok`, for at most `patience` in all (a check that itself
+/// hangs is cut off too); otherwise panics naming `what` and the last check's `Err`, which
+/// says what was seen instead. Polls often at first, then every 100 ms.
+pub async fn eventually<T, E, Fut>(what: &str, patience: Duration, check: impl FnMut() -> Fut) -> T
+where
+    E: Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    poll(patience, check)
+        .await
+        .unwrap_or_else(|last| panic!("gave up waiting for {what} after {patience:?}; {last}"))
+}
+
+/// [`eventually`]'s loop: `Err` describes the last check when `patience` ran out.
+async fn poll<T, E, Fut>(patience: Duration, mut check: impl FnMut() -> Fut) -> Result<T, String>
+where
+    E: Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut last = String::from("no check finished");
+    let mut pause = Duration::from_millis(5);
+    let polled = tokio::time::timeout(patience, async {
+        loop {
+            match check().await {
+                Ok(value) => return value,
+                Err(why) => last = format!("last check: {why}"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    })
+    .await;
+    polled.map_err(|_| last)
+}
+
+/// Stops a child process of a test: SIGTERM, up to `grace` for it to exit, then SIGKILL; it is
+/// always reaped. Blocking but bounded, so that it also serves in `Drop`.
+pub fn stop_child(child: &mut Child, grace: Duration) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    // SAFETY: kill(2) on our own, not yet reaped, child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => panic!("waiting for child {}: {err}", child.id()),
+        }
+    }
+    let _ = child.kill();
+    // After SIGKILL the wait is bounded by the kernel, not by the child.
+    child.wait().expect("reap the killed child")
+}
+
+/// Waits (bounded, without blocking the runtime) for a child that was asked to exit; kills it
+/// and panics, naming `what`, if it does not exit within `patience`.
+pub async fn exited(what: &str, child: &mut Child, patience: Duration) -> ExitStatus {
+    let waited = poll(patience, || {
+        let status = child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err("still running"),
+                Err(_) => Err("try_wait failed"),
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(status) => status,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {patience:?}: killed it")
+        }
+    }
+}
+
+/// Runs `cmd` to its end with stdin closed and its output captured, as `what` (for messages).
+/// If it takes longer than `patience`, it and everything it started (its own process group)
+/// are killed and the test fails: a stuck build fails the test instead of hanging the suite.
+/// A command that cannot be started fails too, naming `install`, the command that installs it.
+pub async fn run(
+    what: &str,
+    cmd: &mut tokio::process::Command,
+    patience: Duration,
+    install: &str,
+) -> std::process::Output {
+    let child = cmd
+        .process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("{what}: cannot start it ({err}); install it with `{install}`")
+        });
+    let pgid = child.id().expect("a child just spawned has a pid") as i32;
+    match tokio::time::timeout(patience, child.wait_with_output()).await {
+        Ok(out) => out.unwrap_or_else(|err| panic!("{what}: {err}")),
+        Err(_) => {
+            // SAFETY: killpg(2) on the process group this child leads.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            panic!("{what} did not finish within {patience:?}: killed it")
+        }
+    }
+}
+
+/// stdout then stderr of a finished command, as text (for failure messages).
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Fails the test unless `cmd args` runs and succeeds: a tool the tests need is missing, and
+/// `install` is the command that installs it (scripts/test-setup.sh runs them all).
+pub fn require(what: &str, cmd: &str, args: &[&str], install: &str) {
+    let out = Command::new(cmd).args(args).stdin(Stdio::null()).output();
+    match out {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "{what} is missing here (`{cmd} {}` failed: {}); install it with `{install}` \
+             (scripts/test-setup.sh installs everything the tests need)",
+            args.join(" "),
+            output_text(&out).trim()
+        ),
+        Err(err) => panic!(
+            "{what} is missing here (`{cmd}`: {err}); install it with `{install}` \
+             (scripts/test-setup.sh installs everything the tests need)"
+        ),
+    }
+}
 
 /// `target/<profile>`, where the test executable's directory (`deps/`) is.
 pub fn target_dir() -> PathBuf {
@@ -154,9 +301,64 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// How long one test's scfsim may live. Past it, the test is stuck in a wait without a bound
+/// of its own: [`Watchdog`] then kills scfsim, which ends every wait on it, and if the test is
+/// still stuck after that, ends the test binary, so that a run fails instead of hanging.
+pub const LIFETIME: Duration = Duration::from_secs(600);
+
+/// Watches one [`Scfsim`] for [`LIFETIME`]; disarmed when dropped (with the `Scfsim`).
+struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+    /// scfsim's pid while it is ours to kill (0 once reaped, so a reused pid is safe).
+    pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Watchdog {
+    fn new(pid: u32) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        use std::sync::mpsc::RecvTimeoutError;
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(pid));
+        let watched = pid.clone();
+        // libtest runs each test on a thread named after it.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        std::thread::spawn(move || {
+            if disarmed.recv_timeout(LIFETIME) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+            let pid = watched.swap(0, Ordering::SeqCst);
+            eprintln!(
+                "{test}: its scfsim (pid {pid}) is still running after {LIFETIME:?}: the test is \
+                 stuck in an unbounded wait; killing scfsim to end it"
+            );
+            if pid != 0 {
+                // SAFETY: kill(2) on scfsim's pid, which is not reaped yet (swapped to 0 then).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            if disarmed.recv_timeout(PATIENCE) == Err(RecvTimeoutError::Timeout) {
+                eprintln!("{test}: still stuck {PATIENCE:?} after that: ending the test binary");
+                std::process::exit(101);
+            }
+        });
+        Watchdog {
+            _disarm: disarm,
+            pid,
+        }
+    }
+
+    /// scfsim is about to be reaped: its pid is no longer ours to kill.
+    fn reaped(&self) {
+        self.pid.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A running `scfsim serve`, killed when dropped.
 pub struct Scfsim {
     child: Option<Child>,
+    watchdog: Watchdog,
     pub ws: String,
     /// `wss://IP:PORT` when started with `Options::tls`.
     pub wss: Option<String>,
@@ -265,22 +467,32 @@ impl Scfsim {
         }
         let mut child = cmd.spawn().expect("spawn scfsim");
         let stdout = child.stdout.take().expect("piped stdout");
-        let lines = tokio::task::spawn_blocking(move || {
+        // A plain thread, not tokio's blocking pool: if scfsim never says `ready`, the thread
+        // ends when scfsim is killed below (its stdout closes) instead of holding the runtime.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
-                let line = line.expect("scfsim stdout");
+                let Ok(line) = line else { break };
                 let done = line == "ready";
                 lines.push(line);
                 if done {
                     break;
                 }
             }
-            lines
+            let _ = tx.send(lines);
         });
-        let lines = tokio::time::timeout(PATIENCE, lines)
-            .await
-            .expect("scfsim printed `ready`")
-            .expect("reader thread");
+        let lines = match tokio::time::timeout(PATIENCE, rx).await {
+            Ok(Ok(lines)) => lines,
+            Ok(Err(_)) => panic!("the reader of scfsim's stdout died"),
+            Err(_) => {
+                let status = stop_child(&mut child, Duration::ZERO);
+                panic!(
+                    "scfsim did not print `ready` within {PATIENCE:?} (killed: {status}); stderr:\n{}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                )
+            }
+        };
         let addr = |prefix: &str| {
             lines
                 .iter()
@@ -300,6 +512,7 @@ impl Scfsim {
             .find_map(|l| l.strip_prefix("listening wss://"))
             .map(|a| format!("wss://{a}"));
         Scfsim {
+            watchdog: Watchdog::new(child.id()),
             child: Some(child),
             ws,
             wss,
@@ -373,9 +586,13 @@ impl Scfsim {
 
     /// GET on the admin API, as JSON; panics on a non-200.
     pub async fn get(&self, path: &str) -> Value {
-        let body = scfsim::client::get(&format!("{}{path}", self.admin))
-            .await
-            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+        let body = tokio::time::timeout(
+            PATIENCE,
+            scfsim::client::get(&format!("{}{path}", self.admin)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: no answer within {PATIENCE:?}"))
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"));
         serde_json::from_slice(&body).expect("admin API answers JSON")
     }
 
@@ -394,26 +611,35 @@ impl Scfsim {
         (status_of(&head), body)
     }
 
+    /// Polls `check` as [`eventually`] does; a failure also shows scfsim's log.
+    pub async fn eventually<T, E, Fut>(&self, what: &str, check: impl FnMut() -> Fut) -> T
+    where
+        E: Display,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        poll(PATIENCE, check).await.unwrap_or_else(|last| {
+            panic!(
+                "gave up waiting for {what} after {PATIENCE:?}; {last}\nscfsim log:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// The finished record of `request_id`: waits (bounded) until the invocation has ended.
     pub async fn record(&self, request_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        self.eventually(&format!("invocation {request_id} to finish"), || async {
             let (status, body) = self
                 .get_status(&format!("/api/invocations/{request_id}"))
                 .await;
             if status == 200 {
                 let record: Value = serde_json::from_str(&body).expect("record JSON");
                 if !record["status_code"].is_null() {
-                    return record;
+                    return Ok(record);
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "invocation {request_id} never finished (last answer {status} {body})\nscfsim log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("answer {status} {body}"))
+        })
+        .await
     }
 
     /// The lines an invocation's instance printed, as the admin API keeps them.
@@ -436,33 +662,25 @@ impl Scfsim {
 
     /// The newest finished record of `function`, for invocations that never got a 101.
     pub async fn last_record(&self, function: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        self.eventually(&format!("a finished invocation of {function}"), || async {
             let list = self
                 .get(&format!("/api/invocations?function={function}&limit=1"))
                 .await;
-            if let Some(record) = list.as_array().and_then(|a| a.first()) {
-                if !record["status_code"].is_null() {
-                    return record.clone();
-                }
+            match list.as_array().and_then(|a| a.first()) {
+                Some(record) if !record["status_code"].is_null() => Ok(record.clone()),
+                _ => Err(format!("listed {list}")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no finished invocation of {function}\nscfsim log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
-    /// Sends `signal` to scfsim and waits for it to exit.
+    /// Sends `signal` to scfsim and waits (bounded) for it to exit.
     pub async fn signal(&mut self, signal: i32) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
-        tokio::task::spawn_blocking(move || child.wait().expect("wait for scfsim"))
-            .await
-            .expect("waiter")
+        self.watchdog.reaped();
+        exited("scfsim", &mut child, PATIENCE).await
     }
 
     /// A raw HTTP request to the gateway port: (response head, body).
@@ -475,9 +693,8 @@ impl Drop for Scfsim {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM so that scfsim stops its instances; SIGKILL is tested on purpose elsewhere.
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+            self.watchdog.reaped();
+            stop_child(&mut child, PATIENCE);
         }
     }
 }
@@ -517,7 +734,10 @@ fn write_config(dir: &Path, functions: &[Function], gateway: &[(String, String)]
 }
 
 async fn raw_http(addr: &str, request: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {addr}: not within {PATIENCE:?}"))
+        .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
     stream
         .write_all(request.as_bytes())
         .await
@@ -562,23 +782,36 @@ pub struct Client {
 }
 
 impl Client {
+    /// Sends a message (bounded: a peer that stops reading fails the test).
+    pub async fn send(&mut self, msg: Message) {
+        tokio::time::timeout(PATIENCE, self.ws.send(msg))
+            .await
+            .expect("the message sent within patience")
+            .expect("send");
+    }
+
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.expect("send text");
+        self.send(Message::text(text)).await;
     }
 
     pub async fn send_binary(&mut self, data: Vec<u8>) {
-        self.ws
-            .send(Message::binary(data))
+        self.send(Message::binary(data)).await;
+    }
+
+    /// The next frame as the stream gives it (`None` once the connection ended), within
+    /// [`PATIENCE`].
+    pub async fn next_frame(&mut self) -> Option<Result<Message, WsError>> {
+        tokio::time::timeout(PATIENCE, self.ws.next())
             .await
-            .expect("send binary");
+            .expect("a frame (or the end) within patience")
     }
 
     /// The next text or binary message (pings and pongs are skipped).
     pub async fn next_message(&mut self) -> Message {
         loop {
-            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+            let msg = self
+                .next_frame()
                 .await
-                .expect("a message within patience")
                 .expect("connection still open")
                 .expect("a valid frame");
             if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
@@ -616,14 +849,24 @@ impl Client {
 
     /// Starts the closing handshake and waits for the answer.
     pub async fn close(&mut self, code: u16, reason: &str) {
-        self.ws
-            .close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            }))
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        tokio::time::timeout(PATIENCE, self.ws.close(Some(frame)))
             .await
+            .expect("the close frame sent within patience")
             .expect("send close");
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, self.ws.next()).await {}
+        self.finish().await;
+    }
+
+    /// Reads (and drops) whatever still comes until the connection ends, for at most
+    /// [`PATIENCE`] in all: after a close frame, this lets the closing handshake complete.
+    pub async fn finish(&mut self) {
+        let _ = tokio::time::timeout(PATIENCE, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 }
 
@@ -694,10 +937,16 @@ impl TestNet {
         self.inside(|| std::net::TcpStream::connect_timeout(&addr, PATIENCE).expect("connect"))
     }
 
-    /// A TCP listener inside the namespace, on its own address: a server "out there".
+    /// A TCP listener inside the namespace, on its own address: a server "out there". Its
+    /// `accept()` gives up after [`PATIENCE`] (SO_RCVTIMEO), and so do reads of the
+    /// connections it accepts: a test blocked in either cannot hang the test binary.
     pub fn listen(&self) -> std::net::TcpListener {
         let addr = std::net::SocketAddr::from((self.peer_addr(), 0));
-        self.inside(|| std::net::TcpListener::bind(addr).expect("bind"))
+        let listener = self.inside(|| std::net::TcpListener::bind(addr).expect("bind"));
+        socket2::SockRef::from(&listener)
+            .set_read_timeout(Some(PATIENCE))
+            .expect("SO_RCVTIMEO on the listener");
+        listener
     }
 
     /// Cuts the link: both ends of the veth pair go, and with them every route between.
@@ -722,5 +971,75 @@ fn ip(args: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Server-sent events as a browser's EventSource reads them: `GET` over HTTP/1.1 (hyper
+/// decodes the chunked body), events parsed by the `eventsource-stream` library. The tests'
+/// only client of `/api/events`. Every read is bounded by [`PATIENCE`].
+pub struct EventStream {
+    /// The response head (status and headers), for checks of the stream's framing.
+    pub head: http::response::Parts,
+    events: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<
+                        eventsource_stream::Event,
+                        eventsource_stream::EventStreamError<hyper::Error>,
+                    >,
+                > + Send,
+        >,
+    >,
+}
+
+impl EventStream {
+    /// Opens `url` (e.g. `{admin}/api/events`). The head arrives once the server has
+    /// subscribed: nothing that happens after `open` returns can be missed.
+    pub async fn open(url: &str) -> EventStream {
+        use eventsource_stream::Eventsource;
+        use http_body_util::{BodyExt, Empty};
+        let request = hyper::Request::get(url)
+            .header(http::header::ACCEPT, "text/event-stream")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("event stream request");
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<bytes::Bytes>>();
+        let response = tokio::time::timeout(PATIENCE, client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("GET {url}: no answer within {PATIENCE:?}"))
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+        let (head, body) = response.into_parts();
+        EventStream {
+            head,
+            events: Box::pin(body.into_data_stream().eventsource()),
+        }
+    }
+
+    /// The next event: (name, JSON data). Comments (keep-alives) are not events.
+    pub async fn next(&mut self) -> (String, Value) {
+        let event = tokio::time::timeout(PATIENCE, self.events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {PATIENCE:?}"))
+            .expect("the event stream ended")
+            .unwrap_or_else(|err| panic!("a malformed event stream: {err}"));
+        let data = serde_json::from_str(&event.data).unwrap_or_else(|err| {
+            panic!(
+                "event {}: data is not JSON ({err}): {}",
+                event.event, event.data
+            )
+        });
+        (event.event, data)
+    }
+
+    /// Reads (bounded) until the stream ends; panics on an event, or on a body that breaks off
+    /// instead of ending (a chunked body's last chunk).
+    pub async fn expect_end(&mut self) {
+        match tokio::time::timeout(PATIENCE, self.events.next()).await {
+            Err(_) => panic!("the event stream did not end within {PATIENCE:?}"),
+            Ok(None) => {}
+            Ok(Some(Ok(event))) => panic!("expected the end, got the event {event:?}"),
+            Ok(Some(Err(err))) => panic!("the event stream broke off: {err}"),
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use scfsim_gateway::LiveInstances;
 use scfsim_record::{EndReason, Invocation, Query, RecordStore};
@@ -233,34 +235,27 @@ async fn metrics_parse_as_prometheus_text_and_match_the_records() {
     assert!(text.contains("# TYPE scfsim_instance_startup_seconds histogram"));
 }
 
-/// Reads the next server-sent event from `body`: (name, JSON data).
-async fn next_sse(body: &mut Body, pending: &mut String) -> (String, Value) {
-    loop {
-        if let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
-            let mut name = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event: ") {
-                    name = v.to_owned();
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data.push_str(v);
-                }
-            }
-            if name.is_empty() {
-                continue; // a keep-alive comment
-            }
-            return (name, serde_json::from_str(&data).unwrap());
-        }
-        let frame = tokio::time::timeout(PATIENCE, body.frame())
-            .await
-            .expect("an event within patience")
-            .expect("stream still open")
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            pending.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
+/// Server-sent events of a response body, parsed by the `eventsource-stream` library (as the
+/// end-to-end tests' client does).
+type Events = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<axum::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// The next event of `events`: (name, JSON data). Keep-alive comments are not events.
+async fn next_sse(events: &mut Events) -> (String, Value) {
+    let event = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("an event within patience")
+        .expect("stream still open")
+        .expect("a well-formed event stream");
+    (event.event, serde_json::from_str(&event.data).unwrap())
 }
 
 #[tokio::test]
@@ -269,8 +264,7 @@ async fn events_stream_started_then_ended_and_end_at_shutdown() {
     let resp = send(&f.app, "GET", "/api/events").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut body = resp.into_body();
-    let mut pending = String::new();
+    let mut events: Events = Box::pin(resp.into_body().into_data_stream().eventsource());
 
     let now = OffsetDateTime::now_utc();
     let mut inv = Invocation::begin(Uuid::new_v4(), "echo", now);
@@ -278,22 +272,21 @@ async fn events_stream_started_then_ended_and_end_at_shutdown() {
     inv.finish(&close(1000), now);
     f.store.finish(inv.clone()).unwrap();
 
-    let (name, data) = next_sse(&mut body, &mut pending).await;
+    let (name, data) = next_sse(&mut events).await;
     assert_eq!(name, "started");
     assert_eq!(data["request_id"], inv.request_id.to_string());
     assert!(data["status_code"].is_null());
-    let (name, data) = next_sse(&mut body, &mut pending).await;
+    let (name, data) = next_sse(&mut events).await;
     assert_eq!(name, "ended");
     assert_eq!(data, serde_json::to_value(&inv).unwrap());
 
     // Shutdown ends the stream, so a graceful shutdown does not wait for watchers.
     f.shutdown.cancel();
-    let end = tokio::time::timeout(PATIENCE, async {
-        while let Some(frame) = body.frame().await {
-            frame.unwrap();
-        }
-    });
-    end.await.expect("the stream ended at shutdown");
+    let end = tokio::time::timeout(PATIENCE, events.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the stream ended at shutdown, cleanly: {end:?}"
+    );
 }
 
 #[tokio::test]

@@ -111,7 +111,7 @@ async fn one(plan: &Plan, msg: &Message) -> Result<One> {
     })
 }
 
-fn plan(env: &Env, target: Target) -> Result<Plan, String> {
+fn plan(env: &Env, target: Target) -> Result<Plan> {
     Ok(match target {
         Target::Floor => Plan::Spawn {
             program: env.scfsim.bootstrap.clone(),
@@ -122,7 +122,12 @@ fn plan(env: &Env, target: Target) -> Result<Plan, String> {
             args: vec!["echo".into()],
         },
         Target::Scfsim => Plan::Url(env.scfsim.url()),
-        Target::Websocketd => Plan::Url(env.websocketd.as_ref()?.url()),
+        Target::Websocketd => Plan::Url(
+            env.websocketd
+                .as_ref()
+                .map_err(|why| anyhow::anyhow!("{why:#}"))?
+                .url(),
+        ),
     })
 }
 
@@ -213,7 +218,7 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
                 plans.push(p);
             }
             Err(why) => {
-                skipped.insert(t.name().into(), json!(why));
+                skipped.insert(t.name().into(), json!(format!("{why:#}")));
             }
         }
     }

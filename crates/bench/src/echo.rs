@@ -80,7 +80,7 @@ async fn open_one(env: &Env, target: Target) -> Result<(Ws, Option<tokio::proces
             Ok((ws, Some(child)))
         }
         Target::Nginx => {
-            let nginx = env.nginx.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let nginx = env.nginx.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             let port = free_port()?;
             let child = spawn_fixture(&env.tools.fixture, &["echo"], port)?;
             servers::wait_listening(localhost(port), Duration::from_secs(10)).await?;
@@ -203,7 +203,7 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
         .copied()
         .filter(|t| match (t, &env.nginx) {
             (Target::Nginx, Err(why)) => {
-                skipped.insert("nginx".into(), json!(why));
+                skipped.insert("nginx".into(), json!(format!("{why:#}")));
                 false
             }
             _ => true,

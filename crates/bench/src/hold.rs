@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
@@ -25,7 +25,7 @@ pub struct Opts {
 async fn on_each<F, Fut>(conns: Vec<Ws>, concurrency: usize, errors: &mut Errors, f: F) -> Vec<Ws>
 where
     F: Fn(Ws) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<Ws, String>> + Send,
+    Fut: std::future::Future<Output = Result<Ws>> + Send,
 {
     let mut out = Vec::with_capacity(conns.len());
     let mut set = JoinSet::new();
@@ -43,13 +43,13 @@ where
 }
 
 fn collect(
-    joined: Option<Result<Result<Ws, String>, tokio::task::JoinError>>,
+    joined: Option<Result<Result<Ws>, tokio::task::JoinError>>,
     out: &mut Vec<Ws>,
     errors: &mut Errors,
 ) {
     match joined {
         Some(Ok(Ok(ws))) => out.push(ws),
-        Some(Ok(Err(e))) => errors.add(e),
+        Some(Ok(Err(e))) => errors.add(format!("{e:#}")),
         Some(Err(e)) => errors.add(format!("task: {e}")),
         None => {}
     }
@@ -116,13 +116,9 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
         let (url, msg) = (url.clone(), msg.clone());
         set.spawn(async move {
             let t = Instant::now();
-            let mut ws = client::connect(&url)
-                .await
-                .map_err(|e| format!("connect: {e:#}"))?;
-            client::echo(&mut ws, &msg)
-                .await
-                .map_err(|e| format!("first echo: {e:#}"))?;
-            Ok::<_, String>((ws, t.elapsed()))
+            let mut ws = client::connect(&url).await.context("connect")?;
+            client::echo(&mut ws, &msg).await.context("first echo")?;
+            Ok::<_, anyhow::Error>((ws, t.elapsed()))
         });
     }
     while let Some(j) = set.join_next().await {
@@ -145,7 +141,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
             client::echo(&mut ws, &msg)
                 .await
                 .map(|_| ws)
-                .map_err(|e| format!("second echo: {e:#}"))
+                .context("second echo")
         }
     })
     .await;
@@ -154,10 +150,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
 
     let close_began = Instant::now();
     let closed = on_each(conns, 64, &mut errors, |mut ws| async move {
-        client::close(&mut ws)
-            .await
-            .map(|_| ws)
-            .map_err(|e| format!("close: {e:#}"))
+        client::close(&mut ws).await.map(|_| ws).context("close")
     })
     .await;
     drop(closed);
@@ -299,7 +292,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
 }
 
 fn open_result(
-    joined: Result<Result<(Ws, Duration), String>, tokio::task::JoinError>,
+    joined: Result<Result<(Ws, Duration)>, tokio::task::JoinError>,
     conns: &mut Vec<Ws>,
     latency: &mut Latency,
     errors: &mut Errors,
@@ -309,7 +302,7 @@ fn open_result(
             latency.record(took);
             conns.push(ws);
         }
-        Ok(Err(e)) => errors.add(e),
+        Ok(Err(e)) => errors.add(format!("{e:#}")),
         Err(e) => errors.add(format!("task: {e}")),
     }
 }

@@ -109,7 +109,7 @@ enum Command {
     },
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+fn parse_size(s: &str) -> Result<usize> {
     let t = s.trim();
     let (num, mult) = if let Some(n) = t.strip_suffix("KiB").or_else(|| t.strip_suffix('K')) {
         (n, 1024)
@@ -121,7 +121,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
     num.trim()
         .parse::<usize>()
         .map(|n| n * mult)
-        .map_err(|_| format!("bad size {s:?} (e.g. 64, 64K, 64KiB)"))
+        .map_err(|_| anyhow::anyhow!("bad size {s:?} (e.g. 64, 64K, 64KiB)"))
 }
 
 /// Raises the soft open-file limit to the hard one: scfsim (our child) and the benchmark hold
@@ -169,7 +169,7 @@ fn tools(cli: &Cli) -> Result<Tools> {
     };
     let given = |p: &Option<PathBuf>, name: &str, extra: &[&str]| match p {
         Some(p) if p.is_file() => Ok(p.clone()),
-        Some(p) => Err(format!("{} does not exist", p.display())),
+        Some(p) => Err(anyhow::anyhow!("{} does not exist", p.display())),
         None => find_program(name, extra),
     };
     Ok(Tools {
@@ -192,11 +192,11 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
         tools.fixture.display(),
         match &tools.nginx {
             Ok(p) => p.display().to_string(),
-            Err(e) => format!("MISSING ({e})"),
+            Err(e) => format!("MISSING ({e:#})"),
         },
         match &tools.websocketd {
             Ok(p) => p.display().to_string(),
-            Err(e) => format!("MISSING ({e})"),
+            Err(e) => format!("MISSING ({e:#})"),
         },
     );
     let results = match cli.command {
@@ -313,10 +313,10 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("64"), Ok(64));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("64").unwrap(), 64);
+        assert_eq!(parse_size("64K").unwrap(), 65536);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
         assert!(parse_size("x").is_err());
     }
 }

@@ -30,24 +30,26 @@ fn temp_dir(prefix: &str) -> Result<TempDir> {
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Where the benchmark finds its programs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Tools {
     pub scfsim: PathBuf,
     pub fixture: PathBuf,
-    /// `None` (with the reason) when not installed: that column is skipped.
-    pub nginx: Result<PathBuf, String>,
-    pub websocketd: Result<PathBuf, String>,
+    /// The error says why when not installed: that column is skipped.
+    pub nginx: Result<PathBuf>,
+    pub websocketd: Result<PathBuf>,
 }
 
 /// `name` on PATH or in one of `extra` directories.
-pub fn find_program(name: &str, extra: &[&str]) -> Result<PathBuf, String> {
+pub fn find_program(name: &str, extra: &[&str]) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(extra.iter().map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
         .ok_or_else(|| {
-            format!("`{name}` is not installed (apt-get install {name}, or scripts/bench.sh)")
+            anyhow::anyhow!(
+                "`{name}` is not installed (apt-get install {name}, or scripts/bench.sh)"
+            )
         })
 }
 
@@ -74,11 +76,15 @@ pub fn localhost(port: u16) -> SocketAddr {
 }
 
 /// Polls a TCP connect to `addr` every 100 µs until it is accepted, for at most `bound`; the
-/// connection is returned (blocking; run it on a blocking thread).
+/// connection is returned (blocking, each attempt too, so it may run on a blocking thread: it
+/// never outlives `bound` by more than a moment).
 pub fn poll_connect(addr: SocketAddr, bound: Duration) -> std::io::Result<std::net::TcpStream> {
     let deadline = Instant::now() + bound;
     loop {
-        match std::net::TcpStream::connect(addr) {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match std::net::TcpStream::connect_timeout(&addr, left) {
             // Polling a port of the ephemeral range that nothing listens on yet can connect the
             // socket to itself (TCP simultaneous open, source port = destination port).
             Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => drop(s),

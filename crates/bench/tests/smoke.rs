@@ -1,9 +1,11 @@
 //! Smoke test of `scfsim-bench`: every scenario at tiny sizes against the real scfsim and the
-//! real fixture. Asserts only that nothing failed and that each scenario printed its JSON line;
-//! no figure is checked (timing does not gate `cargo test`).
+//! real fixture, with the reference columns (nginx, websocketd) too. Asserts only that nothing
+//! failed, nothing was skipped and that each scenario printed its JSON line; no figure is
+//! checked (timing does not gate `cargo test`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -24,14 +26,23 @@ fn built(name: &str) -> PathBuf {
     path
 }
 
-fn run(args: &[&str]) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_scfsim-bench"))
+/// Bound on one `scfsim-bench` run at tiny sizes; only reached when something is broken (the
+/// benchmark is then killed, and the test fails instead of hanging).
+const PATIENCE: Duration = Duration::from_secs(600);
+
+async fn run(args: &[&str]) -> Vec<Value> {
+    let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_scfsim-bench"))
         .arg("--scfsim")
         .arg(built("scfsim"))
         .arg("--fixture")
         .arg(built("scfsim-fixture"))
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, bench)
+        .await
+        .unwrap_or_else(|_| panic!("scfsim-bench {args:?} did not finish within {PATIENCE:?}"))
         .expect("run scfsim-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -61,28 +72,47 @@ fn errors(v: &Value) -> u64 {
     }
 }
 
-#[test]
-fn every_scenario_runs_at_tiny_sizes() {
-    // nginx and websocketd columns run where they are installed and are skipped otherwise.
+/// nginx and websocketd, the reference columns, must be there: a column the benchmark skips
+/// would pass here unchecked.
+fn require_references() {
+    for (name, path) in [
+        ("nginx", "/usr/sbin/nginx"),
+        ("websocketd", "/usr/bin/websocketd"),
+    ] {
+        assert!(
+            Path::new(path).is_file(),
+            "{name} is missing ({path}): install it with `apt-get install {name}` \
+             (scripts/test-setup.sh installs everything the tests need)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_scenario_runs_at_tiny_sizes() {
+    require_references();
     let echo = run(&[
         "echo", "-c", "2", "-n", "10", "-s", "64K", "--rounds", "2", "--warmup", "1",
-    ]);
+    ])
+    .await;
     let connect = run(&[
         "connect", "-n", "4", "-c", "2", "--rounds", "2", "--warmup", "1",
-    ]);
-    let hold = run(&["hold", "-n", "4", "-c", "2"]);
+    ])
+    .await;
+    let hold = run(&["hold", "-n", "4", "-c", "2"]).await;
 
     let echo = &echo[0];
     assert_eq!(echo["scenario"], "echo");
     assert_eq!(errors(echo), 0, "{echo}");
-    for t in ["direct", "scfsim"] {
+    assert_eq!(echo["skipped"], serde_json::json!({}), "{echo}");
+    for t in ["direct", "scfsim", "nginx"] {
         assert_eq!(echo["targets"][t]["messages"], 20, "{echo}");
     }
 
     let connect = &connect[0];
     assert_eq!(connect["scenario"], "connect");
     assert_eq!(errors(connect), 0, "{connect}");
-    for t in ["floor", "floor-exec", "scfsim"] {
+    assert_eq!(connect["skipped"], serde_json::json!({}), "{connect}");
+    for t in ["floor", "floor-exec", "scfsim", "websocketd"] {
         assert_eq!(connect["targets"][t]["connections"], 4, "{connect}");
     }
 

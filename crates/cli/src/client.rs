@@ -10,13 +10,15 @@ use hyper_util::rt::TokioExecutor;
 pub enum ClientError {
     #[error("{url} is not a valid URL: {message}")]
     Url { url: String, message: String },
-    #[error("cannot reach the admin API at {url}: {source} (is `scfsim serve` running, and is --admin right?)")]
+    #[error(
+        "cannot reach the admin API at {url} (is `scfsim serve` running, and is --admin right?)"
+    )]
     Request {
         url: String,
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    #[error("reading the answer from {url}: {source}")]
+    #[error("cannot read the answer from {url}")]
     Body {
         url: String,
         #[source]

@@ -24,14 +24,14 @@ pub mod client;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the record store in {dir}: {source}")]
+    #[error("cannot open the record store in {dir}")]
     Store {
         dir: PathBuf,
         #[source]
@@ -86,12 +86,14 @@ impl Server {
         }
         let store = Arc::new(store);
         let mut isolation_notes = Vec::new();
-        let launcher = Arc::new(Launcher::new(LauncherOptions {
+        let mut launcher = Launcher::new(LauncherOptions {
             isolation,
             runtimes: config.runtimes.clone(),
             work_dir: data_dir.clone(),
             supervisor,
-        })?);
+        })?;
+        launcher.setup().await?;
+        let launcher = Arc::new(launcher);
         let mut isolation = vec![launcher.describe()];
         isolation.extend(launcher.details());
 

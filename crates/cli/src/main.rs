@@ -110,6 +110,13 @@ enum Command {
 /// Exit code 2: bad usage or config, as the interface promises.
 struct UsageError(String);
 
+impl UsageError {
+    /// The error with its whole chain of causes: the user needs the root cause to fix it.
+    fn from_error(err: &(dyn std::error::Error + 'static)) -> UsageError {
+        UsageError(scfsim_gateway::ErrorChain(err).to_string())
+    }
+}
+
 fn main() -> ExitCode {
     // Before anything else: scfsim execs itself as each instance's supervisor.
     scfsim_pool::run_supervisor_if_requested();
@@ -162,7 +169,7 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
         } => {
             let mut config = match scfsim_config::load(&config) {
                 Ok(config) => config,
-                Err(err) => return Ok(Err(UsageError(err.to_string()))),
+                Err(err) => return Ok(Err(UsageError::from_error(&err))),
             };
             let gw = &mut config.gateway;
             gw.listen = listen.unwrap_or(gw.listen);
@@ -199,7 +206,8 @@ fn init(dir: &std::path::Path, runtime: &str, name: Option<String>) -> Result<()
     let name = name
         .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
         .ok_or_else(|| UsageError(format!("{} has no name to use; pass --name", dir.display())))?;
-    let made = scfsim_init::scaffold(dir, &name, runtime).map_err(|e| UsageError(e.to_string()))?;
+    let made =
+        scfsim_init::scaffold(dir, &name, runtime).map_err(|e| UsageError::from_error(&e))?;
     println!("created {} ({runtime}):", dir.display());
     for file in &made.files {
         println!("  {}", file.display());
@@ -218,7 +226,7 @@ fn init(dir: &std::path::Path, runtime: &str, name: Option<String>) -> Result<()
 }
 
 fn check(path: &std::path::Path) -> Result<(), UsageError> {
-    let config = scfsim_config::load(path).map_err(|err| UsageError(err.to_string()))?;
+    let config = scfsim_config::load(path).map_err(|err| UsageError::from_error(&err))?;
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

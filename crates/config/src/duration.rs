@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serializer};
 
+use crate::error::BadValue;
+
 /// Shown whenever a duration is rejected, so the user sees every form that would have worked.
 /// Also serde's "expected ..." text, hence the noun phrase.
 const FORMS: &str = "a duration such as \"500ms\", \"15s\", \"2m\", \"1h\", a combination \
@@ -41,8 +43,8 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Parses the string form of a duration; the error is a complete sentence for the user.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let reject = |why: &str| format!("{text:?} is not a duration ({why}); write {FORMS}");
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, BadValue> {
+    let reject = |why: &str| BadValue(format!("{text:?} is not a duration ({why}); write {FORMS}"));
     if text.is_empty() {
         return Err(reject("it is empty"));
     }
@@ -95,11 +97,11 @@ pub(crate) enum RawDuration {
 
 impl RawDuration {
     /// Converts to a `Duration`, or a message saying what is accepted.
-    pub(crate) fn to_duration(&self) -> Result<Duration, String> {
+    pub(crate) fn to_duration(&self) -> Result<Duration, BadValue> {
         match self {
             RawDuration::Seconds(secs) => u64::try_from(*secs)
                 .map(Duration::from_secs)
-                .map_err(|_| format!("{secs} is negative; write {FORMS}")),
+                .map_err(|_| BadValue(format!("{secs} is negative; write {FORMS}"))),
             RawDuration::Text(text) => parse_duration(text),
         }
     }
@@ -196,7 +198,7 @@ mod tests {
             "5s ",
             "99999999999h",
         ] {
-            let err = parse_duration(text).expect_err(text);
+            let err = parse_duration(text).expect_err(text).0;
             assert!(err.contains(FORMS), "{text}: {err}");
             assert!(err.contains(&format!("{text:?}")), "{text}: {err}");
         }
@@ -206,7 +208,7 @@ mod tests {
     fn integer_seconds() {
         assert_eq!(RawDuration::Seconds(15).to_duration(), Ok(ms(15_000)));
         assert_eq!(RawDuration::Seconds(0).to_duration(), Ok(Duration::ZERO));
-        let err = RawDuration::Seconds(-1).to_duration().unwrap_err();
+        let err = RawDuration::Seconds(-1).to_duration().unwrap_err().0;
         assert!(
             err.contains("-1 is negative") && err.contains(FORMS),
             "{err}"

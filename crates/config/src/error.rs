@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The config file.
         path: PathBuf,
@@ -31,4 +31,17 @@ pub enum ConfigError {
         /// The value as written and what is allowed instead.
         message: String,
     },
+}
+
+/// What is wrong with one value, as a sentence that quotes the user's text and says what is
+/// allowed. The validator that called the check adds the file and the field
+/// ([`ConfigError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadValue(pub String);
+
+impl From<BadValue> for String {
+    fn from(bad: BadValue) -> String {
+        bad.0
+    }
 }

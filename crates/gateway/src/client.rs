@@ -218,11 +218,11 @@ fn dead_peer_timing(idle: Duration) -> (socket2::TcpKeepalive, Duration) {
 pub(crate) async fn refuse(mut stream: ClientStream, error: HeadError) {
     let resp = match error {
         HeadError::Gone => return,
-        HeadError::TooLarge => crate::server::text(
+        HeadError::TooLarge => crate::responses::text(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             format!("request head over {MAX_HEAD_BYTES} bytes"),
         ),
-        HeadError::Malformed(why) => crate::server::text(StatusCode::BAD_REQUEST, why),
+        HeadError::Malformed(why) => crate::responses::text(StatusCode::BAD_REQUEST, why),
     };
     let _ = write_response(&mut stream, resp).await;
 }

@@ -1,5 +1,16 @@
-//! One invocation: a client's connection and its instance, from the upgrade request to the
-//! record.
+//! One invocation: a routed upgrade request and its instance, from the request to the record.
+//!
+//! [`Invocation::run`] reads top to bottom: start the instance, pass the handshake through,
+//! register the connection, answer 101, proxy. Every step that ends the invocation early
+//! returns an [`Ended`] (what happened, the answer the client gets instead of a 101, the
+//! instance if one runs), and one teardown ([`Invocation::teardown`]) answers the client, stops
+//! the instance, and writes the record. A refused connection ([`Invocation::refuse`]) ends
+//! through the same teardown.
+//!
+//! Lifecycle: the connection task in `server.rs` creates the invocation and awaits it. The
+//! instance is owned by a [`Running`] guard from the moment it listens; dropping the guard
+//! (a panic, or the task being cancelled) kills the instance and unregisters it from the
+//! admin API, so nothing outlives the invocation even on paths that never reach the teardown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,31 +19,24 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use scfsim_config::FunctionConfig;
-use scfsim_pool::{InstanceSpec, StartFailure, StartFailureKind, StoppedInstance};
+use scfsim_pool::{
+    CapturedOutput, ExitInfo, Instance, InstanceSpec, StartFailure, StartFailureKind,
+};
 use scfsim_record::{EndReason, Invocation as Record, LogLine, LogStream};
 use time::OffsetDateTime;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::client::ClientConn;
 use crate::handshake::{switching_protocols, upstream_request, GatewayHeaders};
-use crate::limits::Permit;
-use crate::live::{LiveInstance, Traffic};
+use crate::limits::{Permit, Refusal};
+use crate::live::{LiveInstance, LiveInstances, Traffic};
 use crate::proxy::{self, ConnectionLimits};
-use crate::server::{json_error, json_response, Body};
-use crate::Gateway;
-
-pub(crate) struct Invocation {
-    pub gateway: Arc<Gateway>,
-    pub function: FunctionConfig,
-    pub request: Request<()>,
-    pub peer: SocketAddr,
-    pub request_id: Uuid,
-    /// The instance's quota slot, freed when this invocation is dropped (after its instance is
-    /// stopped and reaped).
-    pub _permit: Permit,
-}
+use crate::responses::{json_error, passthrough, Body};
+use crate::{ErrorChain, Gateway};
 
 /// Per leg and connection; messages larger than this are read in several reads.
 const READ_BUFFER: usize = 8 * 1024;
@@ -49,20 +53,233 @@ fn ws_config(function: &FunctionConfig) -> WebSocketConfig {
         .max_frame_size(Some(limit))
 }
 
-impl Invocation {
-    pub(crate) async fn run(self, mut client: ClientConn) {
-        let mut record = Record::begin(
-            self.request_id,
-            &self.function.name,
-            OffsetDateTime::now_utc(),
-        );
-        record.client_addr = Some(self.peer.to_string());
-        record.path = self.request.uri().path_and_query().map(|p| p.to_string());
-        if let Err(err) = self.gateway.store.begin(&record) {
-            tracing::error!(%err, "could not write the invocation's start record");
-        }
-        let cancel = self.gateway.shutdown.child_token();
+pub(crate) struct Invocation {
+    gateway: Arc<Gateway>,
+    function: FunctionConfig,
+    request: Request<()>,
+    peer: SocketAddr,
+    request_id: Uuid,
+    record: Record,
+}
 
+/// How an invocation ended, and what the teardown still has to do about it.
+struct Ended {
+    reason: EndReason,
+    /// What the client gets instead of a 101; `None` once it was upgraded or is gone.
+    answer: Option<Answer>,
+    /// The instance, still running: the teardown stops it.
+    instance: Option<Running>,
+    /// What is left of an instance that failed to start (already stopped).
+    failed_start: Option<Remains>,
+    /// The client's connection while it still waits for an answer to its upgrade request.
+    client: Option<ClientConn>,
+}
+
+impl Ended {
+    fn new(reason: EndReason) -> Ended {
+        Ended {
+            reason,
+            answer: None,
+            instance: None,
+            failed_start: None,
+            client: None,
+        }
+    }
+
+    fn client(mut self, client: ClientConn) -> Ended {
+        self.client = Some(client);
+        self
+    }
+
+    fn answer(mut self, answer: Answer) -> Ended {
+        self.answer = Some(answer);
+        self
+    }
+
+    fn instance(mut self, instance: Running) -> Ended {
+        self.instance = Some(instance);
+        self
+    }
+}
+
+/// An HTTP answer instead of the upgrade.
+struct Answer {
+    response: Response<Body>,
+    /// What went wrong, for the record's `error` (and the user's fix).
+    error: Option<String>,
+}
+
+impl Answer {
+    /// A JSON error that names the platform's status code the invocation is recorded with.
+    fn error(http: StatusCode, request_id: Uuid, message: String, reason: &EndReason) -> Answer {
+        let status = scfsim_record::classify(reason).status_code.as_u16();
+        Answer {
+            response: json_error(http, Some(request_id), &message, Some(status)),
+            error: Some(message),
+        }
+    }
+}
+
+/// The pid, exit status and output of an instance that is gone.
+struct Remains {
+    pid: Option<u32>,
+    exit: Option<ExitInfo>,
+    output: CapturedOutput,
+}
+
+/// A started instance, owned by its invocation. Stopped gracefully by [`Running::stop`];
+/// dropped without that, the instance is killed (the pool's `Instance` does that on drop) and
+/// its admin entry removed.
+struct Running {
+    instance: Instance,
+    registration: Option<Registration>,
+}
+
+/// The connection's entry in the admin API's registry; removed when dropped.
+struct Registration {
+    live: Arc<LiveInstances>,
+    id: Uuid,
+    traffic: Arc<Traffic>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.live.remove(self.id);
+    }
+}
+
+impl Running {
+    async fn stop(self, grace: std::time::Duration) -> (Remains, Option<Arc<Traffic>>) {
+        let Running {
+            instance,
+            registration,
+        } = self;
+        let stopped = instance.stop(grace).await;
+        // Unregistered only once the instance is gone: the admin API never lists a connection
+        // that has no instance, nor misses one whose instance still runs.
+        let traffic = registration.map(|r| r.traffic.clone());
+        (
+            Remains {
+                pid: Some(stopped.pid),
+                exit: Some(stopped.exit),
+                output: stopped.output,
+            },
+            traffic,
+        )
+    }
+}
+
+impl Invocation {
+    pub(crate) fn new(
+        gateway: Arc<Gateway>,
+        function: FunctionConfig,
+        request: Request<()>,
+        peer: SocketAddr,
+    ) -> Invocation {
+        let request_id = Uuid::new_v4();
+        let mut record = Record::begin(request_id, &function.name, OffsetDateTime::now_utc());
+        record.client_addr = Some(peer.to_string());
+        record.path = request.uri().path_and_query().map(|p| p.to_string());
+        Invocation {
+            gateway,
+            function,
+            request,
+            peer,
+            request_id,
+            record,
+        }
+    }
+
+    pub(crate) fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+
+    /// Serves the connection with an instance of its own, holding `permit` (the quota slot)
+    /// until the instance is stopped and the invocation recorded.
+    pub(crate) async fn run(mut self, client: ClientConn, permit: Permit) {
+        if let Err(err) = self.gateway.store.begin(&self.record) {
+            tracing::error!(error = %ErrorChain(&err), "could not write the invocation's start record");
+        }
+        let ended = self.serve(client).await;
+        self.teardown(ended).await;
+        drop(permit);
+    }
+
+    /// A connection over a quota: no instance; HTTP 429 naming the quota, and a record.
+    pub(crate) async fn refuse(self, client: ClientConn, refusal: Refusal) {
+        let detail = refusal.message();
+        let reason = match refusal {
+            Refusal::FunctionQuota { .. } | Refusal::TotalQuota { .. } => {
+                EndReason::QuotaExceeded {
+                    detail: detail.clone(),
+                }
+            }
+            Refusal::NewInstanceRate { .. } => EndReason::InstanceRateExceeded {
+                detail: detail.clone(),
+            },
+        };
+        tracing::warn!("{detail}");
+        let answer = Answer::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            self.request_id,
+            detail,
+            &reason,
+        );
+        self.teardown(Ended::new(reason).answer(answer).client(client))
+            .await;
+    }
+
+    async fn serve(&mut self, mut client: ClientConn) -> Ended {
+        let cancel = self.gateway.shutdown.child_token();
+        let ready = match self.start(&client, &cancel).await {
+            Ok(ready) => ready,
+            Err(ended) => return ended.client(client),
+        };
+        let pid = ready.instance.pid();
+        tracing::Span::current().record("pid", pid);
+        self.record.instance_pid = Some(pid);
+        self.record.startup_ms = Some(ready.startup.as_millis() as u64);
+        tracing::debug!(startup_ms = self.record.startup_ms, "instance listening");
+        let mut running = Running {
+            instance: ready.instance,
+            registration: None,
+        };
+
+        let config = ws_config(&self.function);
+        let (function_ws, accepted) =
+            match self.handshake(ready.stream, &client, config, &cancel).await {
+                Ok(done) => done,
+                Err(ended) => return ended.instance(running).client(client),
+            };
+
+        // Registered before the client's 101, so that a client that got its 101 always finds
+        // its instance in the admin API.
+        let registration = self.register(pid, &cancel);
+        let traffic = registration.traffic.clone();
+        running.registration = Some(registration);
+        let switching = switching_protocols(&self.request, &accepted, self.request_id);
+        let answered = client.respond(switching.map(|()| Bytes::new())).await;
+        if answered.is_err() || cancel.is_cancelled() {
+            let reason = if self.gateway.shutdown.is_cancelled() {
+                EndReason::GatewayShutdown
+            } else {
+                EndReason::ClientDropped
+            };
+            return Ended::new(reason).instance(running);
+        }
+        client.watch_for_dead_peer(self.function.idle_timeout);
+        let reason = self
+            .proxy(client, function_ws, config, &traffic, &cancel, &running)
+            .await;
+        Ended::new(reason).instance(running)
+    }
+
+    /// Starts the instance; gives up when scfsim shuts down or the client leaves meanwhile.
+    async fn start(
+        &self,
+        client: &ClientConn,
+        cancel: &CancellationToken,
+    ) -> Result<scfsim_pool::Ready, Ended> {
         let spec = InstanceSpec {
             bootstrap: self.function.bootstrap.clone(),
             code_dir: self.function.code_dir.clone(),
@@ -74,180 +291,29 @@ impl Invocation {
             init_timeout: self.function.init_timeout,
             memory_mb: Some(self.function.memory_mb),
         };
-        let started = tokio::select! {
-            started = self.gateway.launcher.start(&spec) => started,
-            _ = cancel.cancelled() => {
-                let _ = client.respond(json_error(StatusCode::SERVICE_UNAVAILABLE, Some(self.request_id), "scfsim is shutting down")).await;
-                return self.finish(record, EndReason::GatewayShutdown, None);
+        tokio::select! {
+            started = self.gateway.launcher.start(&spec) => {
+                started.map_err(|failure| self.start_failed(failure))
             }
+            _ = cancel.cancelled() => Err(self.shutting_down()),
             // The client gave up while its instance started: stop at once, do not hold a
             // quota slot for a connection nobody will use.
-            _ = client.gone() => return self.finish(record, EndReason::ClientDropped, None),
-        };
-        let ready = match started {
-            Ok(ready) => ready,
-            Err(failure) => return self.start_failed(record, failure, &mut client).await,
-        };
-        let pid = ready.instance.pid();
-        tracing::Span::current().record("pid", pid);
-        record.instance_pid = Some(pid);
-        record.startup_ms = Some(ready.startup.as_millis() as u64);
-        tracing::debug!(startup_ms = record.startup_ms, "instance listening");
+            _ = client.gone() => Err(Ended::new(EndReason::ClientDropped)),
+        }
+    }
 
-        let config = ws_config(&self.function);
-        let gw_headers = GatewayHeaders {
-            request_id: self.request_id,
-            peer: self.peer,
-            proto: client.proto(),
-            function: &self.function.name,
-            memory_mb: self.function.memory_mb,
-            timeout_ms: self.function.execution_timeout.as_millis(),
-            identity: &self.gateway.identity,
-        };
-        let upstream = upstream_request(&self.request, &gw_headers);
-        let handshake = tokio::time::timeout(
-            self.function.init_timeout,
-            tokio_tungstenite::client_async_with_config(upstream, ready.stream, Some(config)),
+    fn shutting_down(&self) -> Ended {
+        let reason = EndReason::GatewayShutdown;
+        let answer = Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            self.request_id,
+            "scfsim is shutting down".into(),
+            &reason,
         );
-        let handshake = tokio::select! {
-            done = handshake => done,
-            _ = cancel.cancelled() => {
-                let _ = client.respond(json_error(StatusCode::SERVICE_UNAVAILABLE, Some(self.request_id), "scfsim is shutting down")).await;
-                let stopped = ready.instance.stop(self.gateway.stop_grace).await;
-                return self.finish(record, EndReason::GatewayShutdown, Some(stopped));
-            }
-            _ = client.gone() => {
-                let stopped = ready.instance.stop(self.gateway.stop_grace).await;
-                return self.finish(record, EndReason::ClientDropped, Some(stopped));
-            }
-        };
-        let (function_ws, accepted) = match handshake {
-            Ok(Ok(done)) => done,
-            Ok(Err(WsError::Http(resp))) => {
-                let status = resp.status().as_u16();
-                let _ = client.respond(passthrough(*resp)).await;
-                let stopped = ready.instance.stop(self.gateway.stop_grace).await;
-                return self.finish(
-                    record,
-                    EndReason::UpgradeRejected {
-                        http_status: status,
-                    },
-                    Some(stopped),
-                );
-            }
-            Ok(Err(err)) => {
-                let detail = format!("the function instance failed the WebSocket handshake: {err}");
-                return self
-                    .failed_before_upgrade(record, &mut client, ready.instance, detail, |detail| {
-                        EndReason::InstanceExited { detail }
-                    })
-                    .await;
-            }
-            Err(_) => {
-                let detail = format!(
-                    "the function instance accepted a TCP connection on port 9000 but did not \
-                     answer the WebSocket handshake within the init timeout of {}",
-                    scfsim_config::format_duration(self.function.init_timeout)
-                );
-                return self
-                    .failed_before_upgrade(record, &mut client, ready.instance, detail, |detail| {
-                        EndReason::NotListening { detail }
-                    })
-                    .await;
-            }
-        };
-
-        // Registered before the client's 101, so that a client that got its 101 always finds
-        // its instance in the admin API.
-        let traffic = Arc::new(Traffic::default());
-        let live_id = Uuid::new_v4();
-        self.gateway.live.insert(LiveInstance {
-            id: live_id,
-            function: self.function.name.clone(),
-            request_id: self.request_id,
-            pid,
-            started_at: record.started_at,
-            traffic: traffic.clone(),
-            cancel: cancel.clone(),
-        });
-        let switching = switching_protocols(&self.request, &accepted, self.request_id);
-        let instance = ready.instance;
-        let answered = client.respond(switching.map(|()| Bytes::new())).await;
-        let upgraded = match answered {
-            Ok(()) if !cancel.is_cancelled() => Some(client),
-            _ => None,
-        };
-        let Some(client) = upgraded else {
-            let stopped = instance.stop(self.gateway.stop_grace).await;
-            self.gateway.live.remove(live_id);
-            let reason = if self.gateway.shutdown.is_cancelled() {
-                EndReason::GatewayShutdown
-            } else {
-                EndReason::ClientDropped
-            };
-            return self.finish(record, reason, Some(stopped));
-        };
-        client.watch_for_dead_peer(self.function.idle_timeout);
-        let client_ws = client.into_websocket(config).await;
-
-        let (mut client_tx, mut client_rx) = client_ws.split();
-        let (mut function_tx, mut function_rx) = function_ws.split();
-        let timers = ConnectionLimits {
-            idle: self.function.idle_timeout,
-            execution: self.function.execution_timeout,
-            request: self.function.limits,
-            memory_mb: self.function.memory_mb,
-        };
-        let reason = proxy::run(
-            (&mut client_tx, &mut client_rx),
-            (&mut function_tx, &mut function_rx),
-            timers,
-            &traffic,
-            &self.gateway.shutdown,
-            &cancel,
-            &|| instance.memory_exceeded(),
-        )
-        .await;
-        drop((client_tx, client_rx, function_tx, function_rx));
-        let stopped = instance.stop(self.gateway.stop_grace).await;
-        self.gateway.live.remove(live_id);
-        let counts = traffic.snapshot();
-        record.messages_in = counts.messages_in;
-        record.messages_out = counts.messages_out;
-        record.bytes_in = counts.bytes_in;
-        record.bytes_out = counts.bytes_out;
-        record.throttled_messages = counts.throttled_messages;
-        self.finish(record, reason, Some(stopped));
+        Ended::new(reason).answer(answer)
     }
 
-    async fn failed_before_upgrade(
-        &self,
-        mut record: Record,
-        client: &mut ClientConn,
-        instance: scfsim_pool::Instance,
-        detail: String,
-        reason: impl FnOnce(String) -> EndReason,
-    ) {
-        let _ = client
-            .respond(error_response(
-                StatusCode::BAD_GATEWAY,
-                self.request_id,
-                &detail,
-                None,
-            ))
-            .await;
-        record.http_status = Some(StatusCode::BAD_GATEWAY.as_u16());
-        record.error = Some(detail.clone());
-        let stopped = instance.stop(self.gateway.stop_grace).await;
-        self.finish(record, reason(detail), Some(stopped));
-    }
-
-    async fn start_failed(
-        &self,
-        mut record: Record,
-        failure: StartFailure,
-        client: &mut ClientConn,
-    ) {
+    fn start_failed(&self, failure: StartFailure) -> Ended {
         let message = failure.message();
         let reason = match &failure.kind {
             StartFailureKind::BootstrapMissing { .. }
@@ -279,26 +345,197 @@ impl Invocation {
             status = status.as_u16(),
             "instance failed to start: {message}"
         );
-        let _ = client
-            .respond(error_response(
-                http,
-                self.request_id,
-                &message,
-                Some(status.as_u16()),
-            ))
-            .await;
-        record.http_status = Some(http.as_u16());
-        record.error = Some(message);
-        record.instance_pid = failure.pid;
-        if let Some(exit) = failure.exit {
-            record.instance_exit_code = exit.code;
-            record.instance_signal = exit.signal;
-        }
-        self.save_logs(&failure.output);
-        self.finish(record, reason, None);
+        let answer = Answer::error(http, self.request_id, message, &reason);
+        let mut ended = Ended::new(reason).answer(answer);
+        ended.failed_start = Some(Remains {
+            pid: failure.pid,
+            exit: failure.exit,
+            output: failure.output,
+        });
+        ended
     }
 
-    fn save_logs(&self, output: &scfsim_pool::CapturedOutput) {
+    /// Passes the client's upgrade request to the instance and takes its answer.
+    async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        client: &ClientConn,
+        config: WebSocketConfig,
+        cancel: &CancellationToken,
+    ) -> Result<
+        (
+            WebSocketStream<tokio::net::TcpStream>,
+            Response<Option<Vec<u8>>>,
+        ),
+        Ended,
+    > {
+        let gw_headers = GatewayHeaders {
+            request_id: self.request_id,
+            peer: self.peer,
+            proto: client.proto(),
+            function: &self.function.name,
+            memory_mb: self.function.memory_mb,
+            timeout_ms: self.function.execution_timeout.as_millis(),
+            identity: &self.gateway.identity,
+        };
+        let upstream = upstream_request(&self.request, &gw_headers);
+        let handshake = tokio::time::timeout(
+            self.function.init_timeout,
+            tokio_tungstenite::client_async_with_config(upstream, stream, Some(config)),
+        );
+        let handshake = tokio::select! {
+            done = handshake => done,
+            _ = cancel.cancelled() => return Err(self.shutting_down()),
+            _ = client.gone() => return Err(Ended::new(EndReason::ClientDropped)),
+        };
+        let bad_gateway = |reason: EndReason, detail: String| {
+            let answer = Answer::error(StatusCode::BAD_GATEWAY, self.request_id, detail, &reason);
+            Ended::new(reason).answer(answer)
+        };
+        match handshake {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(WsError::Http(resp))) => {
+                let reason = EndReason::UpgradeRejected {
+                    http_status: resp.status().as_u16(),
+                };
+                Err(Ended::new(reason).answer(Answer {
+                    response: passthrough(*resp),
+                    error: None,
+                }))
+            }
+            Ok(Err(err)) => {
+                let detail = format!("the function instance failed the WebSocket handshake: {err}");
+                Err(bad_gateway(
+                    EndReason::InstanceExited {
+                        detail: detail.clone(),
+                    },
+                    detail,
+                ))
+            }
+            Err(_) => {
+                let detail = format!(
+                    "the function instance accepted a TCP connection on port 9000 but did not \
+                     answer the WebSocket handshake within the init timeout of {}",
+                    scfsim_config::format_duration(self.function.init_timeout)
+                );
+                Err(bad_gateway(
+                    EndReason::NotListening {
+                        detail: detail.clone(),
+                    },
+                    detail,
+                ))
+            }
+        }
+    }
+
+    fn register(&self, pid: u32, cancel: &CancellationToken) -> Registration {
+        let traffic = Arc::new(Traffic::default());
+        let id = Uuid::new_v4();
+        self.gateway.live.insert(LiveInstance {
+            id,
+            function: self.function.name.clone(),
+            request_id: self.request_id,
+            pid,
+            started_at: self.record.started_at,
+            traffic: traffic.clone(),
+            cancel: cancel.clone(),
+        });
+        Registration {
+            live: self.gateway.live.clone(),
+            id,
+            traffic,
+        }
+    }
+
+    /// Frames one to one until the connection ends; the client is upgraded here.
+    async fn proxy(
+        &self,
+        client: ClientConn,
+        function_ws: WebSocketStream<tokio::net::TcpStream>,
+        config: WebSocketConfig,
+        traffic: &Traffic,
+        cancel: &CancellationToken,
+        running: &Running,
+    ) -> EndReason {
+        let client_ws = client.into_websocket(config).await;
+        let (mut client_tx, mut client_rx) = client_ws.split();
+        let (mut function_tx, mut function_rx) = function_ws.split();
+        let timers = ConnectionLimits {
+            idle: self.function.idle_timeout,
+            execution: self.function.execution_timeout,
+            request: self.function.limits,
+            memory_mb: self.function.memory_mb,
+        };
+        proxy::run(
+            (&mut client_tx, &mut client_rx),
+            (&mut function_tx, &mut function_rx),
+            timers,
+            traffic,
+            &self.gateway.shutdown,
+            cancel,
+            &|| running.instance.memory_exceeded(),
+        )
+        .await
+    }
+
+    /// The one way out: answer the client if it was not upgraded, stop the instance, record.
+    async fn teardown(mut self, ended: Ended) {
+        let Ended {
+            reason,
+            answer,
+            instance,
+            failed_start,
+            client,
+        } = ended;
+        if let Some(answer) = answer {
+            self.record.http_status = Some(answer.response.status().as_u16());
+            self.record.error = answer.error;
+            if let Some(mut client) = client {
+                let _ = client.respond(answer.response).await;
+            }
+        }
+        let (remains, traffic) = match instance {
+            Some(running) => {
+                let (remains, traffic) = running.stop(self.gateway.stop_grace).await;
+                (Some(remains), traffic)
+            }
+            None => (failed_start, None),
+        };
+        if let Some(traffic) = traffic {
+            let counts = traffic.snapshot();
+            self.record.messages_in = counts.messages_in;
+            self.record.messages_out = counts.messages_out;
+            self.record.bytes_in = counts.bytes_in;
+            self.record.bytes_out = counts.bytes_out;
+            self.record.throttled_messages = counts.throttled_messages;
+        }
+        if let Some(remains) = remains {
+            if remains.pid.is_some() {
+                self.record.instance_pid = remains.pid;
+            }
+            if let Some(exit) = remains.exit {
+                self.record.instance_exit_code = exit.code;
+                self.record.instance_signal = exit.signal;
+            }
+            self.save_logs(&remains.output);
+        }
+        self.record.finish(&reason, OffsetDateTime::now_utc());
+        let record = &self.record;
+        tracing::info!(
+            status_code = record.status_code.map(|s| s.as_u16()),
+            end_reason = record.end_reason.as_deref(),
+            close_code = record.close_code,
+            duration_ms = record.duration_ms,
+            messages_in = record.messages_in,
+            messages_out = record.messages_out,
+            "invocation ended"
+        );
+        if let Err(err) = self.gateway.store.finish(self.record) {
+            tracing::error!(error = %ErrorChain(&err), "could not write the invocation's record");
+        }
+    }
+
+    fn save_logs(&self, output: &CapturedOutput) {
         let lines: Vec<LogLine> = output
             .lines
             .iter()
@@ -316,55 +553,7 @@ impl Invocation {
             .store
             .save_logs(self.request_id, &lines, output.dropped)
         {
-            tracing::error!(%err, "could not save the instance's log");
+            tracing::error!(error = %ErrorChain(&err), "could not save the instance's log");
         }
     }
-
-    fn finish(&self, mut record: Record, reason: EndReason, stopped: Option<StoppedInstance>) {
-        if let Some(stopped) = stopped {
-            record.instance_pid = Some(stopped.pid);
-            record.instance_exit_code = stopped.exit.code;
-            record.instance_signal = stopped.exit.signal;
-            self.save_logs(&stopped.output);
-        }
-        record.finish(&reason, OffsetDateTime::now_utc());
-        tracing::info!(
-            status_code = record.status_code.map(|s| s.as_u16()),
-            end_reason = record.end_reason.as_deref(),
-            close_code = record.close_code,
-            duration_ms = record.duration_ms,
-            messages_in = record.messages_in,
-            messages_out = record.messages_out,
-            "invocation ended"
-        );
-        if let Err(err) = self.gateway.store.finish(record) {
-            tracing::error!(%err, "could not write the invocation's record");
-        }
-    }
-}
-
-/// An HTTP error for a failed start: the platform's status code and what to fix.
-pub(crate) fn error_response(
-    http: StatusCode,
-    request_id: Uuid,
-    message: &str,
-    status_code: Option<u16>,
-) -> Response<Body> {
-    json_response(
-        http,
-        serde_json::json!({
-            "error": message,
-            "status_code": status_code,
-            "request_id": request_id,
-        }),
-    )
-}
-
-/// The instance refused the upgrade: the client gets its answer as it is.
-fn passthrough(resp: Response<Option<Vec<u8>>>) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    parts.headers.remove(http::header::TRANSFER_ENCODING);
-    parts.headers.remove(http::header::CONNECTION);
-    Response::from_parts(parts, Bytes::from(body.unwrap_or_default()))
 }

@@ -12,6 +12,7 @@
 //! - `invocation`: one connection's life, from request to record.
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
+//! - `responses`: the HTTP answers given instead of an upgrade.
 
 pub mod client;
 mod env;
@@ -20,6 +21,7 @@ mod invocation;
 mod limits;
 pub mod live;
 mod proxy;
+mod responses;
 mod server;
 mod tls;
 
@@ -100,6 +102,17 @@ pub use client::ClientStream;
 pub use live::{LiveInstance, LiveInstanceView, LiveInstances, TrafficSnapshot};
 pub use tls::{Tls, TlsError};
 
+/// Shows an error with every source in its chain, `outer: inner: root`, for log lines: our
+/// errors' messages never repeat their source, so a log that showed only the outer message
+/// would lose the cause (a full disk's "No space left on device", say).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&scfsim_pool::with_sources(self.0))
+    }
+}
+
 /// The account an instance believes it runs in (its `TENCENTCLOUD_*` variables and `X-Scf-*`
 /// headers).
 #[derive(Debug, Clone)]
@@ -179,5 +192,30 @@ impl Gateway {
     pub async fn drain(&self, bound: Duration) -> bool {
         self.tasks.close();
         tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[test]
+    fn an_error_chain_shows_the_root_cause_once() {
+        // What the gateway logs when the record store cannot write: the path from the store's
+        // error, the cause from its source, each once.
+        let err = scfsim_record::RecordError::Io {
+            path: "/data/invocations.jsonl".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let shown = ErrorChain(&err).to_string();
+        assert!(
+            shown.starts_with("I/O error on /data/invocations.jsonl: No space left on device"),
+            "{shown}"
+        );
+        assert_eq!(
+            shown.matches("No space left on device").count(),
+            1,
+            "{shown}"
+        );
     }
 }

@@ -4,23 +4,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use scfsim_config::FunctionConfig;
-use scfsim_record::{EndReason, Invocation as Record};
-use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::client::{self, ClientConn, ClientStream, HEAD_DEADLINE};
 use crate::handshake::{check_upgrade, BadUpgrade};
 use crate::invocation::Invocation;
 use crate::limits::{Permit, Refusal};
+use crate::responses::{json_error, text, Body};
 use crate::Gateway;
 use tokio_rustls::TlsAcceptor;
 
-pub(crate) type Body = Bytes;
+/// A request for a function, and its quota slot or why there is none.
+type Routed<'a> = (&'a FunctionConfig, Result<Permit, Refusal>);
 
 impl Gateway {
     /// Accepts connections on `listener` until the shutdown token is cancelled.
@@ -83,38 +81,31 @@ impl Gateway {
             },
             _ = self.shutdown.cancelled() => return,
         };
-        match self.route(&req, peer) {
+        match self.route(&req) {
             Err(resp) => {
                 let mut client = client;
                 let _ = client.respond(*resp).await;
             }
-            Ok((function, request_id, permit)) => {
+            Ok((function, admission)) => {
+                let invocation = Invocation::new(self.clone(), function.clone(), req, peer);
                 let span = tracing::info_span!(
                     "invocation",
-                    %request_id,
+                    request_id = %invocation.request_id(),
                     function = %function.name,
                     %peer,
                     pid = tracing::field::Empty
                 );
-                let invocation = Invocation {
-                    gateway: self.clone(),
-                    function: function.clone(),
-                    request: req,
-                    peer,
-                    request_id,
-                    _permit: permit,
-                };
-                invocation.run(client).instrument(span).await;
+                match admission {
+                    Ok(permit) => invocation.run(client, permit).instrument(span).await,
+                    Err(refusal) => invocation.refuse(client, refusal).instrument(span).await,
+                }
             }
         }
     }
 
-    /// Which function serves `req`, with its quota slot; or the answer that ends it here.
-    fn route(
-        &self,
-        req: &Request<()>,
-        peer: SocketAddr,
-    ) -> Result<(&FunctionConfig, Uuid, Permit), Box<Response<Body>>> {
+    /// Which function serves `req`, and whether its quota admits one more instance; or the
+    /// answer that ends the request here, before it is an invocation.
+    fn route(&self, req: &Request<()>) -> Result<Routed<'_>, Box<Response<Body>>> {
         let path = req.uri().path();
         // Only origin-form targets (`/path?query`) name a function: `*` or an absolute URI
         // would otherwise match a function on "/" and reach it with a path the client never
@@ -132,7 +123,7 @@ impl Gateway {
             )));
         };
         if let Err(bad) = check_upgrade(req) {
-            let mut resp = json_error(bad.status(), None, &bad.message());
+            let mut resp = json_error(bad.status(), None, &bad.message(), None);
             if matches!(bad, BadUpgrade::Version(_) | BadUpgrade::NotUpgrade) {
                 resp.headers_mut().insert(
                     header::SEC_WEBSOCKET_VERSION,
@@ -141,85 +132,6 @@ impl Gateway {
             }
             return Err(Box::new(resp));
         }
-        let request_id = Uuid::new_v4();
-        match self.quotas.acquire(&function.name) {
-            Ok(permit) => Ok((function, request_id, permit)),
-            Err(refusal) => Err(Box::new(
-                self.refuse(refusal, function, request_id, peer, req),
-            )),
-        }
+        Ok((function, self.quotas.acquire(&function.name)))
     }
-}
-
-impl Gateway {
-    /// A connection over a quota: HTTP 429 naming the quota, and a record; no instance.
-    fn refuse<B>(
-        &self,
-        refusal: Refusal,
-        function: &FunctionConfig,
-        request_id: Uuid,
-        peer: SocketAddr,
-        req: &Request<B>,
-    ) -> Response<Body> {
-        let detail = refusal.message();
-        let reason = match refusal {
-            Refusal::FunctionQuota { .. } | Refusal::TotalQuota { .. } => {
-                EndReason::QuotaExceeded {
-                    detail: detail.clone(),
-                }
-            }
-            Refusal::NewInstanceRate { .. } => EndReason::InstanceRateExceeded {
-                detail: detail.clone(),
-            },
-        };
-        let status_code = scfsim_record::classify(&reason).status_code.as_u16();
-        tracing::warn!(%request_id, function = %function.name, status_code, "{detail}");
-        let now = OffsetDateTime::now_utc();
-        let mut record = Record::begin(request_id, &function.name, now);
-        record.client_addr = Some(peer.to_string());
-        record.path = req.uri().path_and_query().map(|p| p.to_string());
-        record.http_status = Some(StatusCode::TOO_MANY_REQUESTS.as_u16());
-        record.finish(&reason, now);
-        if let Err(err) = self.store.finish(record) {
-            tracing::error!(%err, "could not write the invocation's record");
-        }
-        crate::invocation::error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            request_id,
-            &detail,
-            Some(status_code),
-        )
-    }
-}
-
-pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Bytes::from(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// An error before the upgrade, as JSON that tells the user what happened and what to fix.
-pub(crate) fn json_error(
-    status: StatusCode,
-    request_id: Option<Uuid>,
-    message: &str,
-) -> Response<Body> {
-    json_response(
-        status,
-        serde_json::json!({ "error": message, "request_id": request_id }),
-    )
-}
-
-pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Bytes::from(body.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }

@@ -23,7 +23,7 @@ pub enum TlsError {
         key: PathBuf,
         message: String,
     },
-    #[error("cannot write the generated certificate to {path}: {source}")]
+    #[error("cannot write the generated certificate to {path}")]
     Write {
         path: PathBuf,
         #[source]

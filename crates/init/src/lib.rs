@@ -132,7 +132,7 @@ pub enum InitError {
         dir.display()
     )]
     NotEmpty { dir: PathBuf, first: String },
-    #[error("{}: {source}", path.display())]
+    #[error("cannot use {}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -1,4 +1,5 @@
-//! What `scaffold` writes, for every runtime, without starting scfsim (see e2e.rs for that).
+//! What `scaffold` writes, for every runtime, without starting scfsim (tests/e2e/init.rs builds
+//! and serves each one).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -58,17 +59,25 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Says what was not checked, visibly (`eprintln!` output is captured by the test harness).
-fn skip(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {why}");
-}
-
-fn have(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
+/// Runs a checker of the sources (`python3`, `node`), which the tests need: a missing one fails
+/// naming the command that installs it.
+fn check(cmd: &str, args: &[&str], file: &Path, install: &str) {
+    let out = Command::new(cmd)
         .args(args)
+        .arg(file)
         .output()
-        .is_ok_and(|o| o.status.success())
+        .unwrap_or_else(|e| {
+            panic!(
+                "{cmd} is missing here ({e}): install it with `{install}` \
+                 (scripts/test-setup.sh installs everything the tests need)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -215,42 +224,26 @@ fn dependency_files_are_well_formed() {
 }
 
 #[test]
-fn sources_parse_where_the_interpreter_is_here() {
+fn sources_parse() {
     let tmp = tempfile::tempdir().unwrap();
-    if have("python3", &["--version"]) {
-        for (runtime, file) in [(Runtime::Python3, "app.py"), (Runtime::Bash, "server.py")] {
-            let d = tmp.path().join(runtime.as_str());
-            scaffold(&d, "f", runtime).unwrap();
-            let out = Command::new("python3")
-                .args(["-m", "py_compile"])
-                .arg(d.join(file))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{runtime}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    } else {
-        skip("python3 is not installed: the Python sources were not compiled");
-    }
-    if have("node", &["--version"]) {
-        let d = tmp.path().join("nodejs");
-        scaffold(&d, "f", Runtime::Nodejs).unwrap();
-        let out = Command::new("node")
-            .arg("--check")
-            .arg(d.join("app.js"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    for (runtime, file) in [(Runtime::Python3, "app.py"), (Runtime::Bash, "server.py")] {
+        let d = tmp.path().join(runtime.as_str());
+        scaffold(&d, "f", runtime).unwrap();
+        check(
+            "python3",
+            &["-m", "py_compile"],
+            &d.join(file),
+            "apt-get install python3",
         );
-    } else {
-        skip("node is not installed: app.js was not checked");
     }
+    let d = tmp.path().join("nodejs");
+    scaffold(&d, "f", Runtime::Nodejs).unwrap();
+    check(
+        "node",
+        &["--check"],
+        &d.join("app.js"),
+        "apt-get install nodejs",
+    );
     let d = tmp.path().join("bootstraps");
     for runtime in Runtime::ALL {
         let d = d.join(runtime.as_str());

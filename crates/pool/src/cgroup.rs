@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::PoolError;
+
 const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 const V1_PIDS: &str = "/sys/fs/cgroup/pids";
 const V2_ROOT: &str = "/sys/fs/cgroup";
@@ -47,15 +49,22 @@ pub(crate) struct InstanceCgroup {
 
 impl Cgroups {
     /// Finds a usable hierarchy and makes this scfsim's parent directories.
-    pub(crate) fn setup() -> Result<Cgroups, String> {
+    pub(crate) fn setup() -> Result<Cgroups, PoolError> {
         // Several launchers may live in one process (tests): each gets its own parent.
         static LAUNCHERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = LAUNCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let me = format!("{PREFIX}{}-{n}", std::process::id());
+        let create = |path: PathBuf| match fs::create_dir_all(&path) {
+            Ok(()) => Ok(path),
+            Err(source) => Err(PoolError::HostFile {
+                action: "create the cgroup",
+                path,
+                source,
+            }),
+        };
         if Path::new(V1_MEMORY).join("memory.limit_in_bytes").exists() {
             remove_stale(Path::new(V1_MEMORY));
-            let memory = Path::new(V1_MEMORY).join(&me);
-            fs::create_dir_all(&memory).map_err(|e| format!("{}: {e}", memory.display()))?;
+            let memory = create(Path::new(V1_MEMORY).join(&me))?;
             let pids = Path::new(V1_PIDS).join(&me);
             let pids = if Path::new(V1_PIDS).join("cgroup.procs").exists() {
                 remove_stale(Path::new(V1_PIDS));
@@ -68,26 +77,31 @@ impl Cgroups {
             });
         }
         let controllers = fs::read_to_string(Path::new(V2_ROOT).join("cgroup.controllers"))
-            .map_err(|_| "no cgroup memory controller found".to_string())?;
+            .map_err(|source| PoolError::NoMemoryController {
+                source: Some(source),
+            })?;
         if !controllers.split_whitespace().any(|c| c == "memory") {
-            return Err("the cgroup v2 hierarchy has no memory controller".into());
+            return Err(PoolError::NoMemoryController { source: None });
         }
         remove_stale(Path::new(V2_ROOT));
-        let parent = Path::new(V2_ROOT).join(&me);
-        fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let parent = create(Path::new(V2_ROOT).join(&me))?;
         let _ = fs::write(
             Path::new(V2_ROOT).join("cgroup.subtree_control"),
             "+memory +pids",
         );
-        fs::write(parent.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {
-            format!(
-                "enabling memory+pids controllers in {}: {e}",
-                parent.display()
-            )
+        // From here on, a failure removes the parent again (the drop).
+        let cgroups = Cgroups {
+            layout: Layout::V2 {
+                parent: parent.clone(),
+            },
+        };
+        fs::write(parent.join("cgroup.subtree_control"), "+memory +pids").map_err(|source| {
+            PoolError::CgroupControllers {
+                path: parent,
+                source,
+            }
         })?;
-        Ok(Cgroups {
-            layout: Layout::V2 { parent },
-        })
+        Ok(cgroups)
     }
 
     pub(crate) fn describe(&self) -> &'static str {

@@ -1,16 +1,14 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::process::Child;
-use tokio::task::JoinHandle;
+use nix::sys::signal::Signal;
 
-use crate::cgroup::InstanceCgroup;
-use crate::netns::Netns;
-use crate::output::{CapturedOutput, OutputLog};
+use crate::backend::{Backend, Stop};
+use crate::output::CapturedOutput;
 
 /// How the bootstrap process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,25 +40,13 @@ impl fmt::Display for ExitInfo {
     }
 }
 
-/// A running instance: one bootstrap process tree, owned here from spawn to reap.
+/// A running instance, owned here from its start to its reap, whatever backend runs it.
 ///
 /// Created by [`crate::Launcher::start`]; ended by [`Instance::stop`]. If it is dropped without
-/// being stopped (a panic, a cancelled task), its whole process group is killed at once and
-/// tokio reaps the process in the background.
+/// being stopped (a panic, a cancelled task), its backend kills it at once and cleans up in the
+/// background (the backend's instance type does that in its own `Drop`).
 pub struct Instance {
-    pub(crate) child: Child,
-    pub(crate) pid: u32,
-    pub(crate) output: OutputLog,
-    pub(crate) readers: Vec<JoinHandle<()>>,
-    /// Held so the namespace outlives every socket scfsim still makes in it.
-    pub(crate) _netns: Option<Arc<Netns>>,
-    pub(crate) exit: Option<ExitInfo>,
-    /// Memory and process limits; removed after the processes are reaped.
-    pub(crate) cgroup: Option<InstanceCgroup>,
-    /// Without cgroups: `memory_mb` in bytes, watched by scfsim over the process tree's RSS.
-    pub(crate) memory_limit: Option<u64>,
-    /// With `isolation = "none"`: the host's port 9000, held while this instance lives.
-    pub(crate) _host_port: Option<tokio::sync::OwnedSemaphorePermit>,
+    inner: Box<dyn ErasedInstance>,
 }
 
 /// What is left of an instance once it is stopped and reaped.
@@ -71,95 +57,88 @@ pub struct StoppedInstance {
     pub output: CapturedOutput,
 }
 
-/// How long a stopped instance's pipes may stay open after its process ended (a daemon that
-/// escaped the group could hold them forever without PID namespaces).
-const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
-
 impl Instance {
+    pub(crate) fn new<B: Backend>(backend: Arc<B>, instance: B::Instance) -> Instance {
+        Instance {
+            inner: Box::new(Bound { backend, instance }),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.inner.pid()
     }
 
     /// Resolves when the bootstrap process ends. Cancel-safe; returns at once if it already has.
     pub async fn exited(&mut self) -> ExitInfo {
-        if let Some(exit) = self.exit {
-            return exit;
-        }
-        let exit = match self.child.wait().await {
-            Ok(status) => status.into(),
-            Err(_) => ExitInfo {
-                code: None,
-                signal: None,
-            },
-        };
-        self.exit = Some(exit);
-        exit
+        self.inner.exited().await
     }
 
-    /// True once the instance went over its memory limit: the kernel OOM-killed one of its
-    /// processes (cgroups), or, without cgroups, its process tree's RSS is over `memory_mb`, in
-    /// which case the whole group is killed here, as the kernel would.
+    /// True once the instance went over its memory limit (and was killed for it, by the kernel
+    /// or by its backend).
     pub fn memory_exceeded(&self) -> bool {
-        if let Some(cgroup) = &self.cgroup {
-            return cgroup.oom_killed();
-        }
-        match self.memory_limit {
-            Some(limit)
-                if self.exit.is_none() && crate::procfs::tree_rss_bytes(self.pid) > limit =>
-            {
-                self.signal_group(Signal::SIGKILL);
-                true
-            }
-            _ => false,
-        }
+        self.inner.memory_exceeded()
     }
 
-    fn signal_group(&self, signal: Signal) {
-        // The group may already be gone; that is the goal, not an error.
-        let _ = killpg(Pid::from_raw(self.pid as i32), signal);
-    }
-
-    /// SIGTERM to the process group, up to `grace` to exit, then SIGKILL; always reaped.
-    pub async fn stop(mut self, grace: Duration) -> StoppedInstance {
-        if self.exit.is_none() {
-            self.signal_group(Signal::SIGTERM);
-            if tokio::time::timeout(grace, self.exited()).await.is_err() {
-                self.signal_group(Signal::SIGKILL);
-            }
-        }
-        // Once reaped, the group id may be reused: no signal is sent after this point. (With
-        // PID namespaces nothing is left anyway; without them, a child that ignored SIGTERM
-        // and outlived the bootstrap survives: the documented weakness of isolation = "none".)
-        let exit = self.exited().await;
-        self.finish_output().await;
-        if let Some(cgroup) = self.cgroup.take() {
-            cgroup.remove().await;
-        }
-        StoppedInstance {
-            pid: self.pid,
-            exit,
-            output: self.output.snapshot(),
-        }
-    }
-
-    /// Waits (bounded) until both pipes are read to the end, so the log is complete.
-    pub(crate) async fn finish_output(&mut self) {
-        for reader in self.readers.drain(..) {
-            let abort = reader.abort_handle();
-            if tokio::time::timeout(OUTPUT_DRAIN, reader).await.is_err() {
-                abort.abort();
-            }
-        }
+    /// A polite stop (SIGTERM to everything the instance runs), up to `grace` to exit, then
+    /// SIGKILL; always reaped.
+    pub async fn stop(self, grace: Duration) -> StoppedInstance {
+        self.inner.stop(grace).await
     }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if self.exit.is_none() {
-            self.signal_group(Signal::SIGKILL);
-        }
-        for reader in &self.readers {
-            reader.abort();
-        }
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An instance with its backend's type erased, so that the gateway holds one type.
+trait ErasedInstance: Send + Sync {
+    fn pid(&self) -> u32;
+    fn exited(&mut self) -> BoxFuture<'_, ExitInfo>;
+    fn memory_exceeded(&self) -> bool;
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, StoppedInstance>;
+}
+
+/// A backend's instance and the backend that runs it (kept alive as long as the instance is:
+/// the host state an instance uses, cgroup parents or NAT, goes only after the last one).
+struct Bound<B: Backend> {
+    backend: Arc<B>,
+    instance: B::Instance,
+}
+
+impl<B: Backend> ErasedInstance for Bound<B> {
+    fn pid(&self) -> u32 {
+        self.backend.pid(&self.instance)
+    }
+
+    fn exited(&mut self) -> BoxFuture<'_, ExitInfo> {
+        Box::pin(self.backend.exited(&mut self.instance))
+    }
+
+    fn memory_exceeded(&self) -> bool {
+        self.backend.memory_exceeded(&self.instance)
+    }
+
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, StoppedInstance> {
+        let Bound {
+            backend,
+            mut instance,
+        } = *self;
+        Box::pin(async move {
+            let pid = backend.pid(&instance);
+            let exit = match backend.exit(&instance) {
+                Some(exit) => exit,
+                None => {
+                    backend.stop(&mut instance, Stop::Term).await;
+                    match tokio::time::timeout(grace, backend.exited(&mut instance)).await {
+                        Ok(exit) => exit,
+                        Err(_) => {
+                            backend.stop(&mut instance, Stop::Kill).await;
+                            backend.exited(&mut instance).await
+                        }
+                    }
+                }
+            };
+            // Once reaped, nothing is signalled any more: a process group id may be reused.
+            let output = backend.reap(instance).await;
+            StoppedInstance { pid, exit, output }
+        })
     }
 }

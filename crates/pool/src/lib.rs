@@ -1,16 +1,34 @@
 //! Function instances: start a bootstrap, wait until it listens on port 9000, stop it, reap it.
 //!
-//! An [`Instance`] is one `scf_bootstrap` process tree serving one connection. On Linux as root
-//! each instance gets its own network namespace (so every instance can bind `0.0.0.0:9000`) and
-//! its own PID namespace (so nothing it forks, daemonized or not, outlives it, even when scfsim
-//! is killed with SIGKILL). The [`Launcher`] owns the machinery shared by all instances.
+//! An [`Instance`] is one running `scf_bootstrap` serving one connection. The [`Launcher`]
+//! starts instances through one isolation backend, chosen once from [`IsolationRequest`] and
+//! what the machine allows. This crate knows processes, sockets, namespaces and the host
+//! changes they need; it knows nothing of WebSocket frames or of the platform's status codes:
+//! failures are reported as facts ([`StartFailure`], with who is at fault) and the gateway
+//! decides what they mean.
 //!
-//! This crate knows processes, sockets and namespaces; it knows nothing of WebSocket frames or
-//! of the platform's status codes: failures are reported as facts ([`StartFailure`]) and the
-//! gateway decides what they mean.
+//! # Layout
+//! - The instance lifecycle, the same for every backend: [`Launcher`] (`launcher.rs`: check the
+//!   bootstrap, prepare, start, wait for port 9000) and [`Instance`] (`instance.rs`: stop with a
+//!   grace period, reap).
+//! - The seam: `backend.rs`, the `Backend` trait and the one function that picks a backend.
+//!   Each backend is one module under `backend/`: `namespaces` (root: network, PID and mount
+//!   namespaces, cgroups, veth and NAT), `user_namespaces` (without root), `none` (the host's
+//!   network, one instance at a time); `backend/process.rs` is what these three share (a
+//!   supervised or plain child process, its output, its memory watch).
+//! - The host changes the backends make, each in its own module: `netns` and `warm` (network
+//!   namespaces, prepared ahead of demand), `network` (veth links), `outbound` (nftables NAT,
+//!   `ip_forward`), `cgroup`, `runtimes` (the `/var/lang` tree). A backend changes the host
+//!   only in [`Launcher::setup`], the explicit step after [`Launcher::new`], never in a
+//!   constructor.
+//! - Inside an instance: `spawn` (fork and the child's setup), `supervisor` (the program between
+//!   scfsim and the bootstrap), `sockets` (sockets made in a namespace scfsim cannot enter),
+//!   `procfs`, `output` (what an instance prints).
 
+mod backend;
 mod cgroup;
 mod error;
+mod firewall;
 mod instance;
 mod launcher;
 mod netns;
@@ -24,7 +42,9 @@ mod spawn;
 mod supervisor;
 mod warm;
 
-pub use error::{PoolError, StartFailure, StartFailureKind};
+pub use error::{
+    with_sources, BoxError, Fault, PoolError, PortHolder, StartFailure, StartFailureKind,
+};
 pub use instance::{ExitInfo, Instance, StoppedInstance};
 pub use launcher::{Isolation, IsolationRequest, Launcher, LauncherOptions, Ready, INSTANCE_PORT};
 pub use output::{CapturedOutput, OutputLine, OutputStream};

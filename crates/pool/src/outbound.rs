@@ -8,7 +8,9 @@
 //! - `net.ipv4.ip_forward`, set to 1 if it was 0; the old value is kept in
 //!   `/run/scfsim/ip_forward.orig` and put back when the last scfsim using NAT stops (each
 //!   marks itself with `/run/scfsim/nat-<pid>_<n>`), or, after a crash, when the next one starts and
-//!   finds no other alive.
+//!   finds no other alive;
+//! - on a host whose firewall drops forwarded traffic (Docker's engine, ufw), two rules that
+//!   accept the instances' traffic there, removed like the table (see [`crate::firewall`]).
 //!
 //! Needs nftables' `nft`; without it instances reach the host only.
 
@@ -17,6 +19,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::PoolError;
 
 const TABLE_PREFIX: &str = "scfsim_";
 /// Launchers of this process so far: a process (a test binary) may run several.
@@ -34,13 +38,15 @@ pub(crate) struct Outbound {
     user: PathBuf,
     /// Whether forwarding was off before scfsim (this one or another) turned it on.
     forwarding_changed: bool,
+    /// Rules in the host's firewall, if it drops forwarded traffic (Docker's engine does).
+    firewall: crate::firewall::Allowance,
 }
 
 impl Outbound {
     /// Sets up forwarding and NAT, or says why not.
-    pub(crate) fn enable() -> Result<Outbound, String> {
+    pub(crate) fn enable() -> Result<Outbound, PoolError> {
         if !runs(Command::new("nft").arg("--version")) {
-            return Err("nftables' `nft` is not installed".into());
+            return Err(PoolError::NftMissing);
         }
         // Another scfsim starting or stopping at the same time must not undo ip_forward
         // between our look at the markers and our own marker.
@@ -52,6 +58,9 @@ impl Outbound {
             LAUNCHERS.fetch_add(1, Ordering::Relaxed)
         );
         let table = format!("{TABLE_PREFIX}{id}");
+        // First: dropped (rules removed) if anything below fails.
+        let firewall = crate::firewall::Allowance::grant(&id)
+            .map_err(|source| PoolError::Firewall { source })?;
         // `oifname != "sv*"`: traffic between instances' links is never masqueraded, and is
         // dropped in forward: instances do not see each other, as on the platform.
         let rules = format!(
@@ -74,32 +83,33 @@ impl Outbound {
             table,
             user: user.clone(),
             forwarding_changed: false,
+            firewall,
         };
         fs::create_dir_all(state)
             .and_then(|()| fs::write(&user, ""))
-            .map_err(|e| format!("cannot write {}: {e}", user.display()))?;
-        let forwarding =
-            fs::read_to_string(IP_FORWARD).map_err(|e| format!("cannot read {IP_FORWARD}: {e}"))?;
+            .map_err(|source| host_file("write", &user, source))?;
+        let forwarding = fs::read_to_string(IP_FORWARD)
+            .map_err(|source| host_file("read", Path::new(IP_FORWARD), source))?;
         let original = state.join(ORIGINAL);
         if forwarding.trim() == "1" {
             outbound.forwarding_changed = original.exists();
             return Ok(outbound);
         }
-        fs::write(&original, forwarding.trim()).map_err(|e| {
-            format!(
-                "cannot record the old ip_forward in {}: {e}",
-                original.display()
-            )
-        })?;
-        fs::write(IP_FORWARD, "1").map_err(|e| format!("cannot enable ip_forward: {e}"))?;
+        fs::write(&original, forwarding.trim())
+            .map_err(|source| host_file("record the old ip_forward in", &original, source))?;
+        fs::write(IP_FORWARD, "1")
+            .map_err(|source| host_file("write 1 to", Path::new(IP_FORWARD), source))?;
         outbound.forwarding_changed = true;
         Ok(outbound)
     }
 
     pub(crate) fn describe(&self) -> String {
         format!(
-            "the internet through NAT (nftables table ip {}{})",
+            "the internet through NAT (nftables table ip {}{}{})",
             self.table,
+            self.firewall
+                .describe()
+                .map_or_else(String::new, |d| format!(", {d}")),
             if self.forwarding_changed {
                 ", and net.ipv4.ip_forward = 1 until scfsim stops"
             } else {
@@ -140,27 +150,33 @@ fn runs(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn nft_script(script: &str) -> Result<(), String> {
+fn host_file(action: &'static str, path: &Path, source: std::io::Error) -> PoolError {
+    PoolError::HostFile {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn nft_script(script: &str) -> Result<(), PoolError> {
+    let spawn = |source| PoolError::NftSpawn { source };
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
+        .map_err(spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("cannot write to nft: {e}"))?;
+        stdin.write_all(script.as_bytes()).map_err(spawn)?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    let out = child.wait_with_output().map_err(spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(PoolError::Nft {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -169,8 +185,9 @@ fn owner(id: &str) -> Option<u32> {
     id.split('_').next()?.parse().ok()
 }
 
-/// Tables and forwarding markers of scfsims that are no longer running.
+/// Tables, firewall rules and forwarding markers of scfsims that are no longer running.
 fn remove_stale() {
+    crate::firewall::remove_stale();
     if let Ok(out) = Command::new("nft").args(["list", "tables"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some(name) = line.strip_prefix("table ip ") else {

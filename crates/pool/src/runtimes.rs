@@ -13,6 +13,34 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::error::PoolError;
+
+/// Where platform bootstraps find their runtimes; the mount point of the generated tree.
+const VAR_LANG: &str = "/var/lang";
+
+/// Builds the tree under `work_dir` for instances with a mount namespace, and makes sure the
+/// host has the mount point. The mount point stays (empty) when scfsim stops: another scfsim
+/// may be using it as its mount point at that moment.
+pub(crate) fn mount_tree(
+    work_dir: &Path,
+    overrides: &BTreeMap<String, PathBuf>,
+) -> Result<RuntimeTree, PoolError> {
+    let mount_point = Path::new(VAR_LANG);
+    let created = match mount_point.exists() {
+        true => Ok(()),
+        false => std::fs::create_dir_all(mount_point),
+    };
+    if !mount_point.is_dir() {
+        return Err(PoolError::VarLangMountPoint {
+            source: created.err(),
+        });
+    }
+    let root = work_dir.join("var-lang");
+    std::path::absolute(&root)
+        .and_then(|root| RuntimeTree::build(&root, overrides))
+        .map_err(|source| PoolError::RuntimeTree { path: root, source })
+}
+
 /// Which local command each `/var/lang` path stands for by default.
 const DEFAULTS: &[(&str, &str)] = &[
     ("python3/bin/python3", "python3"),

@@ -28,22 +28,24 @@ fn bootstrap(dir: &Path, body: &str) -> InstanceSpec {
     }
 }
 
-fn launcher() -> Launcher {
+async fn launcher() -> Launcher {
     let work_dir = std::env::temp_dir().join(format!("scfsim-pool-test-{}", std::process::id()));
-    Launcher::new(LauncherOptions {
+    let mut launcher = Launcher::new(LauncherOptions {
         isolation: IsolationRequest::Namespaces,
         runtimes: Default::default(),
         work_dir,
         supervisor: env!("CARGO_BIN_EXE_scfsim-supervisor").into(),
     })
-    .expect("tests run as root with namespaces")
+    .expect("tests run as root with namespaces");
+    launcher.setup().await.expect("the host setup");
+    launcher
 }
 
 #[tokio::test]
 async fn two_instances_listen_on_port_9000_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let spec = bootstrap(dir.path(), LISTENER);
-    let launcher = launcher();
+    let launcher = launcher().await;
     let (a, b) = tokio::join!(launcher.start(&spec), launcher.start(&spec));
     for ready in [a.unwrap(), b.unwrap()] {
         let mut stream = ready.stream;
@@ -60,7 +62,7 @@ async fn two_instances_listen_on_port_9000_at_once() {
 async fn exit_before_listening_reports_code_and_output() {
     let dir = tempfile::tempdir().unwrap();
     let spec = bootstrap(dir.path(), "echo about to fail; echo oops >&2; exit 3");
-    let failure = launcher().start(&spec).await.err().unwrap();
+    let failure = launcher().await.start(&spec).await.err().unwrap();
     assert!(
         matches!(failure.kind, StartFailureKind::ExitedBeforeListening { .. }),
         "{:?}",
@@ -89,7 +91,7 @@ async fn never_listening_ends_at_the_init_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = bootstrap(dir.path(), "sleep 1000");
     spec.init_timeout = Duration::from_millis(300);
-    let failure = launcher().start(&spec).await.err().unwrap();
+    let failure = launcher().await.start(&spec).await.err().unwrap();
     assert!(matches!(
         failure.kind,
         StartFailureKind::NotListening { .. }
@@ -101,13 +103,13 @@ async fn missing_and_non_executable_bootstraps() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = bootstrap(dir.path(), "true");
     std::fs::set_permissions(&spec.bootstrap, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let failure = launcher().start(&spec).await.err().unwrap();
+    let failure = launcher().await.start(&spec).await.err().unwrap();
     assert!(matches!(
         failure.kind,
         StartFailureKind::BootstrapNotExecutable { .. }
     ));
     spec.bootstrap = dir.path().join("nope");
-    let failure = launcher().start(&spec).await.err().unwrap();
+    let failure = launcher().await.start(&spec).await.err().unwrap();
     assert!(matches!(
         failure.kind,
         StartFailureKind::BootstrapMissing { .. }
@@ -119,7 +121,7 @@ async fn bad_interpreter_is_a_spawn_failure() {
     let dir = tempfile::tempdir().unwrap();
     let spec = bootstrap(dir.path(), "true");
     std::fs::write(&spec.bootstrap, "#!/var/lang/nothing/bin/nothing\n").unwrap();
-    let failure = launcher().start(&spec).await.err().unwrap();
+    let failure = launcher().await.start(&spec).await.err().unwrap();
     assert!(
         matches!(failure.kind, StartFailureKind::Spawn { .. }),
         "{failure}"
@@ -140,7 +142,7 @@ async fn stop_ends_daemonized_grandchildren() {
     let marker = format!("{}.{}", std::process::id(), 4242);
     let body = format!("setsid sleep {marker} </dev/null >/dev/null 2>&1 &\n{LISTENER}");
     let spec = bootstrap(dir.path(), &body);
-    let ready = launcher().start(&spec).await.unwrap();
+    let ready = launcher().await.start(&spec).await.unwrap();
     assert!(
         running(&marker),
         "daemon should run while the instance does"

@@ -1,0 +1,238 @@
+//! `isolation = "namespaces"` as root: each instance is a supervised process tree in its own
+//! network, PID and mount namespace, in cgroups of its own, linked to the host by a veth pair
+//! and beyond it by NAT.
+//!
+//! What [`Namespaces::setup`] changes on the host, and what undoes it: cgroup parent
+//! directories (removed when the backend goes; a dead scfsim's at the next start), an nftables
+//! table and `ip_forward` (see [`crate::outbound`]), the `/var/lang` mount point (created empty
+//! if missing, left in place) and the generated runtime tree under scfsim's `work_dir`, and a
+//! stock of network namespaces with their links (gone with their namespace).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::process::{self, Placement, Process, Program, SupervisorLaunch};
+use super::{Backend, Stop};
+use crate::cgroup::{Cgroups, InstanceCgroup};
+use crate::error::{with_sources, PoolError, StartFailure, StartFailureKind};
+use crate::instance::ExitInfo;
+use crate::launcher::{Isolation, LauncherOptions, INSTANCE_PORT};
+use crate::netns::{Netns, NetnsWorker};
+use crate::network::HostNetwork;
+use crate::outbound::Outbound;
+use crate::output::CapturedOutput;
+use crate::runtimes::RuntimeTree;
+use crate::spawn::{InstanceSpec, MAX_PROCESSES};
+use crate::warm::{self, WarmPool};
+
+pub(crate) struct Namespaces {
+    worker: NetnsWorker,
+    /// Why this backend was chosen.
+    why: &'static str,
+    supervisor: PathBuf,
+    work_dir: PathBuf,
+    runtimes: std::collections::BTreeMap<String, PathBuf>,
+    /// What [`Backend::setup`] made; `None` before.
+    host: Option<Host>,
+    /// Instance ids for cgroup names.
+    next_id: AtomicU64,
+}
+
+/// The host state of this backend: each part either in force or why not.
+struct Host {
+    warm: Arc<WarmPool>,
+    /// Why instances have no network to the host, if they have none.
+    no_network: Option<PoolError>,
+    cgroups: Result<Cgroups, PoolError>,
+    /// NAT beyond the host (removed when the backend goes), or why there is none; `None`
+    /// when instances have no network at all.
+    outbound: Option<Result<Outbound, PoolError>>,
+    runtimes: Result<RuntimeTree, PoolError>,
+}
+
+pub(crate) struct Prepared {
+    namespace: warm::Prepared,
+    cgroup: Option<InstanceCgroup>,
+}
+
+pub(crate) struct Instance {
+    process: Process,
+    /// Held so the namespace outlives every socket scfsim still makes in it.
+    netns: Arc<Netns>,
+}
+
+impl Namespaces {
+    /// Available when this process can make network namespaces (it makes one, on the thread
+    /// that will make them all, and lets it go).
+    pub(crate) fn probe(options: &LauncherOptions, why: &'static str) -> Result<Self, PoolError> {
+        Ok(Namespaces {
+            worker: NetnsWorker::start()?,
+            why,
+            supervisor: options.supervisor.clone(),
+            work_dir: options.work_dir.clone(),
+            runtimes: options.runtimes.clone(),
+            host: None,
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn host(&self) -> Result<&Host, StartFailure> {
+        self.host.as_ref().ok_or_else(|| {
+            StartFailure::before_spawn(StartFailureKind::Internal {
+                what: "starting an instance: the namespaces backend was not set up".into(),
+                source: None,
+            })
+        })
+    }
+}
+
+impl Backend for Namespaces {
+    type Prepared = Prepared;
+    type Instance = Instance;
+
+    fn isolation(&self) -> Isolation {
+        Isolation::Namespaces
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "instance isolation: namespaces ({}): every instance gets its own network and PID \
+             namespace, listens on 0.0.0.0:{INSTANCE_PORT}, and dies with scfsim",
+            self.why
+        )
+    }
+
+    fn details(&self) -> Vec<String> {
+        let Some(host) = &self.host else {
+            return Vec::new();
+        };
+        let mut lines = Vec::new();
+        lines.push(match &host.cgroups {
+            Ok(c) => process::enforced_limits_line(c.describe()),
+            Err(why) => process::watched_limits_line(&with_sources(why)),
+        });
+        lines.push(match (&host.no_network, &host.outbound) {
+            (None, outbound) => format!(
+                "instance network: a veth pair per instance (169.254.0.0/16); the host is \
+                 reachable at SCFSIM_HOST, {}",
+                match outbound {
+                    Some(Ok(nat)) => nat.describe(),
+                    Some(Err(why)) => format!("the internet is not ({})", with_sources(why)),
+                    None => "the internet is not".into(),
+                }
+            ),
+            (Some(why), _) => format!(
+                "instance network: loopback only ({}); functions cannot reach the host",
+                with_sources(why)
+            ),
+        });
+        lines.push(process::runtimes_line(&host.runtimes));
+        lines
+    }
+
+    async fn setup(&mut self) -> Result<(), PoolError> {
+        let cgroups = Cgroups::setup();
+        // Without `ip` there are no links; the namespaces still work, with loopback only.
+        let (network, no_network) = match HostNetwork::probe() {
+            Ok(network) => (Some(network), None),
+            Err(source) => (None, Some(PoolError::Network { source })),
+        };
+        let outbound = network.as_ref().map(|_| Outbound::enable());
+        let runtimes = crate::runtimes::mount_tree(&self.work_dir, &self.runtimes);
+        let warm = WarmPool::new(self.worker.clone(), network);
+        warm.fill();
+        self.host = Some(Host {
+            warm,
+            no_network,
+            cgroups,
+            outbound,
+            runtimes,
+        });
+        Ok(())
+    }
+
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
+        let host = self.host()?;
+        let internal = |what: &str, source: io::Error| {
+            StartFailure::before_spawn(StartFailureKind::internal(what, source))
+        };
+        let namespace = host
+            .warm
+            .take()
+            .await
+            .map_err(|e| internal("preparing the instance's network namespace", e))?;
+        let cgroup = match &host.cgroups {
+            Ok(cgroups) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+                Some(
+                    cgroups
+                        .create(&id, spec.memory_mb, MAX_PROCESSES)
+                        .map_err(|e| internal("creating the instance's cgroup", e))?,
+                )
+            }
+            Err(_) => None,
+        };
+        Ok(Prepared { namespace, cgroup })
+    }
+
+    async fn start(
+        &self,
+        prepared: Prepared,
+        spec: &InstanceSpec,
+        deadline: tokio::time::Instant,
+    ) -> Result<Instance, StartFailure> {
+        let host = self.host()?;
+        let Prepared { namespace, cgroup } = prepared;
+        let mut spec = spec.clone();
+        if let Some(lease) = &namespace.lease {
+            spec.env
+                .push(("SCFSIM_HOST".into(), lease.host.to_string()));
+        }
+        let program = Program::Supervisor(SupervisorLaunch {
+            program: self.supervisor.clone(),
+            var_lang: host.runtimes.as_ref().ok().map(|t| t.root.clone()),
+            user_maps: None,
+        });
+        let placement = Placement {
+            netns: Some(namespace.netns.raw_fd()),
+            cgroup,
+        };
+        let (process, _) = Process::start(&spec, program, placement, deadline).await?;
+        Ok(Instance {
+            process,
+            netns: namespace.netns,
+        })
+    }
+
+    async fn connect(&self, instance: &Instance) -> io::Result<TcpStream> {
+        process::connect_with(self.worker.socket(&instance.netns).await?).await
+    }
+
+    fn pid(&self, instance: &Instance) -> u32 {
+        instance.process.pid()
+    }
+
+    fn exit(&self, instance: &Instance) -> Option<ExitInfo> {
+        instance.process.exit()
+    }
+
+    async fn exited(&self, instance: &mut Instance) -> ExitInfo {
+        instance.process.exited().await
+    }
+
+    fn memory_exceeded(&self, instance: &Instance) -> bool {
+        instance.process.memory_exceeded()
+    }
+
+    async fn stop(&self, instance: &mut Instance, how: Stop) {
+        instance.process.signal(how)
+    }
+
+    async fn reap(&self, instance: Instance) -> CapturedOutput {
+        instance.process.reap().await
+    }
+}

@@ -1,0 +1,397 @@
+//! What the process backends share: an instance as a child process of scfsim (the bootstrap
+//! itself, or the supervisor that runs it), its output from its pipes, its memory limit from a
+//! cgroup or from scfsim's own watch, and a stop by signals to its process group.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::process::Child;
+use tokio::task::JoinHandle;
+
+use crate::backend::Stop;
+use crate::cgroup::InstanceCgroup;
+use crate::error::{with_sources, PoolError, StartFailure, StartFailureKind};
+use crate::instance::ExitInfo;
+use crate::launcher::INSTANCE_PORT;
+use crate::output::{CapturedOutput, OutputLog, OutputStream};
+use crate::runtimes::RuntimeTree;
+use crate::sockets::SocketFactory;
+use crate::spawn::{self, ChildSetup, InstanceSpec, Supervised, UserMaps, MAX_PROCESSES};
+use crate::supervisor::{self, Stage, SupervisorArgs};
+
+/// The platform's writable `/tmp`, private to each instance.
+const TMP_MB: u32 = 512;
+
+/// How long a stopped instance's pipes may stay open after its process ended (a daemon that
+/// escaped the group could hold them forever without PID namespaces).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
+
+/// One instance's process tree: its first process is a child of scfsim and leads a process
+/// group. Owned by a backend's instance from spawn to [`Process::reap`]; dropped before, it
+/// kills its group at once (tokio then reaps the process in the background).
+pub(crate) struct Process {
+    child: Child,
+    pid: u32,
+    output: OutputLog,
+    readers: Vec<JoinHandle<()>>,
+    exit: Option<ExitInfo>,
+    /// Memory and process limits; removed after the processes are reaped.
+    cgroup: Option<InstanceCgroup>,
+    /// Without a cgroup: `memory_mb` in bytes, watched by scfsim over the process tree's RSS.
+    memory_limit: Option<u64>,
+}
+
+/// What runs as the instance's first process.
+pub(crate) enum Program {
+    /// The bootstrap itself (no namespaces).
+    Bootstrap,
+    /// The supervisor, which makes the instance's namespaces and reports how far it got.
+    Supervisor(SupervisorLaunch),
+}
+
+/// What the supervisor of one instance is told.
+pub(crate) struct SupervisorLaunch {
+    pub program: PathBuf,
+    /// The generated tree to mount on `/var/lang`, if there is one.
+    pub var_lang: Option<PathBuf>,
+    /// Without root: a user namespace with scfsim's ids as root, and a keeper that makes
+    /// sockets in the instance's network namespace for scfsim.
+    pub user_maps: Option<UserMaps>,
+}
+
+/// What to give a process before it runs.
+#[derive(Default)]
+pub(crate) struct Placement {
+    /// The network namespace to join (a descriptor of this process).
+    pub netns: Option<std::os::fd::RawFd>,
+    pub cgroup: Option<InstanceCgroup>,
+}
+
+impl Process {
+    /// Spawns the instance's first process. With a supervisor, returns once the bootstrap's
+    /// exec succeeded (or failed: then nothing is left running), with the socket factory if
+    /// the supervisor makes sockets for scfsim.
+    pub(crate) async fn start(
+        spec: &InstanceSpec,
+        program: Program,
+        placement: Placement,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Process, Option<SocketFactory>), StartFailure> {
+        let memory_limit = match placement.cgroup {
+            Some(_) => None,
+            None => spec.memory_mb.map(|mb| u64::from(mb) << 20),
+        };
+        let (report, factory, supervised, user_namespace) = match program {
+            Program::Bootstrap => (None, None, None, None),
+            Program::Supervisor(launch) => {
+                let user_maps = launch.user_maps.clone();
+                let (report, factory, supervised) = supervised(spec, launch)?;
+                (Some(report), factory, Some(supervised), user_maps)
+            }
+        };
+        let direct = supervised.is_none();
+        let setup = ChildSetup {
+            netns: placement.netns,
+            cgroup_procs: placement
+                .cgroup
+                .as_ref()
+                .map(|c| c.procs_fds())
+                .unwrap_or_default(),
+            supervised,
+            user_namespace,
+        };
+        let mut cmd = spawn::command(spec, &setup);
+        let spawned = cmd.spawn();
+        // scfsim's copies of the supervisor's ends go: the report pipe ends with the exec, the
+        // control socket with the keeper.
+        drop(setup);
+        let mut child = spawned.map_err(|source| {
+            // With a supervisor, the bootstrap's own exec errors come on the report pipe; a
+            // failed spawn is scfsim's (its pre_exec or the supervisor's exec).
+            StartFailure::before_spawn(if direct {
+                spawn_failure(&spec.bootstrap, source)
+            } else {
+                StartFailureKind::internal("starting the instance's supervisor", source)
+            })
+        })?;
+        let pid = child.id().unwrap_or_default();
+        tracing::debug!(pid, "instance spawned");
+        let output = OutputLog::default();
+        let mut readers = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            readers.push(output.capture(out, OutputStream::Stdout));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(output.capture(err, OutputStream::Stderr));
+        }
+        let process = Process {
+            child,
+            pid,
+            output,
+            readers,
+            exit: None,
+            cgroup: placement.cgroup,
+            memory_limit,
+        };
+        if let Some(report) = report {
+            if let Some(kind) = read_report(report, &spec.bootstrap, deadline).await {
+                return Err(process.failed(kind).await);
+            }
+        }
+        Ok((process, factory))
+    }
+
+    /// Stops and reaps a process that could not become an instance.
+    async fn failed(mut self, kind: StartFailureKind) -> StartFailure {
+        if self.exit.is_none() {
+            self.signal(Stop::Kill);
+        }
+        self.exited().await;
+        StartFailure {
+            kind,
+            pid: Some(self.pid),
+            exit: None,
+            output: self.reap().await,
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) fn exit(&self) -> Option<ExitInfo> {
+        self.exit
+    }
+
+    /// Resolves when the first process ends. Cancel-safe; returns at once if it already has.
+    pub(crate) async fn exited(&mut self) -> ExitInfo {
+        if let Some(exit) = self.exit {
+            return exit;
+        }
+        let exit = match self.child.wait().await {
+            Ok(status) => status.into(),
+            Err(_) => ExitInfo {
+                code: None,
+                signal: None,
+            },
+        };
+        self.exit = Some(exit);
+        exit
+    }
+
+    /// True once the instance went over its memory limit: the kernel OOM-killed one of its
+    /// processes (cgroups), or, without cgroups, its process tree's RSS is over `memory_mb`, in
+    /// which case the whole group is killed here, as the kernel would.
+    pub(crate) fn memory_exceeded(&self) -> bool {
+        if let Some(cgroup) = &self.cgroup {
+            return cgroup.oom_killed();
+        }
+        match self.memory_limit {
+            Some(limit)
+                if self.exit.is_none() && crate::procfs::tree_rss_bytes(self.pid) > limit =>
+            {
+                self.signal(Stop::Kill);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Signals the process group. (With PID namespaces nothing of the instance is outside it;
+    /// without them, a child that left the group survives: the documented weakness of
+    /// isolation = "none".)
+    pub(crate) fn signal(&self, how: Stop) {
+        let signal = match how {
+            Stop::Term => Signal::SIGTERM,
+            Stop::Kill => Signal::SIGKILL,
+        };
+        // The group may already be gone; that is the goal, not an error.
+        let _ = killpg(Pid::from_raw(self.pid as i32), signal);
+    }
+
+    /// Once the first process is reaped: the complete output (both pipes read to their end,
+    /// bounded), and the cgroup removed.
+    pub(crate) async fn reap(mut self) -> CapturedOutput {
+        self.exited().await;
+        for reader in self.readers.drain(..) {
+            let abort = reader.abort_handle();
+            if tokio::time::timeout(OUTPUT_DRAIN, reader).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove().await;
+        }
+        self.output.snapshot()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.signal(Stop::Kill);
+        }
+        for reader in &self.readers {
+            reader.abort();
+        }
+    }
+}
+
+/// The supervisor's command line, its report pipe and, without root, its control socket.
+fn supervised(
+    spec: &InstanceSpec,
+    launch: SupervisorLaunch,
+) -> Result<(OwnedFd, Option<SocketFactory>, Supervised), StartFailure> {
+    let internal = |what: &str, source: io::Error| {
+        StartFailure::before_spawn(StartFailureKind::internal(what, source))
+    };
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| internal("creating the supervisor's report pipe", e.into()))?;
+    let (factory, control) = match launch.user_maps {
+        Some(_) => {
+            let (ours, theirs) = SocketFactory::pair()
+                .map_err(|e| internal("creating the supervisor's control socket", e))?;
+            (Some(ours), Some(theirs))
+        }
+        None => (None, None),
+    };
+    let supervised = Supervised {
+        program: launch.program,
+        args: SupervisorArgs {
+            report_fd: write.as_raw_fd(),
+            control_fd: control.as_ref().map_or(-1, |c| c.as_raw_fd()),
+            var_lang: launch.var_lang.map(Into::into),
+            tmp_mb: private_tmp_mb(spec),
+            bootstrap: spec.bootstrap.clone().into(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}").into())
+                .collect(),
+        },
+        report: write,
+        control,
+    };
+    Ok((read, factory, supervised))
+}
+
+/// Reads the supervisor's report pipe to its end (the bootstrap's exec, or the supervisor's
+/// exit): nothing in it means the bootstrap runs.
+async fn read_report(
+    report: OwnedFd,
+    bootstrap: &Path,
+    deadline: tokio::time::Instant,
+) -> Option<StartFailureKind> {
+    use tokio::io::AsyncReadExt;
+    let mut receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(report) {
+        Ok(receiver) => receiver,
+        Err(e) => {
+            return Some(StartFailureKind::internal(
+                "reading the supervisor's report",
+                e,
+            ))
+        }
+    };
+    let mut bytes = Vec::new();
+    if tokio::time::timeout_at(deadline, receiver.read_to_end(&mut bytes))
+        .await
+        .is_err()
+    {
+        return Some(StartFailureKind::Internal {
+            what: "the instance's supervisor did not reach the bootstrap's exec within the init \
+                   timeout"
+                .into(),
+            source: None,
+        });
+    }
+    match supervisor::decode_report(&bytes) {
+        None if bytes.is_empty() => None,
+        None => Some(StartFailureKind::Internal {
+            what: format!("reading the supervisor's report: unreadable {bytes:?}"),
+            source: None,
+        }),
+        Some((Stage::Exec, source)) => Some(spawn_failure(bootstrap, source)),
+        Some((stage, source)) => Some(StartFailureKind::internal(stage.describe(), source)),
+    }
+}
+
+/// A private tmpfs on `/tmp`, unless the function's own files are under the host's `/tmp`
+/// (a test's temporary directory, say), which it would hide.
+fn private_tmp_mb(spec: &InstanceSpec) -> u32 {
+    // Resolved, so that a symlink into /tmp counts as /tmp.
+    let under_tmp = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .is_ok_and(|p| p.starts_with("/tmp"))
+    };
+    if under_tmp(&spec.code_dir) || under_tmp(&spec.bootstrap) {
+        0
+    } else {
+        TMP_MB
+    }
+}
+
+/// An exec error is the bootstrap's (445); anything else failed in scfsim's own setup.
+fn spawn_failure(bootstrap: &Path, source: io::Error) -> StartFailureKind {
+    use nix::errno::Errno;
+    match source.raw_os_error().map(Errno::from_raw) {
+        Some(
+            Errno::ENOENT
+            | Errno::EACCES
+            | Errno::ENOEXEC
+            | Errno::ENOTDIR
+            | Errno::ELOOP
+            | Errno::ETXTBSY
+            | Errno::EISDIR
+            | Errno::ENAMETOOLONG
+            | Errno::E2BIG,
+        ) => StartFailureKind::Spawn {
+            path: bootstrap.to_path_buf(),
+            source,
+        },
+        _ => StartFailureKind::internal("starting the bootstrap", source),
+    }
+}
+
+/// Connects `socket` (a TCP socket of the instance's network namespace, made where scfsim
+/// could enter it) to the instance's port 9000.
+pub(crate) async fn connect_with(socket: OwnedFd) -> io::Result<TcpStream> {
+    let socket = std::net::TcpStream::from(socket);
+    // A blocking socket would block a runtime thread in every read.
+    socket.set_nonblocking(true)?;
+    TcpSocket::from_std_stream(socket)
+        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, INSTANCE_PORT)))
+        .await
+}
+
+/// The startup log line for limits a cgroup enforces.
+pub(crate) fn enforced_limits_line(cgroups: &str) -> String {
+    format!(
+        "instance limits: memory_mb, {MAX_PROCESSES} processes+threads via {cgroups}; {} open \
+         files",
+        supervisor::MAX_OPEN_FILES
+    )
+}
+
+/// The startup log line for limits without a cgroup: scfsim watches the memory itself.
+pub(crate) fn watched_limits_line(why: &str) -> String {
+    format!(
+        "instance limits: memory_mb watched by scfsim (the process tree's RSS, every 0.5 s; \
+         killed above it), the process limit NOT enforced ({why}); {} open files",
+        supervisor::MAX_OPEN_FILES
+    )
+}
+
+/// The startup log line for the `/var/lang` tree.
+pub(crate) fn runtimes_line(runtimes: &Result<RuntimeTree, PoolError>) -> String {
+    match runtimes {
+        Ok(tree) => tree.describe(),
+        Err(why) => format!("/var/lang runtimes: not mapped ({})", with_sources(why)),
+    }
+}
