@@ -1,7 +1,7 @@
 //! Network namespaces prepared ahead of demand.
 //!
-//! Making a namespace and wiring its veth pair takes one to three milliseconds (netlink calls on both sides), which
-//! would otherwise sit between a client's upgrade request and its instance's start. A small
+//! Making a namespace and wiring its veth pair takes one to three milliseconds (netlink calls
+//! on both sides), which would otherwise sit between a client's upgrade request and its instance's start. A small
 //! stock is kept ready by a background task; a start takes one, or prepares its own when the
 //! stock is empty (a burst). The task holds only a weak reference, so it ends with the
 //! launcher; namespaces still in stock are released with it (the kernel then removes them and
