@@ -543,3 +543,6 @@ fn ws_frame(frame: Option<scfsim_record::CloseFrame>) -> Option<WsCloseFrame> {
         reason: f.reason.into(),
     })
 }
+
+#[cfg(test)]
+mod tests;
