@@ -1603,3 +1603,61 @@ async fn a_stopped_function_is_ended_by_the_idle_timer_and_killed() {
     // A stopped process cannot act on SIGTERM: it was killed after the grace period.
     assert_eq!(record["instance_signal"], 9, "{record:#}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lossless failing: a valid message followed, in the same write, by a protocol violation.
+// ---------------------------------------------------------------------------------------------
+
+/// Sends a valid text message and `bad` in one write (one TCP segment on loopback). The echo
+/// function still gets the message and its echo still reaches the client, before the client's
+/// close `code`; the record is a 456 with that code, and the reason the client read is the one
+/// recorded.
+async fn valid_message_then_violation(bad: &[u8], code: u16) {
+    let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
+    let mut ws = RawWs::connect(&scfsim, "/echo").await;
+    let mut bytes = client_frame(true, TEXT, b"last words");
+    bytes.extend_from_slice(bad);
+    assert!(ws.send(&bytes).await, "the write reached scfsim");
+    let (got, reason, before) = ws.expect_close().await;
+    assert_eq!(
+        before,
+        vec![Got::Text("last words".into())],
+        "the echo comes before the close ({got:?} {reason:?})"
+    );
+    assert_eq!(got, Some(code), "{reason:?}");
+    let record = scfsim.record(&ws.request_id).await;
+    assert_record(&record, 456, "client_protocol_error", Some(u64::from(code)));
+    assert_eq!(record["closed_by"], "gateway", "{record:#}");
+    assert_eq!(
+        record["close_reason"], reason,
+        "one text for the wire and the record"
+    );
+    assert_eq!(record["messages_in"], 1, "{record:#}");
+    assert_eq!(record["messages_out"], 1, "{record:#}");
+    let logs = scfsim.log_lines(&ws.request_id).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("close frame received: code=1001")),
+        "the function is told with 1001 after it answered: {logs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_message_then_reserved_bits_in_one_write_is_echoed_then_1002() {
+    valid_message_then_violation(&encode(true, 0b100, TEXT, Some(MASK), b"rsv"), 1002).await;
+}
+
+#[tokio::test]
+async fn a_valid_message_then_an_unknown_opcode_in_one_write_is_echoed_then_1002() {
+    valid_message_then_violation(&client_frame(true, 0x3, b""), 1002).await;
+}
+
+#[tokio::test]
+async fn a_valid_message_then_an_orphan_continuation_in_one_write_is_echoed_then_1002() {
+    valid_message_then_violation(&client_frame(true, CONTINUATION, b"orphan"), 1002).await;
+}
+
+#[tokio::test]
+async fn a_valid_message_then_invalid_utf8_in_one_write_is_echoed_then_1007() {
+    valid_message_then_violation(&client_frame(true, TEXT, b"ok \xff\xfe bad"), 1007).await;
+}

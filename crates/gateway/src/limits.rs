@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use scfsim_config::{Config, Limits};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// tokio's clock, not std's: the proxy's tests pause it to test throttling without waiting.
+use tokio::time::Instant;
 
 /// The generic cell rate algorithm: `rate` units per second with a burst of `burst` units.
 /// Instead of a token count it keeps the theoretical arrival time of the next unit; a cost is

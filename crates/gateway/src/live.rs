@@ -2,11 +2,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use dashmap::DashMap;
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -20,6 +20,7 @@ pub struct Traffic {
     pub bytes_out: AtomicU64,
     pub throttled_messages: AtomicU64,
     /// Nanoseconds after `base` of the last text or binary message either way: the idle timer.
+    /// On tokio's clock, so that the proxy's tests can pause it.
     last_activity: AtomicU64,
     base: Instant,
 }

@@ -6,21 +6,29 @@
 //! Back-pressure is natural: a direction reads its next message only after the previous one was
 //! written, so memory per connection is bounded by tungstenite's buffers.
 //!
-//! Written over `Sink + Stream` so it can be tested without sockets.
+//! How a connection ends is not decided here: the proxy reports what happened as an
+//! [`EndReason`], and `scfsim_record::classify` says which close frame each side gets and in
+//! which order the two closing handshakes run; this module carries that out. When the client is
+//! at fault (a protocol violation, a message over the limit, a rate over the limit with action
+//! `close`), the function's handshake runs first and the function's direction keeps forwarding
+//! until the function's close reply: its answers to what the client sent before its fault reach
+//! the client before the client's close frame, with no timer guessing how long that takes.
+//!
+//! Written over `Sink + Stream` so it can be tested without sockets (`proxy/tests.rs`, on
+//! in-memory streams with tokio's clock paused).
 
 use std::collections::VecDeque;
-use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use scfsim_record::{EndReason, Side};
-use tokio::time::{sleep_until, timeout, Instant};
+use scfsim_record::{classify, CloseOrder, CloseStep, EndReason, Side};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +70,7 @@ pub(crate) enum Interrupt {
 #[derive(Debug)]
 enum DirectionEnd {
     /// The source sent a close frame (tungstenite has queued the reply to it).
-    Closed(Option<CloseFrame>),
+    Closed(Option<WsCloseFrame>),
     /// The source's stream ended, or broke, without a close frame.
     Dropped(String),
     /// The source broke the protocol; the code to send it.
@@ -136,7 +144,7 @@ impl Rate {
     /// (`close`). Waiting here, before the next read, is what pushes back on the client's TCP
     /// window instead of buffering its messages.
     async fn admit(&mut self, len: usize, traffic: &Traffic) -> Result<(), String> {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let delay = self.limiter.delay(now, len);
         if !delay.is_zero() {
             if self.action == RateLimitAction::Close {
@@ -188,7 +196,9 @@ impl Direction<'_> {
             let msg = match source.next().await {
                 Some(Ok(msg)) => msg,
                 Some(Err(err)) => return read_error(err),
-                None => return DirectionEnd::Dropped("connection ended".into()),
+                None => {
+                    return DirectionEnd::Dropped("connection ended without a close frame".into())
+                }
             };
             let data_len = match &msg {
                 Message::Text(t) => Some(t.len()),
@@ -267,7 +277,71 @@ enum Event {
     Interrupted(Interrupt),
 }
 
-/// Forwards until the connection ends, performs the closing handshakes, and says why it ended.
+impl Event {
+    /// The facts, as the record and the close policy (`scfsim_record::classify`) want them.
+    fn into_reason(self, limits: &ConnectionLimits) -> EndReason {
+        use DirectionEnd as D;
+        match self {
+            Event::Client(D::Closed(frame)) => {
+                let (code, reason) = code_of(frame);
+                EndReason::ClientClosed { code, reason }
+            }
+            Event::Function(D::Closed(frame)) => {
+                let (code, reason) = code_of(frame);
+                EndReason::FunctionClosed { code, reason }
+            }
+            // A direction whose destination failed reports the destination's side as broken.
+            Event::Client(D::Dropped(_)) | Event::Function(D::DestinationFailed) => {
+                EndReason::ClientDropped
+            }
+            Event::Function(D::Dropped(detail)) => EndReason::InstanceExited { detail },
+            Event::Client(D::DestinationFailed) => EndReason::InstanceExited {
+                detail: "writing to it failed".into(),
+            },
+            Event::Client(D::Protocol { code, detail }) => EndReason::ClientProtocolError {
+                code: code.into(),
+                detail,
+            },
+            Event::Function(D::Protocol { code, detail }) => EndReason::FunctionProtocolError {
+                code: code.into(),
+                detail,
+            },
+            Event::Client(D::TooLarge { size, limit }) => EndReason::MessageTooLarge {
+                from: Side::Client,
+                size,
+                limit,
+            },
+            Event::Function(D::TooLarge { size, limit }) => EndReason::MessageTooLarge {
+                from: Side::Function,
+                size,
+                limit,
+            },
+            // Responses are not rate limited: only the client's direction reports this.
+            Event::Client(D::RateLimited(detail)) | Event::Function(D::RateLimited(detail)) => {
+                EndReason::RateLimited { detail }
+            }
+            Event::MemoryLimit => EndReason::MemoryLimit {
+                limit_mb: limits.memory_mb,
+            },
+            Event::Idle => EndReason::IdleTimeout { after: limits.idle },
+            Event::Execution => EndReason::ExecutionTimeout {
+                after: limits.execution,
+            },
+            Event::Interrupted(Interrupt::Shutdown) => EndReason::GatewayShutdown,
+            Event::Interrupted(Interrupt::Admin) => EndReason::EndedByAdmin,
+        }
+    }
+}
+
+fn code_of(frame: Option<WsCloseFrame>) -> (Option<u16>, String) {
+    match frame {
+        Some(f) => (Some(f.code.into()), f.reason.to_string()),
+        None => (None, String::new()),
+    }
+}
+
+/// Forwards until the connection ends, performs the closing handshakes that
+/// `scfsim_record::classify` prescribes, and says why it ended.
 pub(crate) async fn run<CR, CW, FR, FW>(
     client: (&mut CW, &mut CR),
     function: (&mut FW, &mut FR),
@@ -304,67 +378,113 @@ where
     traffic.touch();
     let execution_deadline = Instant::now() + timers.execution;
 
-    let event = {
-        let mut up = pin!(upstream.run(client_rx, function_tx));
-        let mut down = pin!(downstream.run(function_rx, client_tx));
-        let idle = async {
-            loop {
-                let deadline = Instant::from_std(traffic.last_activity()) + timers.idle;
-                if Instant::now() >= deadline {
-                    break;
-                }
-                sleep_until(deadline).await;
+    // Boxed so that each can be dropped on its own: dropping one releases its two halves for
+    // the closing handshake while the other may still be forwarding.
+    let mut up = Box::pin(upstream.run(&mut *client_rx, &mut *function_tx));
+    let mut down = Box::pin(downstream.run(&mut *function_rx, &mut *client_tx));
+    let idle = async {
+        loop {
+            let deadline = traffic.last_activity() + timers.idle;
+            if Instant::now() >= deadline {
+                break;
             }
-        };
-        let memory = async {
-            loop {
-                tokio::time::sleep(MEMORY_POLL).await;
-                if memory_exceeded() {
-                    break;
-                }
-            }
-        };
-        let first = tokio::select! {
-            end = &mut up => Event::Client(end),
-            end = &mut down => Event::Function(end),
-            _ = idle => Event::Idle,
-            _ = sleep_until(execution_deadline) => Event::Execution,
-            _ = memory => Event::MemoryLimit,
-            _ = interrupt.cancelled() => Event::Interrupted(if shutdown.is_cancelled() {
-                Interrupt::Shutdown
-            } else {
-                Interrupt::Admin
-            }),
-        };
-        // A failed write means the destination broke; let its own direction say how.
-        match first {
-            Event::Client(DirectionEnd::DestinationFailed) => Event::Function(
-                timeout(CLOSE_HANDSHAKE, &mut down)
-                    .await
-                    .unwrap_or(DirectionEnd::Dropped("write failed".into())),
-            ),
-            Event::Function(DirectionEnd::DestinationFailed) => Event::Client(
-                timeout(CLOSE_HANDSHAKE, &mut up)
-                    .await
-                    .unwrap_or(DirectionEnd::Dropped("write failed".into())),
-            ),
-            // An OOM kill usually shows first as the instance's socket dropping.
-            Event::Function(DirectionEnd::Dropped(_)) if memory_exceeded() => Event::MemoryLimit,
-            other => other,
+            sleep_until(deadline).await;
         }
     };
+    let memory = async {
+        loop {
+            tokio::time::sleep(MEMORY_POLL).await;
+            if memory_exceeded() {
+                break;
+            }
+        }
+    };
+    let first = tokio::select! {
+        end = &mut up => Event::Client(end),
+        end = &mut down => Event::Function(end),
+        _ = idle => Event::Idle,
+        _ = sleep_until(execution_deadline) => Event::Execution,
+        _ = memory => Event::MemoryLimit,
+        _ = interrupt.cancelled() => Event::Interrupted(if shutdown.is_cancelled() {
+            Interrupt::Shutdown
+        } else {
+            Interrupt::Admin
+        }),
+    };
+    // A failed write means the destination broke; let its own direction say how.
+    let event = match first {
+        Event::Client(DirectionEnd::DestinationFailed) => Event::Function(
+            timeout(CLOSE_HANDSHAKE, &mut down)
+                .await
+                .unwrap_or(DirectionEnd::Dropped("write failed".into())),
+        ),
+        Event::Function(DirectionEnd::DestinationFailed) => Event::Client(
+            timeout(CLOSE_HANDSHAKE, &mut up)
+                .await
+                .unwrap_or(DirectionEnd::Dropped("write failed".into())),
+        ),
+        // An OOM kill usually shows first as the instance's socket dropping.
+        Event::Function(DirectionEnd::Dropped(_)) if memory_exceeded() => Event::MemoryLimit,
+        other => other,
+    };
+    let reason = event.into_reason(&timers);
+    let closing = classify(&reason).closing;
 
-    let client_leg = Leg {
-        tx: client_tx,
-        rx: client_rx,
-    };
-    let function_leg = Leg {
-        tx: function_tx,
-        rx: function_rx,
-    };
-    end(event, client_leg, function_leg, timers).await
+    drop(up);
+    match (closing.order, closing.to_function) {
+        (CloseOrder::FunctionFirst, CloseStep::Send(frame)) => {
+            // The client is at fault, and everything it sent before reached the function:
+            // `down` goes on passing the function's answers to the client until the
+            // function's close reply, and only then does the client get its close frame.
+            let deadline = Instant::now() + CLOSE_HANDSHAKE;
+            // A function that does not read cannot hold the close back past the deadline.
+            let sent = timeout_at(deadline, function_tx.send(Message::Close(ws_frame(frame))))
+                .await
+                .unwrap_or(Ok(()));
+            let drained = match sent {
+                Ok(()) => timeout_at(deadline, &mut down).await.ok(),
+                Err(_) => None,
+            };
+            drop(down);
+            let function = Leg {
+                tx: function_tx,
+                rx: function_rx,
+            };
+            match (sent, drained) {
+                // The client's leg failed first: the function's reply is still to come.
+                (Ok(()), Some(DirectionEnd::DestinationFailed)) => {
+                    function.await_close(deadline).await
+                }
+                (Ok(()), _) => {}
+                // The function was closing already: make sure tungstenite's reply goes out.
+                (Err(_), _) => function.reply_to_close().await,
+            }
+            let client = Leg {
+                tx: client_tx,
+                rx: client_rx,
+            };
+            client.perform(closing.to_client).await;
+        }
+        (_, to_function) => {
+            drop(down);
+            let client = Leg {
+                tx: client_tx,
+                rx: client_rx,
+            };
+            let function = Leg {
+                tx: function_tx,
+                rx: function_rx,
+            };
+            tokio::join!(
+                client.perform(closing.to_client),
+                function.perform(to_function)
+            );
+        }
+    }
+    reason
 }
 
+/// One side's halves, for its closing handshake.
 struct Leg<'a, W, R> {
     tx: &'a mut W,
     rx: &'a mut R,
@@ -375,15 +495,33 @@ where
     W: Sink<Message, Error = WsError> + Unpin,
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
+    async fn perform(self, step: CloseStep) {
+        match step {
+            CloseStep::Send(frame) => self.close(ws_frame(frame)).await,
+            CloseStep::Answer => self.reply_to_close().await,
+            // The side is gone: nothing to say to it.
+            CloseStep::Nothing => {}
+        }
+    }
+
     /// Sends our close frame and waits, bounded, for the peer's.
-    async fn close(self, frame: Option<CloseFrame>) {
-        let _ = timeout(CLOSE_HANDSHAKE, async {
-            if self.tx.send(Message::Close(frame)).await.is_err() {
-                // The leg is already closing (tungstenite queued its own answer to the peer's
-                // close): make sure that answer is written.
-                let _ = self.tx.close().await;
-                return;
+    async fn close(self, frame: Option<WsCloseFrame>) {
+        let deadline = Instant::now() + CLOSE_HANDSHAKE;
+        match timeout_at(deadline, self.tx.send(Message::Close(frame))).await {
+            Ok(Ok(())) => self.await_close(deadline).await,
+            // The leg is already closing (tungstenite queued its own answer to the peer's
+            // close): make sure that answer is written.
+            Ok(Err(_)) => {
+                let _ = timeout_at(deadline, self.tx.close()).await;
             }
+            // The peer does not read: it will not read our close frame either.
+            Err(_) => {}
+        }
+    }
+
+    /// Reads, discarding, until the peer's close frame or `deadline`.
+    async fn await_close(self, deadline: Instant) {
+        let _ = timeout_at(deadline, async {
             while let Some(Ok(msg)) = self.rx.next().await {
                 if msg.is_close() {
                     break;
@@ -397,203 +535,14 @@ where
     async fn reply_to_close(self) {
         let _ = timeout(CLOSE_HANDSHAKE, self.tx.close()).await;
     }
-
-    /// The peer is gone: nothing to say to it.
-    fn abandon(self) {}
 }
 
-fn frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
-    Some(CloseFrame {
-        code,
-        reason: truncate_reason(reason).into(),
+fn ws_frame(frame: Option<scfsim_record::CloseFrame>) -> Option<WsCloseFrame> {
+    frame.map(|f| WsCloseFrame {
+        code: CloseCode::from(f.code),
+        reason: f.reason.into(),
     })
 }
 
-/// A close reason must fit in a control frame: 123 bytes after the code.
-fn truncate_reason(reason: &str) -> &str {
-    if reason.len() <= 123 {
-        return reason;
-    }
-    let mut end = 123;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
-}
-
-fn code_of(frame: &Option<CloseFrame>) -> (Option<u16>, String) {
-    match frame {
-        Some(f) => (Some(f.code.into()), f.reason.to_string()),
-        None => (None, String::new()),
-    }
-}
-
-async fn end<CW, CR, FW, FR>(
-    event: Event,
-    client: Leg<'_, CW, CR>,
-    function: Leg<'_, FW, FR>,
-    timers: ConnectionLimits,
-) -> EndReason
-where
-    CR: Stream<Item = Result<Message, WsError>> + Unpin,
-    CW: Sink<Message, Error = WsError> + Unpin,
-    FR: Stream<Item = Result<Message, WsError>> + Unpin,
-    FW: Sink<Message, Error = WsError> + Unpin,
-{
-    match event {
-        Event::Client(DirectionEnd::Closed(close)) => {
-            let (code, reason) = code_of(&close);
-            tokio::join!(client.reply_to_close(), function.close(close));
-            EndReason::ClientClosed { code, reason }
-        }
-        Event::Function(DirectionEnd::Closed(close)) => {
-            let (code, reason) = code_of(&close);
-            tokio::join!(function.reply_to_close(), client.close(close));
-            EndReason::FunctionClosed { code, reason }
-        }
-        // A direction whose destination failed reports the destination's side as broken.
-        Event::Client(DirectionEnd::Dropped(_))
-        | Event::Function(DirectionEnd::DestinationFailed) => {
-            client.abandon();
-            function
-                .close(frame(CloseCode::Away, "client went away"))
-                .await;
-            EndReason::ClientDropped
-        }
-        Event::Function(DirectionEnd::Dropped(detail)) => {
-            function.abandon();
-            let detail = format!(
-                "the function instance's connection ended without a close frame ({detail})"
-            );
-            client
-                .close(frame(CloseCode::Error, "function instance exited"))
-                .await;
-            EndReason::InstanceExited { detail }
-        }
-        Event::Client(DirectionEnd::DestinationFailed) => {
-            function.abandon();
-            client
-                .close(frame(CloseCode::Error, "function instance exited"))
-                .await;
-            EndReason::InstanceExited {
-                detail: "writing to the function instance failed".into(),
-            }
-        }
-        Event::Client(DirectionEnd::Protocol { code, detail }) => {
-            tokio::join!(
-                client.close(frame(code, &detail)),
-                function.close(frame(
-                    CloseCode::Away,
-                    "client broke the WebSocket protocol"
-                ))
-            );
-            EndReason::ClientProtocolError {
-                code: code.into(),
-                detail,
-            }
-        }
-        Event::Function(DirectionEnd::Protocol { code, detail }) => {
-            tokio::join!(
-                function.close(frame(code, &detail)),
-                client.close(frame(
-                    CloseCode::Error,
-                    "function broke the WebSocket protocol"
-                ))
-            );
-            EndReason::FunctionProtocolError { detail }
-        }
-        Event::Client(DirectionEnd::TooLarge { size, limit }) => {
-            tokio::join!(
-                client.close(frame(
-                    CloseCode::Size,
-                    &format!("message over {limit} bytes")
-                )),
-                function.close(frame(
-                    CloseCode::Away,
-                    "client sent a message over the size limit"
-                ))
-            );
-            EndReason::MessageTooLarge {
-                from: Side::Client,
-                size,
-                limit,
-            }
-        }
-        Event::Function(DirectionEnd::TooLarge { size, limit }) => {
-            tokio::join!(
-                function.close(frame(
-                    CloseCode::Size,
-                    &format!("message over {limit} bytes")
-                )),
-                client.close(frame(
-                    CloseCode::Away,
-                    "function sent a message over the size limit"
-                ))
-            );
-            EndReason::MessageTooLarge {
-                from: Side::Function,
-                size,
-                limit,
-            }
-        }
-        Event::Client(DirectionEnd::RateLimited(detail)) => {
-            tokio::join!(
-                client.close(frame(CloseCode::Policy, &detail)),
-                function.close(frame(CloseCode::Away, "client went over its rate limit"))
-            );
-            EndReason::RateLimited { detail }
-        }
-        // Responses are not rate limited; a function direction never reports this.
-        Event::Function(DirectionEnd::RateLimited(detail)) => {
-            both_away(client, function, &detail).await;
-            EndReason::RateLimited { detail }
-        }
-        Event::MemoryLimit => {
-            function.abandon();
-            let reason = format!("memory limit of {} MB exceeded", timers.memory_mb);
-            client.close(frame(CloseCode::Error, &reason)).await;
-            EndReason::MemoryLimit {
-                limit_mb: timers.memory_mb,
-            }
-        }
-        Event::Idle => {
-            let reason = format!(
-                "idle timeout: no message for {}",
-                scfsim_config::format_duration(timers.idle)
-            );
-            both_away(client, function, &reason).await;
-            EndReason::IdleTimeout { after: timers.idle }
-        }
-        Event::Execution => {
-            let reason = format!(
-                "execution timeout of {} reached",
-                scfsim_config::format_duration(timers.execution)
-            );
-            both_away(client, function, &reason).await;
-            EndReason::ExecutionTimeout {
-                after: timers.execution,
-            }
-        }
-        Event::Interrupted(Interrupt::Shutdown) => {
-            both_away(client, function, "scfsim is shutting down").await;
-            EndReason::GatewayShutdown
-        }
-        Event::Interrupted(Interrupt::Admin) => {
-            both_away(client, function, "ended through the scfsim admin API").await;
-            EndReason::EndedByAdmin
-        }
-    }
-}
-
-async fn both_away<CW, CR, FW, FR>(client: Leg<'_, CW, CR>, function: Leg<'_, FW, FR>, reason: &str)
-where
-    CR: Stream<Item = Result<Message, WsError>> + Unpin,
-    CW: Sink<Message, Error = WsError> + Unpin,
-    FR: Stream<Item = Result<Message, WsError>> + Unpin,
-    FW: Sink<Message, Error = WsError> + Unpin,
-{
-    tokio::join!(
-        client.close(frame(CloseCode::Away, reason)),
-        function.close(frame(CloseCode::Away, reason))
-    );
-}
+#[cfg(test)]
+mod tests;

@@ -133,7 +133,7 @@ fn error_message(reason: &EndReason) -> Option<String> {
     let detail = match reason {
         R::ClientProtocolError { detail, .. }
         | R::InstanceExited { detail }
-        | R::FunctionProtocolError { detail }
+        | R::FunctionProtocolError { detail, .. }
         | R::RateLimited { detail }
         | R::BootstrapNotFound { detail }
         | R::BootstrapExited { detail }

@@ -3,7 +3,7 @@
 //!
 //! - [`outcome`]: the gateway reports *facts* as an [`EndReason`]; [`classify`] is the one pure
 //!   function that turns them into the platform's status code, outcome and close details
-//!   (semantics.md §3 and §4).
+//!   (semantics.md §3), and into the close frame each side gets ([`Closing`], §4).
 //! - [`invocation`]: the [`Invocation`] record (the JSON shape of interface.md) and [`LogLine`].
 //! - [`store`]: [`RecordStore`], an append-only JSON-lines journal in the data directory with an
 //!   in-memory index for queries. It is read back at start, and invocations that were running
@@ -26,5 +26,8 @@ pub use error::RecordError;
 pub use events::StoreEvent;
 pub use invocation::{Invocation, LogLine, LogStream};
 pub use metrics::StoreMetrics;
-pub use outcome::{classify, Classification, ClosedBy, EndReason, Outcome, Side, StatusCode};
+pub use outcome::{
+    classify, may_be_sent, Classification, CloseFrame, CloseOrder, CloseStep, ClosedBy, Closing,
+    EndReason, Outcome, Side, StatusCode,
+};
 pub use store::{Logs, OpenReport, Query, RecordStore, Retention};

@@ -1,10 +1,13 @@
 //! Properties of `classify` (semantics.md §3 and §4) over generated end reasons: it never
-//! panics, the close-code rules hold for every code, and every close reason fits a close frame.
+//! panics, the close-code rules hold for every code, every close reason fits a close frame, and
+//! every close frame scfsim sends carries a code that may be sent.
 
 use std::time::Duration;
 
 use proptest::prelude::*;
-use scfsim_record::{classify, ClosedBy, EndReason, Outcome, Side, StatusCode};
+use scfsim_record::{
+    classify, may_be_sent, CloseFrame, CloseStep, ClosedBy, EndReason, Outcome, Side, StatusCode,
+};
 
 /// The most a close frame's reason can carry: 125 bytes of control payload minus the code.
 const MAX_CLOSE_REASON: usize = 123;
@@ -51,7 +54,8 @@ fn end_reason() -> impl Strategy<Value = EndReason> {
             .prop_map(|(code, detail)| EndReason::ClientProtocolError { code, detail }),
         (code(), text()).prop_map(|(code, reason)| EndReason::FunctionClosed { code, reason }),
         text().prop_map(|detail| EndReason::InstanceExited { detail }),
-        text().prop_map(|detail| EndReason::FunctionProtocolError { detail }),
+        (any::<u16>(), text())
+            .prop_map(|(code, detail)| EndReason::FunctionProtocolError { code, detail }),
         duration().prop_map(|after| EndReason::IdleTimeout { after }),
         duration().prop_map(|after| EndReason::ExecutionTimeout { after }),
         any::<u32>().prop_map(|limit_mb| EndReason::MemoryLimit { limit_mb }),
@@ -92,6 +96,51 @@ proptest! {
             c.end_reason
         );
         prop_assert_eq!(classify(&reason), c);
+    }
+
+    /// Every close frame scfsim sends fits a control frame and carries a code that may be
+    /// sent; an end without a recorded close code sends nothing; a side that closed first is
+    /// only answered.
+    #[test]
+    fn close_frames_are_sendable(reason in end_reason()) {
+        let c = classify(&reason);
+        for step in [&c.closing.to_client, &c.closing.to_function] {
+            if let CloseStep::Send(Some(frame)) = step {
+                prop_assert!(may_be_sent(frame.code), "{:?}", frame);
+                prop_assert!(frame.reason.len() <= MAX_CLOSE_REASON, "{} bytes", frame.reason.len());
+            }
+            if c.close_code.is_none() {
+                prop_assert_eq!(step, &CloseStep::Nothing);
+            }
+        }
+        match reason {
+            EndReason::ClientClosed { .. } => prop_assert_eq!(&c.closing.to_client, &CloseStep::Answer),
+            EndReason::FunctionClosed { .. } => prop_assert_eq!(&c.closing.to_function, &CloseStep::Answer),
+            _ => {
+                prop_assert_ne!(&c.closing.to_client, &CloseStep::Answer);
+                prop_assert_ne!(&c.closing.to_function, &CloseStep::Answer);
+            }
+        }
+    }
+
+    /// A peer's close frame reaches the other side as it came, when its code may be sent (a
+    /// peer's frame always fits).
+    #[test]
+    fn peer_close_frames_are_passed_on(code in code(), reason in "\\PC{0,30}", client in any::<bool>()) {
+        let c = classify(&if client {
+            EndReason::ClientClosed { code, reason: reason.clone() }
+        } else {
+            EndReason::FunctionClosed { code, reason: reason.clone() }
+        });
+        let passed = if client { &c.closing.to_function } else { &c.closing.to_client };
+        let expected = match code {
+            Some(code) if may_be_sent(code) && reason.len() <= MAX_CLOSE_REASON => {
+                CloseStep::Send(Some(CloseFrame { code, reason }))
+            }
+            Some(code) if may_be_sent(code) => return Ok(()),
+            _ => CloseStep::Send(None),
+        };
+        prop_assert_eq!(passed, &expected);
     }
 
     /// A client close: exactly 1000 and 1010 are a success; any other code, and no code
@@ -151,9 +200,14 @@ proptest! {
         prop_assert_eq!(c.status_code.as_u16(), 456);
         prop_assert_eq!(c.close_code, Some(code));
         prop_assert_eq!(c.closed_by, Some(ClosedBy::Gateway));
-        let c = classify(&EndReason::FunctionProtocolError { detail });
+        let c = classify(&EndReason::FunctionProtocolError { code, detail });
         prop_assert_eq!(c.status_code.as_u16(), 439);
         prop_assert_eq!(c.close_code, Some(1011));
+        prop_assert!(
+            matches!(&c.closing.to_function, CloseStep::Send(Some(f)) if f.code == code),
+            "{:?}",
+            c.closing
+        );
     }
 
     /// Message size: the sender decides 406 (client) or 407 (function), always with 1009.
