@@ -143,12 +143,14 @@ impl Rate {
     /// Waits until a message of `len` bytes may be forwarded (`throttle`), or says it may not
     /// (`close`). Waiting here, before the next read, is what pushes back on the client's TCP
     /// window instead of buffering its messages.
-    async fn admit(&mut self, len: usize, traffic: &Traffic) -> Result<(), String> {
+    async fn admit(&mut self, len: usize, traffic: &Traffic) -> Admission {
         let now = Instant::now();
         let delay = self.limiter.delay(now, len);
         if !delay.is_zero() {
             if self.action == RateLimitAction::Close {
-                return Err(format!("client sent {}", self.describe()));
+                return Admission::Refused {
+                    detail: format!("client sent {}", self.describe()),
+                };
             }
             traffic.throttled_messages.fetch_add(1, Ordering::Relaxed);
             if !self.warned {
@@ -161,8 +163,17 @@ impl Rate {
             tokio::time::sleep(delay).await;
         }
         self.limiter.take(now + delay, len);
-        Ok(())
+        Admission::Forward
     }
+}
+
+/// Whether a message may go on under the rate limit.
+enum Admission {
+    Forward,
+    /// Over the limit with `rate_limit_action = "close"`: what the client did.
+    Refused {
+        detail: String,
+    },
 }
 
 struct Direction<'a> {
@@ -206,7 +217,7 @@ impl Direction<'_> {
                 _ => None,
             };
             if let (Some(len), Some(rate)) = (data_len, self.rate.as_mut()) {
-                if let Err(detail) = rate.admit(len, self.traffic).await {
+                if let Admission::Refused { detail } = rate.admit(len, self.traffic).await {
                     return DirectionEnd::RateLimited(detail);
                 }
             }
