@@ -12,6 +12,10 @@
 //! [`run`]), and no blocking call runs on tokio's blocking pool, which a test's runtime waits
 //! for when it shuts down (so one stuck call there would hang the whole test binary).
 
+pub mod procs;
+
+pub use procs::children;
+
 use std::fmt::Display;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -205,20 +209,6 @@ pub fn scfsim_bin() -> PathBuf {
 /// The multi-mode fixture bootstrap.
 pub fn fixture_bin() -> PathBuf {
     built_binary("scfsim-fixture")
-}
-
-/// The `/proc/<pid>/stat` lines of the children of `pid`, zombies included.
-pub fn children(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            // pid (comm) state ppid ...
-            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-            after.split_whitespace().nth(1) == Some(&pid.to_string())
-        })
-        .collect()
 }
 
 /// The repository root (for the examples).
