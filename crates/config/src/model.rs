@@ -200,6 +200,9 @@ pub struct FunctionConfig {
     pub env: BTreeMap<String, String>,
     /// Effective limits: `[limits]` overridden field by field by `[functions.limits]`.
     pub limits: Limits,
+    /// Debug mode: each instance's runtime waits for a debugger on a port of its own, and its
+    /// init, idle and execution timers do not fire.
+    pub debug: bool,
 }
 
 impl Config {

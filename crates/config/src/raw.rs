@@ -121,4 +121,7 @@ pub(crate) struct RawFunction {
     pub env: BTreeMap<String, String>,
     /// Overrides of `[limits]`, field by field.
     pub limits: Option<RawLimits>,
+    /// Debug mode: each instance's runtime waits for a debugger (`scfsim serve --debug NAME`).
+    #[serde(default)]
+    pub debug: bool,
 }

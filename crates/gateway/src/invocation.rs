@@ -31,11 +31,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::client::ClientConn;
+use crate::debug::DebugSession;
 use crate::handshake::{switching_protocols, upstream_request, GatewayHeaders};
 use crate::limits::{Permit, Refusal};
 use crate::live::{LiveInstance, LiveInstances, Traffic};
 use crate::proxy::{self, ConnectionLimits};
 use crate::responses::{json_error, passthrough, Body};
+use crate::steer::{Steering, SteeringEnds};
 use crate::{ErrorChain, Gateway};
 
 /// Per leg and connection; messages larger than this are read in several reads.
@@ -60,6 +62,8 @@ pub(crate) struct Invocation {
     peer: SocketAddr,
     request_id: Uuid,
     record: Record,
+    /// Debug mode: the forwarder to the instance's debugger, until the teardown is done.
+    debug: Option<DebugSession>,
 }
 
 /// How an invocation ended, and what the teardown still has to do about it.
@@ -140,6 +144,7 @@ struct Registration {
     live: Arc<LiveInstances>,
     id: Uuid,
     traffic: Arc<Traffic>,
+    steering: Steering,
 }
 
 impl Drop for Registration {
@@ -187,6 +192,16 @@ impl Invocation {
             peer,
             request_id,
             record,
+            debug: None,
+        }
+    }
+
+    /// The init timeout in force: none that fires in debug mode (a person may be stepping
+    /// through the bootstrap's start).
+    fn init_timeout(&self) -> std::time::Duration {
+        match self.debug {
+            Some(_) => crate::debug::SUSPENDED,
+            None => self.function.init_timeout,
         }
     }
 
@@ -231,6 +246,19 @@ impl Invocation {
 
     async fn serve(&mut self, mut client: ClientConn) -> Ended {
         let cancel = self.gateway.shutdown.child_token();
+        let id = Uuid::new_v4();
+        // Debug mode: listed (with its debug port) before it starts, since its runtime waits
+        // for a person to attach before it listens on port 9000.
+        let mut early = None;
+        if self.function.debug {
+            match self.open_debug(id).await {
+                Ok(debug) => {
+                    early = Some(self.register(id, None, &cancel, Some(debug.view.clone())));
+                    self.debug = Some(debug);
+                }
+                Err(ended) => return ended.client(client),
+            }
+        }
         let ready = match self.start(&client, &cancel).await {
             Ok(ready) => ready,
             Err(ended) => return ended.client(client),
@@ -254,8 +282,15 @@ impl Invocation {
 
         // Registered before the client's 101, so that a client that got its 101 always finds
         // its instance in the admin API.
-        let registration = self.register(pid, &cancel);
+        let (registration, steering) = match early {
+            Some(early) => {
+                self.gateway.live.set_pid(id, pid);
+                early
+            }
+            None => self.register(id, Some(pid), &cancel, None),
+        };
         let traffic = registration.traffic.clone();
+        let connected = registration.steering.clone();
         running.registration = Some(registration);
         let switching = switching_protocols(&self.request, &accepted, self.request_id);
         let answered = client.respond(switching.map(|()| Bytes::new())).await;
@@ -267,11 +302,57 @@ impl Invocation {
             };
             return Ended::new(reason).instance(running);
         }
+        connected.connected();
         client.watch_for_dead_peer(self.function.idle_timeout);
         let reason = self
-            .proxy(client, function_ws, config, &traffic, &cancel, &running)
+            .proxy(
+                client,
+                function_ws,
+                config,
+                &traffic,
+                &cancel,
+                steering,
+                &running,
+            )
             .await;
         Ended::new(reason).instance(running)
+    }
+
+    /// Opens the host port forwarded to the instance's debugger.
+    async fn open_debug(&self, id: Uuid) -> Result<DebugSession, Ended> {
+        let failed = |err: std::io::Error| {
+            let detail = format!("debug mode: cannot open a port for the debugger: {err}");
+            let reason = EndReason::GatewayError {
+                detail: detail.clone(),
+            };
+            let answer = Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                self.request_id,
+                detail,
+                &reason,
+            );
+            Ended::new(reason).answer(answer)
+        };
+        // Without a network namespace of its own, the debugger needs a host port of its own.
+        let inner_port = match self.gateway.launcher.isolation() {
+            scfsim_pool::Isolation::None => crate::debug::free_host_port().map_err(failed)?,
+            _ => crate::debug::INNER_PORT,
+        };
+        let live = self.gateway.live.clone();
+        let session = DebugSession::open(&self.function, inner_port, move |url| {
+            live.set_debug_url(id, url)
+        })
+        .await
+        .map_err(failed)?;
+        tracing::info!(
+            debug_port = session.view.port,
+            runtime = session.view.runtime,
+            "debug mode: the instance waits for a debugger at {} (VS Code: `scfsim debug-config \
+             {}`); its init, idle and execution timers are suspended",
+            session.view.address,
+            self.function.name
+        );
+        Ok(session)
     }
 
     /// Starts the instance; gives up when scfsim shuts down or the client leaves meanwhile.
@@ -280,26 +361,50 @@ impl Invocation {
         client: &ClientConn,
         cancel: &CancellationToken,
     ) -> Result<scfsim_pool::Ready, Ended> {
+        let mut env = crate::env::instance_env(
+            &self.function,
+            &self.gateway.identity,
+            &self.gateway.host_env,
+        );
+        if let Some(debug) = &self.debug {
+            debug.env(&mut env);
+        }
         let spec = InstanceSpec {
             bootstrap: self.function.bootstrap.clone(),
             code_dir: self.function.code_dir.clone(),
-            env: crate::env::instance_env(
-                &self.function,
-                &self.gateway.identity,
-                &self.gateway.host_env,
-            ),
-            init_timeout: self.function.init_timeout,
+            env,
+            init_timeout: self.init_timeout(),
             memory_mb: Some(self.function.memory_mb),
+            debug: self.debug.as_ref().map(|d| d.tap.clone()),
         };
         tokio::select! {
             started = self.gateway.launcher.start(&spec) => {
                 started.map_err(|failure| self.start_failed(failure))
             }
-            _ = cancel.cancelled() => Err(self.shutting_down()),
+            _ = cancel.cancelled() => Err(self.interrupted()),
             // The client gave up while its instance started: stop at once, do not hold a
             // quota slot for a connection nobody will use.
             _ = client.gone() => Err(Ended::new(EndReason::ClientDropped)),
         }
+    }
+
+    /// Cancelled before the upgrade: scfsim is stopping, or (a debug-mode instance is listed
+    /// while it starts) a person ended it through the admin API.
+    fn interrupted(&self) -> Ended {
+        if self.gateway.shutdown.is_cancelled() {
+            return self.shutting_down();
+        }
+        let reason = EndReason::EndedByAdmin {
+            code: None,
+            reason: String::new(),
+        };
+        let answer = Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            self.request_id,
+            scfsim_record::ADMIN_CLOSE.into(),
+            &reason,
+        );
+        Ended::new(reason).answer(answer)
     }
 
     fn shutting_down(&self) -> Ended {
@@ -380,12 +485,12 @@ impl Invocation {
         };
         let upstream = upstream_request(&self.request, &gw_headers);
         let handshake = tokio::time::timeout(
-            self.function.init_timeout,
+            self.init_timeout(),
             tokio_tungstenite::client_async_with_config(upstream, stream, Some(config)),
         );
         let handshake = tokio::select! {
             done = handshake => done,
-            _ = cancel.cancelled() => return Err(self.shutting_down()),
+            _ = cancel.cancelled() => return Err(self.interrupted()),
             _ = client.gone() => return Err(Ended::new(EndReason::ClientDropped)),
         };
         let bad_gateway = |reason: EndReason, detail: String| {
@@ -428,9 +533,15 @@ impl Invocation {
         }
     }
 
-    fn register(&self, pid: u32, cancel: &CancellationToken) -> Registration {
+    fn register(
+        &self,
+        id: Uuid,
+        pid: Option<u32>,
+        cancel: &CancellationToken,
+        debug: Option<crate::debug::DebugView>,
+    ) -> (Registration, SteeringEnds) {
         let traffic = Arc::new(Traffic::default());
-        let id = Uuid::new_v4();
+        let (steering, ends) = Steering::new(self.function.limits.max_message_bytes);
         self.gateway.live.insert(LiveInstance {
             id,
             function: self.function.name.clone(),
@@ -439,15 +550,20 @@ impl Invocation {
             started_at: self.record.started_at,
             traffic: traffic.clone(),
             cancel: cancel.clone(),
+            steering: steering.clone(),
+            debug,
         });
-        Registration {
+        let registration = Registration {
             live: self.gateway.live.clone(),
             id,
             traffic,
-        }
+            steering,
+        };
+        (registration, ends)
     }
 
     /// Frames one to one until the connection ends; the client is upgraded here.
+    #[allow(clippy::too_many_arguments)]
     async fn proxy(
         &self,
         client: ClientConn,
@@ -455,14 +571,20 @@ impl Invocation {
         config: WebSocketConfig,
         traffic: &Traffic,
         cancel: &CancellationToken,
+        steering: SteeringEnds,
         running: &Running,
     ) -> EndReason {
         let client_ws = client.into_websocket(config).await;
         let (mut client_tx, mut client_rx) = client_ws.split();
         let (mut function_tx, mut function_rx) = function_ws.split();
+        // Debug mode: a paused function holds no timer of its own, so these do not fire.
+        let (idle, execution) = match self.debug {
+            Some(_) => (crate::debug::SUSPENDED, crate::debug::SUSPENDED),
+            None => (self.function.idle_timeout, self.function.execution_timeout),
+        };
         let timers = ConnectionLimits {
-            idle: self.function.idle_timeout,
-            execution: self.function.execution_timeout,
+            idle,
+            execution,
             request: self.function.limits,
             memory_mb: self.function.memory_mb,
         };
@@ -473,6 +595,7 @@ impl Invocation {
             traffic,
             &self.gateway.shutdown,
             cancel,
+            steering,
             &|| running.instance.memory_exceeded(),
         )
         .await

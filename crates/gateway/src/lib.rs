@@ -15,6 +15,7 @@
 //! - `responses`: the HTTP answers given instead of an upgrade.
 
 pub mod client;
+mod debug;
 mod env;
 mod handshake;
 mod invocation;
@@ -23,6 +24,7 @@ pub mod live;
 mod proxy;
 mod responses;
 mod server;
+mod steer;
 mod tls;
 
 /// Entry points for `fuzz/` (cargo-fuzz): the parsers of untrusted bytes that are otherwise only
@@ -99,7 +101,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use client::ClientStream;
-pub use live::{LiveInstance, LiveInstanceView, LiveInstances, TrafficSnapshot};
+pub use live::{
+    AdminClose, DebugView, LiveInstance, LiveInstanceView, LiveInstances, Payload, SteerRefusal,
+    To, TrafficSnapshot,
+};
 pub use tls::{Tls, TlsError};
 
 /// Shows an error with every source in its chain, `outer: inner: root`, for log lines: our

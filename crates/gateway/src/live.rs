@@ -10,6 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use crate::debug::DebugView;
+pub use crate::steer::{AdminClose, Payload, SteerRefusal, Steering, To};
+
 /// Counters of one connection, shared by its two forwarding directions and the admin API.
 /// "in" is client → function, as in the record.
 #[derive(Debug)]
@@ -19,6 +22,9 @@ pub struct Traffic {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub throttled_messages: AtomicU64,
+    /// Messages injected through the admin API (also counted in `messages_in`/`messages_out`
+    /// by their direction).
+    pub injected_messages: AtomicU64,
     /// Nanoseconds after `base` of the last text or binary message either way: the idle timer.
     /// On tokio's clock, so that the proxy's tests can pause it.
     last_activity: AtomicU64,
@@ -33,6 +39,7 @@ impl Default for Traffic {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             throttled_messages: AtomicU64::new(0),
+            injected_messages: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
             base: Instant::now(),
         }
@@ -56,6 +63,7 @@ impl Traffic {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             throttled_messages: self.throttled_messages.load(Ordering::Relaxed),
+            injected_messages: self.injected_messages.load(Ordering::Relaxed),
         }
     }
 }
@@ -67,20 +75,28 @@ pub struct TrafficSnapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub throttled_messages: u64,
+    pub injected_messages: u64,
 }
 
-/// One open connection with its instance. Registered once the instance listens, removed when
-/// the invocation is recorded.
+/// One open connection with its instance. Registered once the instance listens (in debug
+/// mode: as soon as its debugger's port is open, before it listens, so that a person can find
+/// the port to attach to), removed when the invocation is recorded.
 #[derive(Debug, Clone)]
 pub struct LiveInstance {
     pub id: Uuid,
     pub function: String,
     pub request_id: Uuid,
-    pub pid: u32,
+    /// `None` until the instance listens (only a debug-mode instance is listed before that).
+    pub pid: Option<u32>,
     pub started_at: OffsetDateTime,
     pub traffic: Arc<Traffic>,
-    /// Ends this connection (close 1001 both ways), e.g. for `DELETE /api/instances/{id}`.
+    /// Ends this connection (close 1001 both ways, or what `steering.admin_close` says), e.g.
+    /// for `DELETE /api/instances/{id}`.
     pub cancel: CancellationToken,
+    /// Messages injected and the close code chosen through the admin API.
+    pub steering: Steering,
+    /// Where its debugger is reached, in debug mode.
+    pub debug: Option<DebugView>,
 }
 
 /// What the admin API shows of a live instance.
@@ -89,11 +105,16 @@ pub struct LiveInstanceView {
     pub id: Uuid,
     pub function: String,
     pub request_id: Uuid,
-    pub pid: u32,
+    /// Always a number for an instance that listens; `null` only while a debug-mode instance
+    /// starts.
+    pub pid: Option<u32>,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     #[serde(flatten)]
     pub traffic: TrafficSnapshot,
+    /// Only for an instance in debug mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugView>,
 }
 
 /// The registry of open connections, keyed by instance id.
@@ -111,6 +132,22 @@ impl LiveInstances {
         self.map.remove(&id);
     }
 
+    /// Once the Node.js inspector of a debug-mode instance told its DevTools URL.
+    pub(crate) fn set_debug_url(&self, id: Uuid, url: String) {
+        if let Some(mut live) = self.map.get_mut(&id) {
+            if let Some(debug) = live.debug.as_mut() {
+                debug.url = url;
+            }
+        }
+    }
+
+    /// Once a debug-mode instance, listed while it started, listens.
+    pub(crate) fn set_pid(&self, id: Uuid, pid: u32) {
+        if let Some(mut live) = self.map.get_mut(&id) {
+            live.pid = Some(pid);
+        }
+    }
+
     /// Oldest first.
     pub fn list(&self) -> Vec<LiveInstanceView> {
         let mut all: Vec<_> = self
@@ -123,6 +160,7 @@ impl LiveInstances {
                 pid: e.pid,
                 started_at: e.started_at,
                 traffic: e.traffic.snapshot(),
+                debug: e.debug.clone(),
             })
             .collect();
         all.sort_by_key(|v| v.started_at);
@@ -141,14 +179,43 @@ impl LiveInstances {
         self.map.is_empty()
     }
 
-    /// Ends one connection; false if no such instance is live.
+    /// Ends one connection (close 1001 both ways); false if no such instance is live.
     pub fn end(&self, id: Uuid) -> bool {
+        self.close(id, None)
+    }
+
+    /// Ends one connection: with `close`, the client gets its code and reason and the function
+    /// 1001; without, both get 1001. The first close asked for wins. False if no such instance
+    /// is live.
+    pub fn close(&self, id: Uuid, close: Option<AdminClose>) -> bool {
         match self.map.get(&id) {
             Some(live) => {
+                if let Some(close) = close {
+                    let _ = live.steering.admin_close.set(close);
+                }
                 live.cancel.cancel();
                 true
             }
             None => false,
         }
+    }
+
+    /// Injects a message into a live connection, toward `to`, under the function's message
+    /// size limit; returns once it was written (or refused). Waits at most `bound` for the
+    /// destination to take it.
+    pub async fn send(
+        &self,
+        id: Uuid,
+        to: To,
+        payload: Payload,
+        bound: std::time::Duration,
+    ) -> Result<(), SteerRefusal> {
+        // Cloned out, so that no map guard is held across the wait.
+        let steering = self
+            .map
+            .get(&id)
+            .map(|live| live.steering.clone())
+            .ok_or(SteerRefusal::NoSuchInstance)?;
+        steering.send(to, payload, bound).await
     }
 }

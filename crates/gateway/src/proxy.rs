@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limits::RequestRate;
 use crate::live::Traffic;
+use crate::steer::{AdminClose, Injection, Payload, SteeringEnds};
 use scfsim_config::{Limits, RateLimitAction};
 
 /// How long scfsim waits for the far side's close frame (and the forwarding of the end) before
@@ -58,12 +59,12 @@ pub(crate) struct ConnectionLimits {
 const MEMORY_POLL: Duration = Duration::from_millis(500);
 
 /// Why a connection is being ended by someone other than its two peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Interrupt {
     /// scfsim is stopping.
     Shutdown,
-    /// `DELETE /api/instances/{id}`.
-    Admin,
+    /// `DELETE /api/instances/{id}`, with the client's close code if one was chosen.
+    Admin(Option<AdminClose>),
 }
 
 /// How one forwarding direction ended.
@@ -185,7 +186,12 @@ struct Direction<'a> {
     forwarded: &'a OutstandingPings,
     /// Pings the opposite direction forwarded; pongs here may answer them.
     opposite: &'a OutstandingPings,
+    /// Messages injected through the admin API toward this direction's destination.
+    injected: Option<tokio::sync::mpsc::Receiver<Injection>>,
 }
+
+/// The next message a direction forwards, and who waits for it if it was injected.
+type Next = (Message, Option<tokio::sync::oneshot::Sender<()>>);
 
 impl Direction<'_> {
     fn count(&self, len: usize) {
@@ -198,18 +204,43 @@ impl Direction<'_> {
         self.traffic.touch();
     }
 
+    /// The source's next message, or an injected one (the source first when both are ready).
+    async fn next<R>(&mut self, source: &mut R) -> Result<Next, DirectionEnd>
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let injected = async {
+            match self.injected.as_mut() {
+                Some(queue) => queue.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            read = source.next() => match read {
+                Some(Ok(msg)) => Ok((msg, None)),
+                Some(Err(err)) => Err(read_error(err)),
+                None => Err(DirectionEnd::Dropped("connection ended without a close frame".into())),
+            },
+            Some(Injection { payload, written }) = injected => {
+                let msg = match payload {
+                    Payload::Text(t) => Message::text(t),
+                    Payload::Binary(b) => Message::binary(b),
+                };
+                Ok((msg, Some(written)))
+            }
+        }
+    }
+
     async fn run<R, W>(&mut self, source: &mut R, destination: &mut W) -> DirectionEnd
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
         W: Sink<Message, Error = WsError> + Unpin,
     {
         loop {
-            let msg = match source.next().await {
-                Some(Ok(msg)) => msg,
-                Some(Err(err)) => return read_error(err),
-                None => {
-                    return DirectionEnd::Dropped("connection ended without a close frame".into())
-                }
+            let (msg, written) = match self.next(source).await {
+                Ok(next) => next,
+                Err(end) => return end,
             };
             let data_len = match &msg {
                 Message::Text(t) => Some(t.len()),
@@ -245,8 +276,16 @@ impl Direction<'_> {
                 Message::Close(frame) => return DirectionEnd::Closed(frame.clone()),
                 Message::Frame(_) => continue,
             }
+            if written.is_some() {
+                self.traffic
+                    .injected_messages
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if destination.send(msg).await.is_err() {
                 return DirectionEnd::DestinationFailed;
+            }
+            if let Some(written) = written {
+                let _ = written.send(());
             }
         }
     }
@@ -339,7 +378,16 @@ impl Event {
                 after: limits.execution,
             },
             Event::Interrupted(Interrupt::Shutdown) => EndReason::GatewayShutdown,
-            Event::Interrupted(Interrupt::Admin) => EndReason::EndedByAdmin,
+            Event::Interrupted(Interrupt::Admin(close)) => match close {
+                Some(AdminClose { code, reason }) => EndReason::EndedByAdmin {
+                    code: Some(code),
+                    reason,
+                },
+                None => EndReason::EndedByAdmin {
+                    code: None,
+                    reason: String::new(),
+                },
+            },
         }
     }
 }
@@ -352,7 +400,9 @@ fn code_of(frame: Option<WsCloseFrame>) -> (Option<u16>, String) {
 }
 
 /// Forwards until the connection ends, performs the closing handshakes that
-/// `scfsim_record::classify` prescribes, and says why it ended.
+/// `scfsim_record::classify` prescribes, and says why it ended. `steering` brings messages
+/// injected through the admin API into either direction, and the close code chosen there.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<CR, CW, FR, FW>(
     client: (&mut CW, &mut CR),
     function: (&mut FW, &mut FR),
@@ -360,6 +410,7 @@ pub(crate) async fn run<CR, CW, FR, FW>(
     traffic: &Traffic,
     shutdown: &CancellationToken,
     interrupt: &CancellationToken,
+    steering: SteeringEnds,
     memory_exceeded: &(dyn Fn() -> bool + Sync),
 ) -> EndReason
 where
@@ -378,6 +429,7 @@ where
         rate: Rate::new(timers.request),
         forwarded: &to_function,
         opposite: &to_client,
+        injected: Some(steering.to_function),
     };
     let mut downstream = Direction {
         from: Side::Function,
@@ -385,6 +437,7 @@ where
         rate: None,
         forwarded: &to_client,
         opposite: &to_function,
+        injected: Some(steering.to_client),
     };
     traffic.touch();
     let execution_deadline = Instant::now() + timers.execution;
@@ -419,7 +472,7 @@ where
         _ = interrupt.cancelled() => Event::Interrupted(if shutdown.is_cancelled() {
             Interrupt::Shutdown
         } else {
-            Interrupt::Admin
+            Interrupt::Admin(steering.admin_close.get().cloned())
         }),
     };
     // A failed write means the destination broke; let its own direction say how.

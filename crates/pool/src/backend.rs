@@ -93,6 +93,12 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         instance: &Self::Instance,
     ) -> impl Future<Output = io::Result<TcpStream>> + Send;
 
+    /// Connections to the instance's other ports (its debugger's), usable from the moment it
+    /// started and as long as it runs; `None` where the backend cannot make them.
+    fn connector(&self, _instance: &Self::Instance) -> Option<crate::Connector> {
+        None
+    }
+
     /// The process id the record shows (the bootstrap's, or its supervisor's).
     fn pid(&self, instance: &Self::Instance) -> u32;
 

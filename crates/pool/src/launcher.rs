@@ -133,6 +133,12 @@ pub(crate) async fn start<B: Backend>(
     // One deadline for the whole start: the backend's own start and the readiness wait.
     let deadline = tokio::time::Instant::now() + spec.init_timeout;
     let mut instance = b.start(prepared, spec, deadline).await?;
+    if let Some(tap) = &spec.debug {
+        match b.connector(&instance) {
+            Some(connector) => tap.started(connector),
+            None => tracing::warn!("this isolation backend cannot reach an instance's debugger"),
+        }
+    }
     match wait_listening(b, &mut instance, deadline, spec.init_timeout).await {
         Ok(stream) => Ok(Ready {
             instance: Instance::new(backend.clone(), instance),

@@ -27,6 +27,7 @@
 
 mod backend;
 mod cgroup;
+mod debug;
 mod error;
 mod firewall;
 mod instance;
@@ -42,6 +43,7 @@ mod spawn;
 mod supervisor;
 mod warm;
 
+pub use debug::{Connecting, Connector, DebugTap};
 pub use error::{
     with_sources, BoxError, Fault, PoolError, PortHolder, StartFailure, StartFailureKind,
 };

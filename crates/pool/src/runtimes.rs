@@ -76,6 +76,11 @@ pub struct RuntimeEntry {
 #[derive(Debug, Clone)]
 pub struct RuntimeTree {
     pub root: PathBuf,
+    /// The same tree for instances in debug mode (beside `root`, named `<root>-debug`): its
+    /// Python entries are wrappers that run the interpreter under debugpy, waiting for a
+    /// debugger on `$SCFSIM_DEBUG_HOST:$SCFSIM_DEBUG_PORT`, so that a platform bootstrap
+    /// (`/var/lang/python3/bin/python3 app.py`) is debugged without an edit.
+    pub debug_root: PathBuf,
     pub entries: Vec<RuntimeEntry>,
 }
 
@@ -83,10 +88,13 @@ impl RuntimeTree {
     /// (Re)builds the tree under `root` from the defaults, with `overrides` (config
     /// `[runtimes]`, e.g. `"node12/bin/node" -> /opt/node12/bin/node`) taking precedence.
     pub fn build(root: &Path, overrides: &BTreeMap<String, PathBuf>) -> io::Result<RuntimeTree> {
-        if root.exists() {
-            std::fs::remove_dir_all(root)?;
+        let debug_root = debug_root_of(root);
+        for dir in [root, &debug_root] {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)?;
+            }
+            std::fs::create_dir_all(dir)?;
         }
-        std::fs::create_dir_all(root)?;
         let mut resolved: BTreeMap<&str, Option<PathBuf>> = BTreeMap::new();
         let mut wanted: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
         for (path, command) in DEFAULTS {
@@ -101,19 +109,22 @@ impl RuntimeTree {
         }
         let mut entries = Vec::with_capacity(wanted.len());
         for (path, target) in wanted {
-            let file = root.join(&path);
-            std::fs::create_dir_all(file.parent().expect("entries are dir/bin/exe"))?;
-            match &target {
-                Some(target) => std::os::unix::fs::symlink(target, &file)?,
-                None => {
-                    std::fs::write(&file, stub(&path))?;
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+            for (tree, debug) in [(root, false), (debug_root.as_path(), true)] {
+                let file = tree.join(&path);
+                std::fs::create_dir_all(file.parent().expect("entries are dir/bin/exe"))?;
+                match &target {
+                    Some(target) if debug && path.starts_with("python") => {
+                        write_script(&file, &under_debugpy(target))?
+                    }
+                    Some(target) => std::os::unix::fs::symlink(target, &file)?,
+                    None => write_script(&file, &stub(&path))?,
                 }
             }
             entries.push(RuntimeEntry { path, target });
         }
         Ok(RuntimeTree {
             root: root.to_path_buf(),
+            debug_root,
             entries,
         })
     }
@@ -143,6 +154,45 @@ impl RuntimeTree {
             }
         )
     }
+}
+
+fn debug_root_of(root: &Path) -> PathBuf {
+    let mut name = root.file_name().unwrap_or_default().to_os_string();
+    name.push("-debug");
+    root.with_file_name(name)
+}
+
+fn write_script(file: &Path, text: &str) -> io::Result<()> {
+    std::fs::write(file, text)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755))
+}
+
+/// The debug tree's Python: the interpreter's own options stay before `-m debugpy`, the script
+/// (or `-m module`, `-c code`) and its arguments after; debugpy listens inside the instance and
+/// waits for a debugger before the first line runs.
+fn under_debugpy(python: &Path) -> String {
+    let py = python.display().to_string().replace('\'', "'\\''");
+    format!(
+        r#"#!/bin/sh
+# scfsim debug mode: the platform's Python under debugpy, waiting for a debugger on
+# $SCFSIM_DEBUG_HOST:$SCFSIM_DEBUG_PORT before the first line runs.
+py='{py}'
+if ! "$py" -c 'import debugpy' 2>/dev/null; then
+    echo "scfsim: debug mode runs Python under debugpy, which $py cannot import: $py -m pip install debugpy" >&2
+    exit 1
+fi
+opts=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -m|-c|-) break ;;
+        -X|-W) opts="$opts $1 $2"; shift 2 ;;
+        -*) opts="$opts $1"; shift ;;
+        *) break ;;
+    esac
+done
+exec "$py" $opts -m debugpy --listen "${{SCFSIM_DEBUG_HOST:-127.0.0.1}}:${{SCFSIM_DEBUG_PORT:-9229}}" --wait-for-client "$@"
+"#
+    )
 }
 
 fn stub(path: &str) -> String {
@@ -214,8 +264,25 @@ mod tests {
                     .contains("[runtimes]")),
             }
         }
+        // The debug tree: the same entries, Python under debugpy.
+        assert_eq!(tree.debug_root, dir.path().join("var-lang-debug"));
+        let python = tree
+            .entries
+            .iter()
+            .find(|e| e.path == "python3/bin/python3")
+            .unwrap();
+        let wrapper = tree.debug_root.join("python3/bin/python3");
+        if python.target.is_some() {
+            let text = std::fs::read_to_string(&wrapper).unwrap();
+            assert!(text.contains("-m debugpy --listen"), "{text}");
+        }
+        assert_eq!(
+            std::fs::read_link(tree.debug_root.join("custom9/bin/run")).unwrap(),
+            Path::new("/bin/true")
+        );
         // Rebuilding replaces the old tree.
         RuntimeTree::build(&root, &BTreeMap::new()).unwrap();
         assert!(!root.join("custom9").exists());
+        assert!(!tree.debug_root.join("custom9").exists());
     }
 }

@@ -41,6 +41,9 @@ pub struct InstanceSpec {
     pub init_timeout: Duration,
     /// The function's memory size; the instance is OOM-killed above it (where cgroups work).
     pub memory_mb: Option<u32>,
+    /// Debug mode: the instance's `/var/lang` runs Python under debugpy, and the launcher
+    /// hands this tap a way to reach the debugger's port once the instance started.
+    pub debug: Option<crate::DebugTap>,
 }
 
 /// Processes + threads per instance, as on the platform.

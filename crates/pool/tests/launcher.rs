@@ -25,6 +25,7 @@ fn bootstrap(dir: &Path, body: &str) -> InstanceSpec {
         env: vec![("PATH".into(), std::env::var("PATH").unwrap())],
         init_timeout: Duration::from_secs(20),
         memory_mb: None,
+        debug: None,
     }
 }
 

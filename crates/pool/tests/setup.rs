@@ -60,6 +60,7 @@ async fn the_host_changes_only_in_setup_and_back_when_the_launcher_goes() {
         env: Vec::new(),
         init_timeout: Duration::from_secs(5),
         memory_mb: None,
+        debug: None,
     };
     let failure = launcher.start(&spec).await.err().unwrap();
     assert!(

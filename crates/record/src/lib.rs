@@ -28,6 +28,6 @@ pub use invocation::{Invocation, LogLine, LogStream};
 pub use metrics::StoreMetrics;
 pub use outcome::{
     classify, may_be_sent, Classification, CloseFrame, CloseOrder, CloseStep, ClosedBy, Closing,
-    EndReason, Outcome, Side, StatusCode,
+    EndReason, Outcome, Side, StatusCode, ADMIN_CLOSE,
 };
 pub use store::{Logs, OpenReport, Query, RecordStore, Retention};

@@ -53,9 +53,10 @@ pub enum EndReason {
     InstanceRateExceeded { detail: String },
     /// scfsim's own failure (namespaces, cgroups, fork) before the instance could start: 500.
     GatewayError { detail: String },
-    /// Ended on request through the admin API (`DELETE /api/instances/{id}`): both sides get
-    /// close 1001.
-    EndedByAdmin,
+    /// Ended on request through the admin API (`DELETE /api/instances/{id}`). Without a
+    /// `code`, both sides get close 1001; with one (`?code=N&reason=TEXT`, a code that may be
+    /// sent), the client gets that code and `reason`, the function 1001.
+    EndedByAdmin { code: Option<u16>, reason: String },
     /// The function answered the handshake with `http_status` instead of 101.
     UpgradeRejected { http_status: u16 },
     /// scfsim shut down while the connection was open.
@@ -215,6 +216,9 @@ const POLICY: u16 = 1008;
 const TOO_BIG: u16 = 1009;
 const MANDATORY_EXT: u16 = 1010;
 const INTERNAL_ERROR: u16 = 1011;
+
+/// The close reason of a connection ended through the admin API without a chosen one.
+pub const ADMIN_CLOSE: &str = "ended through the admin API";
 
 /// Turns what happened into what the platform records (semantics.md §3) and what scfsim sends
 /// each side as its close frame (§4). Every close reason scfsim writes, on the wire or in the
@@ -380,11 +384,19 @@ pub fn classify(reason: &EndReason) -> Classification {
         R::QuotaExceeded { .. } => no_close(S::QUOTA_EXCEEDED, "quota_exceeded"),
         R::InstanceRateExceeded { .. } => no_close(S::RATE_LIMITED, "rate_limited"),
         R::GatewayError { .. } => no_close(S::GATEWAY_ERROR, "gateway_error"),
-        R::EndedByAdmin => both_sides(
-            S::GATEWAY_ERROR,
-            "ended_by_admin",
-            "ended through the admin API".into(),
-        ),
+        R::EndedByAdmin { code: None, .. } => {
+            both_sides(S::GATEWAY_ERROR, "ended_by_admin", ADMIN_CLOSE.into())
+        }
+        // A person chose the client's close code: the function still only learns that scfsim
+        // ended it.
+        R::EndedByAdmin {
+            code: Some(code),
+            reason,
+        } => Decision {
+            to_client: send(*code, reason),
+            recorded: Some((*code, reason.clone())),
+            ..both_sides(S::GATEWAY_ERROR, "ended_by_admin", ADMIN_CLOSE.into())
+        },
         // The function itself refused the handshake; the platform counts that as a
         // completed invocation (the HTTP status goes into the record, not here).
         R::UpgradeRejected { .. } => Decision {
@@ -701,8 +713,12 @@ mod tests {
             GatewayError => [
                 row(R::GatewayError { detail: s("fork failed") }, 500, Fail, "gateway_error", Some(G), None, none.clone(), Together),
             ],
+            // Without a code, 1001 both ways; with one, that code to the client, 1001 to the
+            // function, and the chosen code in the record.
             EndedByAdmin => [
-                row(R::EndedByAdmin, 500, Fail, "ended_by_admin", Some(G), Some((1001, admin)), (frame(1001, admin), frame(1001, admin)), Together),
+                row(R::EndedByAdmin { code: None, reason: s("") }, 500, Fail, "ended_by_admin", Some(G), Some((1001, admin)), (frame(1001, admin), frame(1001, admin)), Together),
+                row(R::EndedByAdmin { code: Some(4000), reason: s("kicked") }, 500, Fail, "ended_by_admin", Some(G), Some((4000, "kicked")), (frame(4000, "kicked"), frame(1001, admin)), Together),
+                row(R::EndedByAdmin { code: Some(1000), reason: s("") }, 500, Fail, "ended_by_admin", Some(G), Some((1000, "")), (frame(1000, ""), frame(1001, admin)), Together),
             ],
             UpgradeRejected => [
                 row(R::UpgradeRejected { http_status: 403 }, 200, Ok, "upgrade_rejected", Some(F), None, none.clone(), Together),

@@ -68,7 +68,7 @@ fn end_reason() -> impl Strategy<Value = EndReason> {
         text().prop_map(|detail| EndReason::QuotaExceeded { detail }),
         text().prop_map(|detail| EndReason::InstanceRateExceeded { detail }),
         text().prop_map(|detail| EndReason::GatewayError { detail }),
-        Just(EndReason::EndedByAdmin),
+        (code(), text()).prop_map(|(code, reason)| EndReason::EndedByAdmin { code, reason }),
         any::<u16>().prop_map(|http_status| EndReason::UpgradeRejected { http_status }),
         Just(EndReason::GatewayShutdown),
         Just(EndReason::GatewayCrashed),

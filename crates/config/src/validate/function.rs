@@ -84,6 +84,7 @@ impl Checker<'_> {
             memory_mb,
             env: raw.env,
             limits,
+            debug: raw.debug,
         })
     }
 

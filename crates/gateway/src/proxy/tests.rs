@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{run, ConnectionLimits};
 use crate::live::{Traffic, TrafficSnapshot};
+use crate::steer::{AdminClose, Payload, SteerRefusal, Steering, To};
 
 type Ws = WebSocketStream<DuplexStream>;
 
@@ -63,6 +64,8 @@ struct Proxy {
     interrupt: CancellationToken,
     memory_exceeded: Arc<AtomicBool>,
     traffic: Arc<Traffic>,
+    /// The admin API's handle: injected messages, a chosen close code.
+    steering: Steering,
     task: JoinHandle<EndReason>,
 }
 
@@ -75,6 +78,8 @@ impl Proxy {
         let interrupt = shutdown.child_token();
         let memory_exceeded = Arc::new(AtomicBool::new(false));
         let traffic = Arc::new(Traffic::default());
+        let (steering, ends) = Steering::new(LIMIT);
+        steering.connected();
         let size = Some(LIMIT as usize);
         let config = WebSocketConfig::default()
             .max_message_size(size)
@@ -98,6 +103,7 @@ impl Proxy {
                     &traffic,
                     &shutdown,
                     &interrupt,
+                    ends,
                     &exceeded,
                 )
                 .await
@@ -110,6 +116,7 @@ impl Proxy {
             interrupt,
             memory_exceeded,
             traffic,
+            steering,
             task,
         }
     }
@@ -442,9 +449,90 @@ async fn an_admin_interrupt_closes_both_sides_with_1001() {
     let (client_got, function_got) =
         tokio::join!(until_close(&mut client), until_close(&mut function));
     let (reason, _) = proxy.ended().await;
-    assert_eq!(reason, EndReason::EndedByAdmin);
+    assert_eq!(
+        reason,
+        EndReason::EndedByAdmin {
+            code: None,
+            reason: String::new()
+        }
+    );
     assert_eq!(client_got.1, close(1001, "ended through the admin API"));
     assert_eq!(function_got.1, client_got.1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_admin_close_with_a_code_gives_the_client_that_code_and_the_function_1001() {
+    let mut proxy = Proxy::start(limits());
+    let mut client = proxy.client().await;
+    let mut function = proxy.function().await;
+    let chosen = AdminClose::new(4321, Some("maintenance".into())).unwrap();
+    proxy.steering.admin_close.set(chosen).unwrap();
+    proxy.interrupt.cancel();
+    let (client_got, function_got) =
+        tokio::join!(until_close(&mut client), until_close(&mut function));
+    let (reason, _) = proxy.ended().await;
+    assert_eq!(
+        reason,
+        EndReason::EndedByAdmin {
+            code: Some(4321),
+            reason: "maintenance".into()
+        }
+    );
+    assert_eq!(client_got.1, close(4321, "maintenance"));
+    assert_eq!(function_got.1, close(1001, "ended through the admin API"));
+}
+
+#[test]
+fn an_admin_close_needs_a_code_that_may_be_sent_and_a_reason_that_fits() {
+    for code in [0, 999, 1005, 1006, 1015, 2999, 5000] {
+        assert!(AdminClose::new(code, None).is_err(), "{code}");
+    }
+    assert!(AdminClose::new(4000, Some("x".repeat(124))).is_err());
+    let ok = AdminClose::new(1000, None).unwrap();
+    assert_eq!(ok.reason, "ended through the admin API");
+}
+
+#[tokio::test(start_paused = true)]
+async fn injected_messages_reach_their_side_and_are_counted() {
+    let mut proxy = Proxy::start(limits());
+    let mut client = proxy.client().await;
+    let mut function = proxy.function().await;
+    let bound = Duration::from_secs(5);
+    let steering = proxy.steering.clone();
+    let (to_client, got) = tokio::join!(
+        steering.send(To::Client, Payload::Text("hello client".into()), bound),
+        within("client reads", client.next())
+    );
+    to_client.unwrap();
+    assert_eq!(got.unwrap().unwrap(), Message::text("hello client"));
+    let (to_function, got) = tokio::join!(
+        steering.send(To::Function, Payload::Binary(vec![1, 2, 3].into()), bound),
+        within("function reads", function.next())
+    );
+    to_function.unwrap();
+    assert_eq!(got.unwrap().unwrap(), Message::binary(vec![1, 2, 3]));
+    // Over the message size limit: refused before it is queued.
+    let big = Payload::Binary(vec![0; LIMIT as usize + 1].into());
+    assert_eq!(
+        steering.send(To::Function, big, bound).await,
+        Err(SteerRefusal::TooLarge {
+            size: LIMIT + 1,
+            limit: LIMIT
+        })
+    );
+    let counts = proxy.traffic.snapshot();
+    assert_eq!(counts.injected_messages, 2);
+    assert_eq!((counts.messages_in, counts.bytes_in), (1, 3));
+    assert_eq!((counts.messages_out, counts.bytes_out), (1, 12));
+    client.close(None).await.unwrap();
+    proxy.ended().await;
+    // The connection is gone: nobody to write to.
+    assert_eq!(
+        steering
+            .send(To::Client, Payload::Text("late".into()), bound)
+            .await,
+        Err(SteerRefusal::Ended)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

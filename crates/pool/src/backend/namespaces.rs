@@ -192,7 +192,11 @@ impl Backend for Namespaces {
         }
         let program = Program::Supervisor(SupervisorLaunch {
             program: self.supervisor.clone(),
-            var_lang: host.runtimes.as_ref().ok().map(|t| t.root.clone()),
+            var_lang: host
+                .runtimes
+                .as_ref()
+                .ok()
+                .map(|t| process::var_lang_for(t, &spec)),
             user_maps: None,
         });
         let placement = Placement {
@@ -208,6 +212,16 @@ impl Backend for Namespaces {
 
     async fn connect(&self, instance: &Instance) -> io::Result<TcpStream> {
         process::connect_with(self.worker.socket(&instance.netns).await?).await
+    }
+
+    fn connector(&self, instance: &Instance) -> Option<crate::Connector> {
+        let (worker, netns) = (self.worker.clone(), instance.netns.clone());
+        Some(crate::Connector::new(move |port| {
+            let (worker, netns) = (worker.clone(), netns.clone());
+            Box::pin(
+                async move { process::connect_port_with(worker.socket(&netns).await?, port).await },
+            )
+        }))
     }
 
     process::instance_steps!();

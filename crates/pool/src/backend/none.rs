@@ -109,5 +109,12 @@ impl Backend for NoIsolation {
         TcpStream::connect((Ipv4Addr::LOCALHOST, INSTANCE_PORT)).await
     }
 
+    /// The host's loopback: the gateway gives each debug-mode instance a port of its own.
+    fn connector(&self, _instance: &Instance) -> Option<crate::Connector> {
+        Some(crate::Connector::new(|port| {
+            Box::pin(TcpStream::connect((Ipv4Addr::LOCALHOST, port)))
+        }))
+    }
+
     process::instance_steps!();
 }

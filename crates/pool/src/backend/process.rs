@@ -362,12 +362,26 @@ fn spawn_failure(bootstrap: &Path, source: io::Error) -> StartFailureKind {
 /// Connects `socket` (a TCP socket of the instance's network namespace, made where scfsim
 /// could enter it) to the instance's port 9000.
 pub(crate) async fn connect_with(socket: OwnedFd) -> io::Result<TcpStream> {
+    connect_port_with(socket, INSTANCE_PORT).await
+}
+
+/// Connects `socket` (as for [`connect_with`]) to another port of the instance, its debugger's.
+pub(crate) async fn connect_port_with(socket: OwnedFd, port: u16) -> io::Result<TcpStream> {
     let socket = std::net::TcpStream::from(socket);
     // A blocking socket would block a runtime thread in every read.
     socket.set_nonblocking(true)?;
     TcpSocket::from_std_stream(socket)
-        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, INSTANCE_PORT)))
+        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
+}
+
+/// The runtime tree a process instance of `spec` gets on `/var/lang`: in debug mode, the one
+/// whose Python runs under debugpy.
+pub(crate) fn var_lang_for(tree: &RuntimeTree, spec: &InstanceSpec) -> PathBuf {
+    match spec.debug {
+        Some(_) => tree.debug_root.clone(),
+        None => tree.root.clone(),
+    }
 }
 
 /// The startup log line for limits a cgroup enforces.

@@ -33,8 +33,9 @@ pub(crate) struct UserNamespaces {
 
 pub(crate) struct Instance {
     process: Process,
-    /// Asks the instance's keeper for sockets inside its network namespace.
-    factory: SocketFactory,
+    /// Asks the instance's keeper for sockets inside its network namespace (shared with a
+    /// debugger's connector).
+    factory: std::sync::Arc<SocketFactory>,
 }
 
 impl UserNamespaces {
@@ -110,7 +111,7 @@ impl Backend for UserNamespaces {
                 .runtimes
                 .as_ref()
                 .and_then(|r| r.as_ref().ok())
-                .map(|t| t.root.clone()),
+                .map(|t| process::var_lang_for(t, spec)),
             user_maps: Some(self.user_maps.clone()),
         });
         let (process, factory) =
@@ -122,11 +123,22 @@ impl Backend for UserNamespaces {
                 source: None,
             }));
         };
-        Ok(Instance { process, factory })
+        Ok(Instance {
+            process,
+            factory: std::sync::Arc::new(factory),
+        })
     }
 
     async fn connect(&self, instance: &Instance) -> io::Result<TcpStream> {
         process::connect_with(instance.factory.socket().await?).await
+    }
+
+    fn connector(&self, instance: &Instance) -> Option<crate::Connector> {
+        let factory = instance.factory.clone();
+        Some(crate::Connector::new(move |port| {
+            let factory = factory.clone();
+            Box::pin(async move { process::connect_port_with(factory.socket().await?, port).await })
+        }))
     }
 
     process::instance_steps!();
