@@ -8,6 +8,7 @@
 
 mod events;
 mod metrics;
+mod steer;
 #[cfg(test)]
 mod tests;
 
@@ -72,7 +73,8 @@ pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> R
         .route("/api/events", get(events::events))
         .route("/api/functions", get(functions))
         .route("/api/instances", get(instances))
-        .route("/api/instances/{id}", axum::routing::delete(end_instance))
+        .route("/api/instances/{id}", axum::routing::delete(steer::close))
+        .route("/api/instances/{id}/send", axum::routing::post(steer::send))
         .route("/api/invocations", get(invocations))
         .route("/api/invocations/{request_id}", get(invocation))
         .route("/api/invocations/{request_id}/logs", get(logs))
@@ -177,22 +179,6 @@ async fn functions(State(state): State<AdminState>) -> Response {
 
 async fn instances(State(state): State<AdminState>) -> Response {
     Json(state.live.list()).into_response()
-}
-
-async fn end_instance(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
-    if state.live.end(id) {
-        (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "ending": id })),
-        )
-            .into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, &format!("no live instance {id}"))
-    }
 }
 
 async fn invocations(

@@ -321,3 +321,89 @@ async fn errors_are_json_including_a_wrong_method() {
         assert!(body["error"].is_string(), "{method} {uri}: {body}");
     }
 }
+
+async fn send_json(app: &Router, method: &str, uri: &str, body: &str) -> axum::response::Response {
+    app.clone()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn steering_an_unknown_instance_is_404_and_a_bad_request_400() {
+    let f = fixture();
+    let id = Uuid::new_v4();
+    let send_uri = format!("/api/instances/{id}/send");
+    for (method, uri, body, status) in [
+        (
+            "POST",
+            send_uri.as_str(),
+            r#"{"to":"client","text":"hi"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            send_uri.as_str(),
+            r#"{"to":"function","binary_base64":"AAEC"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            send_uri.as_str(),
+            r#"{"to":"nobody","text":"hi"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            send_uri.as_str(),
+            r#"{"to":"client"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            send_uri.as_str(),
+            r#"{"to":"client","text":"a","binary_base64":"AA=="}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            send_uri.as_str(),
+            r#"{"to":"client","binary_base64":"not base64!"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            send_uri.as_str(),
+            "not json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/instances/xyz/send",
+            r#"{"to":"client","text":"hi"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let resp = send_json(&f.app, method, uri, body).await;
+        assert_eq!(resp.status(), status, "{method} {uri} {body}");
+        let answer: Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    for (query, status) in [
+        ("", StatusCode::NOT_FOUND),
+        ("?code=4000&reason=bye", StatusCode::NOT_FOUND),
+        ("?code=1006", StatusCode::BAD_REQUEST),
+        ("?code=abc", StatusCode::BAD_REQUEST),
+        ("?reason=bye", StatusCode::BAD_REQUEST),
+    ] {
+        let resp = send(&f.app, "DELETE", &format!("/api/instances/{id}{query}")).await;
+        assert_eq!(resp.status(), status, "DELETE {query}");
+    }
+}
