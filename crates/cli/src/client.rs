@@ -1,7 +1,7 @@
 //! A small client of the admin API, for `scfsim invocations`.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -87,6 +87,54 @@ pub async fn get_with_token(url: &str, token: Option<&str>) -> Result<Bytes, Cli
             source,
         })?;
     Ok(body.to_bytes())
+}
+
+/// `method` on `url` with a JSON `body` (or none), expecting a 2xx; returns the body.
+pub async fn call(
+    method: hyper::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> Result<Bytes, ClientError> {
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| ClientError::Url {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|source| ClientError::Request {
+            url: url.to_string(),
+            source,
+        })?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|source| ClientError::Body {
+            url: url.to_string(),
+            source,
+        })?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(ClientError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+    }
+    Ok(bytes)
 }
 
 /// The events of one server-sent event stream, parsed by `eventsource-stream`.

@@ -35,6 +35,12 @@ enum LogFormat {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SendTo {
+    Client,
+    Function,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum IsolationArg {
     Auto,
     Namespaces,
@@ -65,6 +71,59 @@ enum Command {
         /// possible).
         #[arg(long, value_enum)]
         isolation: Option<IsolationArg>,
+        /// Serve this function in debug mode (as `debug = true` in its [[functions]] table):
+        /// each instance's runtime waits for a debugger on a port of its own, and its init,
+        /// idle and execution timers do not fire. Repeatable.
+        #[arg(long = "debug", value_name = "NAME")]
+        debug: Vec<String>,
+    },
+    /// Print a VS Code launch.json that attaches to the debugger of a debug-mode function's
+    /// newest live instance (open a connection first: its instance waits for the debugger).
+    DebugConfig {
+        /// The function's name.
+        name: String,
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        admin: String,
+        #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Inject a message into a live connection (POST /api/instances/{id}/send).
+    Send {
+        /// The instance's id (from /api/instances).
+        id: String,
+        /// Which side gets the message.
+        #[arg(long, value_enum)]
+        to: SendTo,
+        /// A text message.
+        #[arg(
+            long,
+            conflicts_with = "binary_base64",
+            required_unless_present = "binary_base64"
+        )]
+        text: Option<String>,
+        /// A binary message, base64-encoded.
+        #[arg(long)]
+        binary_base64: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        admin: String,
+        #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Close a live connection (DELETE /api/instances/{id}): the client gets --code (default
+    /// 1001) and --reason, the function 1001.
+    Close {
+        /// The instance's id (from /api/instances).
+        id: String,
+        /// The close code the client gets (1000-1003, 1007-1013, 3000-4999).
+        #[arg(long)]
+        code: Option<u16>,
+        /// The close reason the client gets (with --code).
+        #[arg(long, requires = "code")]
+        reason: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        admin: String,
+        #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Validate a config file: exit 0 if valid, 2 with the field and what is allowed if not.
     Check {
@@ -166,11 +225,26 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
             admin_listen,
             data_dir,
             isolation,
+            debug,
         } => {
-            let mut config = match scfsim_config::load(&config) {
+            let path = config;
+            let mut config = match scfsim_config::load(&path) {
                 Ok(config) => config,
                 Err(err) => return Ok(Err(UsageError::from_error(&err))),
             };
+            for name in &debug {
+                let names: Vec<&str> = config.functions.iter().map(|f| f.name.as_str()).collect();
+                let names = names.join(", ");
+                match config.functions.iter_mut().find(|f| &f.name == name) {
+                    Some(function) => function.debug = true,
+                    None => {
+                        return Ok(Err(UsageError(format!(
+                            "--debug {name:?}: {} has no function of that name (it has: {names})",
+                            path.display()
+                        ))))
+                    }
+                }
+            }
             let gw = &mut config.gateway;
             gw.listen = listen.unwrap_or(gw.listen);
             gw.tls_listen = tls_listen.or(gw.tls_listen);
@@ -183,6 +257,56 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
                 ))));
             }
             serve(config, isolation).await.map(Ok)
+        }
+        Command::DebugConfig { name, admin, token } => {
+            debug_config(&admin, token.as_deref(), &name).await.map(Ok)
+        }
+        Command::Send {
+            id,
+            to,
+            text,
+            binary_base64,
+            admin,
+            token,
+        } => {
+            let to = match to {
+                SendTo::Client => "client",
+                SendTo::Function => "function",
+            };
+            let body = match (text, binary_base64) {
+                (Some(text), _) => serde_json::json!({ "to": to, "text": text }),
+                (None, Some(b64)) => serde_json::json!({ "to": to, "binary_base64": b64 }),
+                (None, None) => unreachable!("clap requires one of --text and --binary-base64"),
+            };
+            let url = format!("{}/api/instances/{id}/send", admin.trim_end_matches('/'));
+            let answer = scfsim::client::call(
+                hyper::Method::POST,
+                &url,
+                token.as_deref(),
+                Some(body.to_string()),
+            )
+            .await?;
+            println!("{}", String::from_utf8_lossy(&answer).trim_end());
+            Ok(Ok(()))
+        }
+        Command::Close {
+            id,
+            code,
+            reason,
+            admin,
+            token,
+        } => {
+            let mut url = format!("{}/api/instances/{id}", admin.trim_end_matches('/'));
+            if let Some(code) = code {
+                url.push_str(&format!("?code={code}"));
+                if let Some(reason) = reason {
+                    url.push_str(&format!("&reason={}", percent_encode(&reason)));
+                }
+            }
+            let answer =
+                scfsim::client::call(hyper::Method::DELETE, &url, token.as_deref(), None).await?;
+            println!("{}", String::from_utf8_lossy(&answer).trim_end());
+            Ok(Ok(()))
         }
         Command::Invocations {
             admin,
@@ -287,6 +411,45 @@ async fn serve(
         tracing::warn!("some connections did not finish within 30s");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// A query value, percent-encoded (everything but unreserved characters).
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints a launch.json for the newest live debug-mode instance of `name`.
+async fn debug_config(admin: &str, token: Option<&str>, name: &str) -> anyhow::Result<()> {
+    let url = format!("{}/api/instances", admin.trim_end_matches('/'));
+    let body = scfsim::client::get_with_token(&url, token).await?;
+    let instances: Vec<serde_json::Value> = serde_json::from_slice(&body)
+        .context("the admin API answered something that is not a list of instances")?;
+    // Oldest first: the last one is the newest.
+    let Some(instance) = instances
+        .iter()
+        .rev()
+        .find(|i| i["function"] == name && i["debug"].is_object())
+    else {
+        anyhow::bail!(
+            "no live debug-mode instance of {name:?}: serve it with `--debug {name}` (or `debug = \
+             true` in its [[functions]] table) and open a connection; its instance then waits \
+             for the debugger"
+        );
+    };
+    let launch = serde_json::json!({
+        "version": "0.2.0",
+        "configurations": [instance["debug"]["vscode"].clone()],
+    });
+    println!("{}", serde_json::to_string_pretty(&launch)?);
     Ok(())
 }
 
