@@ -9,7 +9,7 @@
 #            NAT), iproute2 (the tests' own network namespaces), golang-go and
 #            golang-github-gorilla-websocket-dev (the go scaffold, built end to end with the
 #            module from Debian), nginx and websocketd (the bench smoke test's reference columns)
-#   PyPI:    the Python examples' requirements (websockets)
+#   PyPI:    the Python examples' requirements (websockets), debugpy (the debug-mode tests)
 #   npm:     the Node.js examples' dependencies, from their lock files
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,11 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
     say "installing the Python examples' requirements"
 fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${reqs[@]}"
+# debugpy: the debug-mode tests attach to Python instances through it (tests/e2e/debug.rs).
+if ! python3 -c 'import debugpy' 2>/dev/null; then
+    say "installing debugpy"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore debugpy
+fi
 
 # --- Node.js examples ------------------------------------------------------------------------
 for lock in examples/*/package-lock.json; do
