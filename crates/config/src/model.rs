@@ -79,6 +79,10 @@ pub struct GatewayConfig {
     pub max_records: u32,
     /// Invocations whose instance log is kept (the newest).
     pub max_logged_invocations: u32,
+    /// Records older than this (by start time) are deleted; `None` keeps them (up to
+    /// `max_records`).
+    #[serde(serialize_with = "serialize_optional_duration")]
+    pub max_record_age: Option<Duration>,
 }
 
 /// `gateway.isolation`: how instances are kept apart.
@@ -124,7 +128,18 @@ impl Default for GatewayConfig {
             pass_env: Vec::new(),
             max_records: 100_000,
             max_logged_invocations: 10_000,
+            max_record_age: None,
         }
+    }
+}
+
+fn serialize_optional_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&crate::duration::format_duration(*d)),
+        None => s.serialize_none(),
     }
 }
 

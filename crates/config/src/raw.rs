@@ -73,10 +73,12 @@ pub(crate) struct RawGateway {
     pub isolation: Option<crate::Isolation>,
     /// Variables of scfsim's own environment passed to instances, beyond PATH, HOME and LANG.
     pub pass_env: Option<Vec<String>>,
-    /// Invocation records kept (the newest); the journal is compacted past twice that.
+    /// Invocation records kept (the newest).
     pub max_records: Option<i64>,
     /// Invocations whose instance log is kept (the newest).
     pub max_logged_invocations: Option<i64>,
+    /// Records older than this are deleted ("30d" is not a unit: write "720h"); none by default.
+    pub max_record_age: Option<RawDuration>,
 }
 
 /// `[limits]` and `[functions.limits]`: integers stay `i64` (TOML's integer) so that negative
