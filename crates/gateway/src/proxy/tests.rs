@@ -44,6 +44,7 @@ fn limits() -> ConnectionLimits {
     ConnectionLimits {
         idle: Duration::from_secs(15),
         execution: Duration::from_secs(900),
+        time_scale: 1.0,
         request: Limits {
             max_message_bytes: LIMIT,
             max_bytes_per_second: 1 << 20,
