@@ -583,3 +583,22 @@ fn scaled_rates(limits: scfsim_config::Limits, time_scale: f64) -> scfsim_config
         ..limits
     }
 }
+
+#[cfg(test)]
+mod time_scale_tests {
+    use super::scaled_rates;
+    use scfsim_config::Limits;
+
+    #[test]
+    fn rates_are_per_platform_second() {
+        let platform = Limits::default();
+        let scaled = scaled_rates(platform, 100.0);
+        assert_eq!(scaled.max_messages_per_second, 1000);
+        assert_eq!(scaled.max_bytes_per_second, 100 * 128 * 1024);
+        assert_eq!(
+            scaled.max_message_bytes, platform.max_message_bytes,
+            "a size, not a rate"
+        );
+        assert_eq!(scaled_rates(platform, 1.0), platform);
+    }
+}
