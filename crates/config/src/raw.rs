@@ -16,6 +16,9 @@ pub(crate) struct RawConfig {
     /// Allow values outside the platform's documented ranges (tests need sub-second timeouts).
     #[serde(default)]
     pub relaxed_limits: bool,
+    /// Run the idle and execution timers (and the rate limits) this many times faster; ranges
+    /// are checked on the values as written. 1 when absent.
+    pub time_scale: Option<f64>,
     /// `[gateway]`: listeners, TLS material, data directory, admin access.
     #[serde(default)]
     pub gateway: RawGateway,
