@@ -19,14 +19,16 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
-# The whole workspace: Cargo needs every member's manifest, and crates/init compiles in its
-# templates and the example functions' code it scaffolds from.
+# The workspace: Cargo needs every member's manifest (of tests/, the end-to-end tests' package,
+# only the manifest: its targets are named there, and their files are needed only to build
+# them, so editing a test does not invalidate this stage's cache), and crates/init compiles in
+# its templates and the example functions' code it scaffolds from.
 # Extra CAs first: this layer stays cached while the sources change.
 COPY docker/extra-ca-certificates/ /usr/local/share/ca-certificates/extra/
 RUN update-ca-certificates
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
-COPY tests tests
+COPY tests/Cargo.toml tests/Cargo.toml
 COPY examples examples
 # Cargo's registry and target/ live only in this stage's layers, never in the final image.
 RUN cargo build --release --locked -p scfsim \
