@@ -360,6 +360,13 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
         .map(Duration::from_secs)
         .unwrap_or(BUILD_BOUND);
 
+    eprintln!(
+        "compose: `{}` project {} (ws 127.0.0.1:{}, admin 127.0.0.1:{}): up --build",
+        project.tool.join(" "),
+        project.name,
+        project.ws_port,
+        project.admin_port
+    );
     // 1. Up, built. A failing build names the base-image script: without a registry the FROM
     //    images must be made here first.
     let up = project.run(&["up", "--build", "-d"], build_bound).await;
@@ -384,6 +391,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
         "memory_mb is not enforced with cgroups in the container:\n{logs}"
     );
 
+    eprintln!("compose: healthy; namespaces and cgroups in use; the examples");
     // 2. The examples, through the published port; outcomes from the admin API.
     assert!(
         scfsim::client::get(&project.admin_url("/api/invocations"))
@@ -400,6 +408,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
         first_ids.push(client.request_id.clone());
     }
 
+    eprintln!("compose: memory_mb");
     // 3. Over memory_mb: the instance's cgroup says 128 MiB, the OOM kill ends it with 434.
     let mut hog = project.connect("/hog").await;
     let (code, reason) = hog.expect_close().await;
@@ -422,6 +431,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
         "the hog's cgroup limit is not its memory_mb: {lines:?}"
     );
 
+    eprintln!("compose: 20 at once");
     // 4. 20 at once on /echo: all open together, each instance in its own network namespace.
     let mut clients = join_all((0..20).map(|_| project.connect("/echo"))).await;
     let instances = project.get("/api/instances").await.expect("instances");
@@ -462,6 +472,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
         assert_eq!(record["status_code"], 200, "{record:#}");
     }
 
+    eprintln!("compose: restart");
     // 5. Restart: the records are still there (the data volume).
     project.ok(&["restart"], COMMAND_BOUND).await;
     project.wait_ready().await;
@@ -470,6 +481,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
         assert_eq!(record["status_code"], 200, "after restart: {record:#}");
     }
 
+    eprintln!("compose: stop with connections open, start");
     // 6. Stop (SIGTERM) with connections open: each closed with 1001 and recorded.
     let mut open = vec![
         project.connect("/echo").await,
@@ -492,6 +504,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
         assert_eq!(record["end_reason"], "gateway_shutdown", "{record:#}");
     }
 
+    eprintln!("compose: down with an instance running");
     // 7. Down with an instance running: nothing stays, not its process either.
     let mut last = project.connect("/echo").await;
     last.send_text("before down").await;
