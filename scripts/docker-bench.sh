@@ -12,7 +12,7 @@
 #
 # Needs the image built (scripts/docker-build-here.sh here; `docker compose build` elsewhere),
 # python3 with `websockets` (pip install -r examples/python-echo/requirements.txt). Leaves
-# nothing behind (`down -v`, temp dir). Figures go to stdout.
+# nothing behind (`down -v`, the image's tag, temp dir). Figures go to stdout.
 #
 # Usage: scripts/docker-bench.sh            (ROUNDS=5 CONNECTIONS=200 by default)
 set -euo pipefail
@@ -34,6 +34,10 @@ cleanup() {
     [ -z "$native_pid" ] || kill "$native_pid" 2>/dev/null || true
     [ -z "$native_pid" ] || wait "$native_pid" 2>/dev/null || true
     timeout 180 "${compose[@]}" -p "$project" down -v -t 30 >/dev/null 2>&1 || true
+    # The tag only: its layers are the next build's cache.
+    for tag in "${project}_scfsim" "${project}-scfsim"; do
+        timeout 60 docker image rm --no-prune "$tag" >/dev/null 2>&1 || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
