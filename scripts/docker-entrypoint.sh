@@ -12,7 +12,52 @@
 # The copy is written to a directory next to the config's own (its parent must be writable), in
 # which every other entry of the config's directory is linked: relative paths in the config
 # (`code_dir = "../examples/echo"`, `code_dir = "functions/f"`) resolve to the same places.
+#
+# Before `serve`, the container's own cgroups are made writable, so that scfsim can give every
+# instance a cgroup and enforce memory_mb and the process limit (see writable_cgroups below).
 set -eu
+
+# Docker mounts the container's cgroups read-only (also with SYS_ADMIN). Remounting them
+# writable needs SYS_ADMIN and no AppArmor mount rule against it (docker-compose.yml grants
+# both); what becomes writable is only the container's own subtree, whose limits still bound
+# everything scfsim makes in it. Best effort: where it fails, scfsim says at startup that it
+# watches memory_mb itself instead, and why.
+writable_cgroups() {
+    if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+        # cgroup v1: one bind mount per controller; flip the mount's read-only flag.
+        for controller in memory pids; do
+            dir="/sys/fs/cgroup/$controller"
+            [ -d "$dir" ] || continue
+            probe="$dir/scfsim-probe-$$"
+            if mkdir "$probe" 2>/dev/null; then
+                rmdir "$probe"
+                continue
+            fi
+            mount -o remount,bind,rw "$dir" 2>/dev/null || mount -o remount,rw "$dir" 2>/dev/null ||
+                echo "scfsim-docker: cannot make $dir writable (needs SYS_ADMIN, AppArmor unconfined)" >&2
+        done
+    elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        # cgroup v2 (the container's own cgroup namespace): writable, then every process of the
+        # container moved out of its root into a leaf, so that the root can hand the memory and
+        # pids controllers down to scfsim's cgroups (a cgroup with processes cannot).
+        # Not tested on the machine this was written on (cgroup v1).
+        root=/sys/fs/cgroup
+        if ! mkdir "$root/scfsim-probe-$$" 2>/dev/null; then
+            mount -o remount,rw "$root" 2>/dev/null || mount -o remount,bind,rw "$root" 2>/dev/null || {
+                echo "scfsim-docker: cannot make $root writable (needs SYS_ADMIN, AppArmor unconfined)" >&2
+                return 0
+            }
+        else
+            rmdir "$root/scfsim-probe-$$"
+        fi
+        mkdir -p "$root/init" 2>/dev/null || return 0
+        while read -r pid; do
+            echo "$pid" >"$root/init/cgroup.procs" 2>/dev/null || true
+        done <"$root/cgroup.procs"
+        echo "+memory +pids" >"$root/cgroup.subtree_control" 2>/dev/null ||
+            echo "scfsim-docker: cannot enable the memory and pids controllers in $root" >&2
+    fi
+}
 
 case "${1:-}" in
 serve | check) ;;
@@ -25,6 +70,10 @@ for arg in "$@"; do
         ;;
     esac
 done
+
+if [ "$1" = serve ]; then
+    writable_cgroups
+fi
 
 src="${SCFSIM_CONFIG:-/srv/scfsim/config/scfsim.toml}"
 if [ ! -f "$src" ]; then

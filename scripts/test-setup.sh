@@ -79,3 +79,14 @@ done
 # The whole suite runs with the engine up: its iptables FORWARD policy (DROP) is what instances'
 # NAT must get through on hosts that run Docker, and the container tests need it.
 scripts/docker-engine.sh
+
+# --- The container image -------------------------------------------------------------------------
+# For tests/e2e/compose.rs: the base images (made here from Debian's packages, no registry needed)
+# and the image of docker-compose.yml. A cold build takes about ten minutes on two cores (mostly
+# cargo); a cached one seconds. The build's output goes to target/docker-build.log.
+mkdir -p target
+if ! scripts/docker-build-here.sh >target/docker-build.log 2>&1; then
+    tail -n 60 target/docker-build.log >&2
+    echo "test-setup: building the container image failed; the whole log: target/docker-build.log" >&2
+    exit 1
+fi

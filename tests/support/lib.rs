@@ -1033,3 +1033,140 @@ impl EventStream {
         }
     }
 }
+
+// ---- scfsim test -------------------------------------------------------------------------------
+
+/// Writes a config for `functions` into `dir` (as [`Scfsim::start`] does) with `top` (top-level
+/// keys such as `time_scale = 100`) in place of `relaxed_limits = true`; returns its path.
+pub fn write_config_file(dir: &Path, functions: &[Function], top: &str) -> PathBuf {
+    write_config(dir, functions, &[], "");
+    let path = dir.join("scfsim.toml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let text = text.replacen("relaxed_limits = true\n", &format!("{top}\n"), 1);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// What `scfsim test` did.
+pub struct TestRun {
+    /// The exit code (-1: killed by a signal).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl TestRun {
+    /// stdout as the JSON document of `--json`.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|err| {
+            panic!(
+                "stdout of scfsim test --json is not JSON ({err}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs `scfsim test ARGS` in `cwd` to its end, bounded by `patience` (then killed, and the
+/// test fails).
+pub async fn scfsim_test(cwd: &Path, args: &[&str], patience: Duration) -> TestRun {
+    let mut cmd = tokio::process::Command::new(scfsim_bin());
+    cmd.arg("test").args(args).current_dir(cwd);
+    let out = run("scfsim test", &mut cmd, patience, "cargo build -p scfsim").await;
+    TestRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// What [`run_bounded`] saw: the exit status (`None`: not started, or killed at the bound; the
+/// reason is in `stderr` then) and the output.
+#[derive(Debug)]
+pub struct BoundedOutput {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl BoundedOutput {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+impl std::fmt::Display for BoundedOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(status) => writeln!(f, "exit: {status}")?,
+            None => writeln!(f, "exit: none (not started, or killed at its time bound)")?,
+        }
+        // The ends of long outputs (a build's) are what says why it failed.
+        let tail = |s: &str| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        writeln!(f, "stdout (end):\n{}", tail(&self.stdout))?;
+        write!(f, "stderr (end):\n{}", tail(&self.stderr))
+    }
+}
+
+/// Runs `cmd` (stdin closed, output kept) and waits for it at most `limit`; past that, kills
+/// its whole process group (a Compose run's own children, e.g. `docker build`, too). Blocking:
+/// call it from `spawn_blocking` in async code.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> BoundedOutput {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("temp dir for a command's output");
+    let out = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
+    let err = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+    let mut child = match cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            return BoundedOutput {
+                status: None,
+                stdout: String::new(),
+                stderr: format!("could not start {cmd:?}: {e}"),
+            }
+        }
+    };
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("wait for a command") {
+            Some(status) => break Some(status),
+            None if std::time::Instant::now() >= deadline => {
+                // SAFETY: kill(2) on the process group this function made (pgid = child's pid).
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                let _ = std::fs::write(
+                    dir.path().join("stderr.bound"),
+                    format!("\nkilled after {limit:?}: {cmd:?}\n"),
+                );
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let read = |name: &str| {
+        String::from_utf8_lossy(&std::fs::read(dir.path().join(name)).unwrap_or_default())
+            .into_owned()
+    };
+    BoundedOutput {
+        status,
+        stdout: read("stdout"),
+        stderr: read("stderr") + &read("stderr.bound"),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when this returns; for a program that cannot take 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}

@@ -26,10 +26,10 @@ mod names;
 mod raw;
 mod validate;
 
-pub use duration::format_duration;
-pub use error::ConfigError;
+pub use duration::{format_duration, RawDuration};
+pub use error::{BadValue, ConfigError};
 pub use model::{
-    Config, FunctionConfig, GatewayConfig, Isolation, Limits, Platform, RateLimitAction,
+    scaled, Config, FunctionConfig, GatewayConfig, Isolation, Limits, Platform, RateLimitAction,
 };
 
 /// Reads, parses and validates the config file at `path`. Relative paths inside it (`code_dir`,
