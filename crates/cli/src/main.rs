@@ -39,6 +39,7 @@ enum IsolationArg {
     Auto,
     Namespaces,
     None,
+    Docker,
 }
 
 #[derive(Subcommand)]
@@ -61,8 +62,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// How instances are isolated (overrides gateway.isolation): own network, PID and mount
-        /// namespaces (user namespaces too when not root), none, or auto (namespaces where
-        /// possible).
+        /// namespaces (user namespaces too when not root), none, docker (a container per
+        /// instance, on the engine DOCKER_HOST names), or auto (namespaces where possible).
         #[arg(long, value_enum)]
         isolation: Option<IsolationArg>,
     },
@@ -252,6 +253,7 @@ async fn serve(
             IsolationRequest::Namespaces
         }
         (Some(IsolationArg::None), _) | (None, Configured::None) => IsolationRequest::None,
+        (Some(IsolationArg::Docker), _) | (None, Configured::Docker) => IsolationRequest::Docker,
     };
     let functions: Vec<String> = config
         .functions

@@ -29,7 +29,8 @@ mod validate;
 pub use duration::format_duration;
 pub use error::ConfigError;
 pub use model::{
-    Config, FunctionConfig, GatewayConfig, Isolation, Limits, Platform, RateLimitAction,
+    Config, FunctionConfig, GatewayConfig, ImageConfig, Isolation, Limits, Platform,
+    RateLimitAction,
 };
 
 /// Reads, parses and validates the config file at `path`. Relative paths inside it (`code_dir`,
