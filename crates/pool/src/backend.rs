@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::error::{PoolError, StartFailure};
+use crate::error::{PoolError, StartFailure, StartFailureKind};
 use crate::instance::ExitInfo;
 use crate::launcher::{Isolation, IsolationRequest, LauncherOptions, Ready};
 use crate::output::CapturedOutput;
@@ -103,6 +103,17 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
 
     /// Resolves when the instance ends. Cancel-safe; at once if it already has.
     fn exited(&self, instance: &mut Self::Instance) -> impl Future<Output = ExitInfo> + Send;
+
+    /// Why an instance that ended before listening failed, when the backend knows better
+    /// than "it exited" (a container's init that could not exec the command). The default:
+    /// it exited.
+    fn exit_failure(
+        &self,
+        _instance: &Self::Instance,
+        _exit: ExitInfo,
+    ) -> Option<StartFailureKind> {
+        None
+    }
 
     /// True once the instance went over its memory limit (and was killed for it).
     fn memory_exceeded(&self, instance: &Self::Instance) -> bool;

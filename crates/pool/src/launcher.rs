@@ -172,7 +172,11 @@ pub(crate) async fn start<B: Backend>(
             startup: began.elapsed(),
         }),
         Err(kind) => {
-            let exited_early = matches!(kind, StartFailureKind::ExitedBeforeListening { .. });
+            let exited_early = matches!(
+                kind,
+                StartFailureKind::ExitedBeforeListening { .. }
+                    | StartFailureKind::ContainerInit { .. }
+            );
             let stopped = Instance::new(backend.clone(), instance)
                 .stop(Duration::ZERO)
                 .await;
@@ -214,7 +218,9 @@ async fn wait_listening<B: Backend>(
         }
         tokio::select! {
             exit = backend.exited(instance) => {
-                return Err(StartFailureKind::ExitedBeforeListening { exit, port: INSTANCE_PORT });
+                return Err(backend.exit_failure(instance, exit).unwrap_or(
+                    StartFailureKind::ExitedBeforeListening { exit, port: INSTANCE_PORT },
+                ));
             }
             _ = tokio::time::sleep_until(deadline) => return Err(not_listening()),
             _ = tokio::time::sleep(delay) => {}

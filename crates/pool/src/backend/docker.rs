@@ -211,6 +211,8 @@ pub(crate) struct Docker {
     reaper: Option<reaper::Reaper>,
     /// The address instances reach the host at, on a local engine.
     host_address: Option<String>,
+    /// The id of scfsim's network, on a local engine.
+    network: Option<String>,
     details: Vec<String>,
     /// Images known to be on the engine.
     present: Mutex<HashSet<String>>,
@@ -231,6 +233,8 @@ struct Container {
     id: String,
     output: OutputLog,
     readers: Vec<JoinHandle<()>>,
+    /// True once the output stream ended (the container's process closed it).
+    output_done: watch::Receiver<bool>,
     oom: Arc<AtomicBool>,
     oom_flags: Weak<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     removed: bool,
@@ -238,7 +242,11 @@ struct Container {
 
 pub(crate) struct Instance {
     container: Container,
-    address: SocketAddr,
+    /// `None` when the container ended before it had one.
+    address: Option<SocketAddr>,
+    /// What was started, for a failure's message.
+    image: String,
+    command: Vec<String>,
     pid: u32,
     exit: watch::Receiver<Option<ExitInfo>>,
     waiter: JoinHandle<()>,
@@ -276,6 +284,7 @@ impl Docker {
                 .unwrap_or_else(|| RUNTIME_IMAGE.into()),
             reaper: None,
             host_address: None,
+            network: None,
             details: Vec::new(),
             present: Mutex::new(HashSet::new()),
             oom_flags: Arc::new(Mutex::new(HashMap::new())),
@@ -291,41 +300,73 @@ impl Docker {
         }
     }
 
-    /// scfsim's bridge network on a local engine, created if missing; its gateway address.
-    async fn ensure_network(&self) -> Result<Option<String>, PoolError> {
-        let inspect = || self.engine.inspect_network(NETWORK, None);
-        let network = match inspect().await {
-            Ok(network) => network,
-            Err(EngineError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                let request = NetworkCreateRequest {
-                    name: NETWORK.into(),
-                    driver: Some("bridge".into()),
-                    labels: Some(HashMap::from([(
-                        "io.scfsim.network".to_string(),
-                        "instances".to_string(),
-                    )])),
-                    ..Default::default()
-                };
-                match self.engine.create_network(request).await {
-                    // 409: another scfsim created it meanwhile.
-                    Ok(_)
-                    | Err(EngineError::DockerResponseServerError {
-                        status_code: 409, ..
-                    }) => {}
-                    Err(e) => return Err(self.engine_failed("creating scfsim's network", e)),
-                }
-                inspect()
-                    .await
-                    .map_err(|e| self.engine_failed("inspecting scfsim's network", e))?
-            }
-            Err(e) => return Err(self.engine_failed("inspecting scfsim's network", e)),
+    /// scfsim's bridge network on a local engine, created if missing: its id and gateway
+    /// address. Two scfsims starting together may both create it (the engine allows equal
+    /// names); each then uses the one with the lowest id, and either works.
+    async fn ensure_network(&self) -> Result<(String, Option<String>), PoolError> {
+        use bollard::query_parameters::ListNetworksOptionsBuilder;
+        let filters = HashMap::from([("name", vec![NETWORK.to_string()])]);
+        let find = || async {
+            let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+            let mut networks: Vec<_> = self
+                .engine
+                .list_networks(Some(options))
+                .await
+                .map_err(|e| self.engine_failed("listing networks", e))?
+                .into_iter()
+                // The engine's name filter matches parts of names too.
+                .filter(|n| n.name.as_deref() == Some(NETWORK))
+                .filter_map(|n| {
+                    let gateway = n
+                        .ipam
+                        .and_then(|ipam| ipam.config)
+                        .and_then(|configs| configs.into_iter().find_map(|c| c.gateway));
+                    Some((n.id?, gateway))
+                })
+                .collect();
+            networks.sort();
+            Ok::<_, PoolError>(networks.into_iter().next())
         };
-        Ok(network
-            .ipam
-            .and_then(|ipam| ipam.config)
-            .and_then(|configs| configs.into_iter().find_map(|c| c.gateway)))
+        if let Some(found) = find().await? {
+            self.remove_duplicate_networks(&found.0).await;
+            return Ok(found);
+        }
+        let request = NetworkCreateRequest {
+            name: NETWORK.into(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(
+                "io.scfsim.network".to_string(),
+                "instances".to_string(),
+            )])),
+            ..Default::default()
+        };
+        self.engine
+            .create_network(request)
+            .await
+            .map_err(|e| self.engine_failed("creating scfsim's network", e))?;
+        find().await?.ok_or_else(|| PoolError::Engine {
+            engine: self.address.clone(),
+            what: "creating scfsim's network",
+            source: format!("network {NETWORK} not found after creating it").into(),
+        })
+    }
+
+    /// Removes the other networks named [`NETWORK`] (the engine refuses to start containers on
+    /// an ambiguous name); one in use by a container is kept by the engine.
+    async fn remove_duplicate_networks(&self, keep: &str) {
+        use bollard::query_parameters::ListNetworksOptionsBuilder;
+        let filters = HashMap::from([("name", vec![NETWORK.to_string()])]);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let Ok(networks) = self.engine.list_networks(Some(options)).await else {
+            return;
+        };
+        for network in networks {
+            if network.name.as_deref() == Some(NETWORK) {
+                if let Some(id) = network.id.filter(|id| id != keep) {
+                    let _ = self.engine.remove_network(&id).await;
+                }
+            }
+        }
     }
 
     /// Removes the containers an earlier scfsim with this data directory on this machine left
@@ -481,7 +522,9 @@ impl Docker {
             }
         };
         match &self.endpoint {
-            Endpoint::Local => host.network_mode = Some(NETWORK.into()),
+            Endpoint::Local => {
+                host.network_mode = Some(self.network.clone().unwrap_or_else(|| NETWORK.into()))
+            }
             Endpoint::Remote { .. } => {
                 let port = format!("{INSTANCE_PORT}/tcp");
                 body.exposed_ports = Some(vec![port.clone()]);
@@ -549,6 +592,7 @@ impl Docker {
             id: created.id,
             output: OutputLog::default(),
             readers: Vec::new(),
+            output_done: watch::channel(false).1,
             oom,
             oom_flags: Arc::downgrade(&self.oom_flags),
             removed: false,
@@ -581,11 +625,13 @@ impl Container {
             .await?;
         let (mut out_writer, out_reader) = tokio::io::duplex(64 << 10);
         let (mut err_writer, err_reader) = tokio::io::duplex(64 << 10);
-        self.readers
-            .push(self.output.capture(out_reader, OutputStream::Stdout));
-        self.readers
-            .push(self.output.capture(err_reader, OutputStream::Stderr));
+        let captures = [
+            self.output.capture(out_reader, OutputStream::Stdout),
+            self.output.capture(err_reader, OutputStream::Stderr),
+        ];
         let mut stream = attached.output;
+        let (done_tx, done_rx) = watch::channel(false);
+        self.output_done = done_rx;
         self.readers.push(tokio::spawn(async move {
             use bollard::container::LogOutput;
             while let Some(Ok(chunk)) = stream.next().await {
@@ -600,7 +646,12 @@ impl Container {
                     break;
                 }
             }
-            // Dropping the writers ends both captures.
+            // Dropping the writers ends both captures; done once every line is in the log.
+            drop((out_writer, err_writer));
+            for capture in captures {
+                let _ = capture.await;
+            }
+            let _ = done_tx.send(true);
         }));
         Ok(())
     }
@@ -648,6 +699,19 @@ impl Drop for Container {
             });
         }
     }
+}
+
+/// The runtime's words for a command it could not execute.
+fn is_exec_failure(message: &str) -> bool {
+    [
+        "executable file not found",
+        "no such file or directory",
+        "permission denied",
+        "exec format error",
+        "exec:",
+    ]
+    .iter()
+    .any(|words| message.contains(words))
 }
 
 /// Force-removes a container (killing what runs in it) and its anonymous volumes.
@@ -778,7 +842,9 @@ impl Backend for Docker {
         engine.negotiate().await?;
         self.engine = engine.client;
         if self.endpoint == Endpoint::Local {
-            self.host_address = self.ensure_network().await?;
+            let (network, gateway) = self.ensure_network().await?;
+            self.network = Some(network);
+            self.host_address = gateway;
         }
         let removed = self.remove_leftovers().await?;
         if removed > 0 {
@@ -855,13 +921,12 @@ impl Backend for Docker {
             Ok(Err(EngineError::DockerResponseServerError {
                 status_code,
                 message,
-            })) if status_code == 400
-                || message.contains("starting container process")
-                || message.contains("exec") =>
+            })) if (400..500).contains(&status_code) && is_exec_failure(&message)
+                || message.contains("starting container process") =>
             {
                 Some(StartFailureKind::ContainerInit {
-                    image,
-                    command,
+                    image: image.clone(),
+                    command: command.clone(),
                     source: message.into(),
                 })
             }
@@ -904,7 +969,8 @@ impl Backend for Docker {
         let address = match &self.endpoint {
             Endpoint::Local => settings
                 .networks
-                .and_then(|mut n| n.remove(NETWORK))
+                // Its one network: scfsim's.
+                .and_then(|n| n.into_values().next())
                 .and_then(|n| n.ip_address)
                 .filter(|ip| !ip.is_empty())
                 .and_then(|ip| ip.parse().ok())
@@ -927,29 +993,21 @@ impl Backend for Docker {
                 container.id.clone(),
                 container.oom.clone(),
             );
+            let mut output_done = container.output_done.clone();
             tokio::spawn(async move {
                 let exit = wait_exit(&engine, &id, &oom).await;
+                // What it printed last is part of its end (a 405's message, tini's exec
+                // failure): the stream ends right after the process.
+                let _ =
+                    tokio::time::timeout(OUTPUT_DRAIN, output_done.wait_for(|done| *done)).await;
                 let _ = exit_tx.send(Some(exit));
             })
-        };
-        let Some(address) = address else {
-            waiter.abort();
-            let output = container.remove().await;
-            return Err(StartFailure {
-                kind: StartFailureKind::Internal {
-                    what: "the started container has no address for port 9000 (did it exit \
-                           at once?)"
-                        .into(),
-                    source: None,
-                },
-                pid: Some(pid),
-                exit: None,
-                output,
-            });
         };
         Ok(Instance {
             container,
             address,
+            image,
+            command,
             pid,
             exit: exit_rx,
             waiter,
@@ -958,7 +1016,11 @@ impl Backend for Docker {
     }
 
     async fn connect(&self, instance: &Instance) -> io::Result<TcpStream> {
-        let stream = TcpStream::connect(instance.address).await?;
+        // Without an address it ended before it got one: `exited` tells.
+        let address = instance
+            .address
+            .ok_or(io::Error::from(io::ErrorKind::ConnectionRefused))?;
+        let stream = TcpStream::connect(address).await?;
         if instance.remote {
             let mut byte = [0u8; 1];
             match tokio::time::timeout(PUBLISHED_PORT_SETTLE, stream.peek(&mut byte)).await {
@@ -990,6 +1052,26 @@ impl Backend for Docker {
                 });
             }
         }
+    }
+
+    /// The container's init (docker-init, tini) prints `[FATAL tini (N)] exec X failed: WHY`
+    /// when it cannot run the command: the platform's ContainerInitError, not an exit.
+    fn exit_failure(&self, instance: &Instance, _exit: ExitInfo) -> Option<StartFailureKind> {
+        let output = instance.container.output.snapshot();
+        let line = output.lines.iter().find(|l| {
+            l.line.starts_with("[FATAL tini")
+                && l.line.contains("exec ")
+                && l.line.contains(" failed")
+        })?;
+        let why = line
+            .line
+            .split_once("] ")
+            .map_or(line.line.as_str(), |(_, why)| why);
+        Some(StartFailureKind::ContainerInit {
+            image: instance.image.clone(),
+            command: instance.command.clone(),
+            source: why.to_string().into(),
+        })
     }
 
     fn memory_exceeded(&self, instance: &Instance) -> bool {
