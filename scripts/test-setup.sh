@@ -74,3 +74,7 @@ done
 # The whole suite runs with the engine up: its iptables FORWARD policy (DROP) is what instances'
 # NAT must get through on hosts that run Docker, and the container tests need it.
 scripts/docker-engine.sh
+# The container tests' images: the base images from Debian's packages, and scfsim's runtime
+# image for isolation = "docker" (each kept once made).
+scripts/docker-base-images.sh >/dev/null
+scripts/docker-runtime-images.sh >/dev/null
