@@ -470,6 +470,7 @@ async fn leftovers_of_an_earlier_run_are_removed_at_start_and_nothing_else() {
     let alive = format!("io.scfsim.process={}:{start}", std::process::id());
     let foreign = create(&["io.scfsim.e2e=foreign"]);
     let live = create(&[&owner, &alive, "io.scfsim.e2e=live"]);
+    let _cleanup = Removed(vec![leftover.clone(), foreign.clone(), live.clone()]);
     let config = format!(
         "relaxed_limits = true\n{}",
         image_function("echo", image, &[])
@@ -496,10 +497,18 @@ async fn leftovers_of_an_earlier_run_are_removed_at_start_and_nothing_else() {
         "{}",
         scfsim.log()
     );
-    for id in [foreign, live] {
-        let _ = docker(&["rm", "--force", &id]);
-    }
     drop(scfsim);
+}
+
+/// Containers a test made itself, removed when it ends (also when it fails).
+struct Removed(Vec<String>);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = docker(&["rm", "--force", id]);
+        }
+    }
 }
 
 /// A code directory holding the fixture and a bootstrap that starts it by a relative path, so
