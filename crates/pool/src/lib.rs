@@ -55,7 +55,8 @@ pub use spawn::{ImageSpec, InstanceSpec};
 pub use supervisor::SUPERVISOR_ARG;
 
 /// Runs this process as an instance supervisor if scfsim started it as one (its first argument
-/// is [`SUPERVISOR_ARG`]), and never returns then. Call it first thing in `main` of the program
+/// is [`SUPERVISOR_ARG`]), or as the Docker backend's container reaper, and never returns
+/// then. Call it first thing in `main` of the program
 /// named by [`LauncherOptions::supervisor`], before any thread or runtime starts.
 pub fn run_supervisor_if_requested() {
     let mut args = std::env::args_os().skip(1);
