@@ -1477,16 +1477,6 @@ async fn an_asterisk_request_target_is_400_and_starts_no_instance() {
     client.expect_text("still serving").await;
 }
 
-/// scfsim's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_function_that_never_reads_does_not_make_scfsim_buffer_the_client() {
     use futures_util::SinkExt;
@@ -1499,7 +1489,7 @@ async fn a_function_that_never_reads_does_not_make_scfsim_buffer_the_client() {
     .set("idle_timeout", "\"60s\"")
     .set("execution_timeout", "\"3s\"")])
     .await;
-    let before = rss_kib(scfsim.pid());
+    let before = scfsim_e2e::procs::rss_kib(scfsim.pid());
     let client = scfsim.connect("/stuck").await;
     let id = client.request_id.clone();
     let mut ws = client.ws;
@@ -1514,7 +1504,7 @@ async fn a_function_that_never_reads_does_not_make_scfsim_buffer_the_client() {
     });
     let record = scfsim.record(&id).await;
     assert_eq!(record["status_code"], 433, "{record:#}");
-    let grown = rss_kib(scfsim.pid()).saturating_sub(before);
+    let grown = scfsim_e2e::procs::rss_kib(scfsim.pid()).saturating_sub(before);
     assert!(
         grown < 32 * 1024,
         "scfsim grew by {grown} KiB while the function did not read"
@@ -1531,12 +1521,12 @@ async fn a_client_that_never_reads_does_not_make_scfsim_buffer_the_function() {
     .set("idle_timeout", "\"60s\"")
     .set("execution_timeout", "\"3s\"")])
     .await;
-    let before = rss_kib(scfsim.pid());
+    let before = scfsim_e2e::procs::rss_kib(scfsim.pid());
     // Connected, and then never read from: the function's 200 MB must wait in socket buffers.
     let client = scfsim.connect("/flood").await;
     let record = scfsim.record(&client.request_id).await;
     assert_eq!(record["status_code"], 433, "{record:#}");
-    let grown = rss_kib(scfsim.pid()).saturating_sub(before);
+    let grown = scfsim_e2e::procs::rss_kib(scfsim.pid()).saturating_sub(before);
     assert!(
         grown < 32 * 1024,
         "scfsim grew by {grown} KiB while the client did not read"

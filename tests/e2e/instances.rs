@@ -1,6 +1,7 @@
 //! Instances as the platform runs them: unchanged bootstraps calling /var/lang runtimes, the
 //! instance's limits, and nothing left behind after many connections.
 
+use scfsim_e2e::procs::{fd_count, rss_kib, scfsim_mounts};
 use scfsim_e2e::{fixture_bin, repo_root, Function, Options, Scfsim};
 use serde_json::Value;
 
@@ -129,35 +130,6 @@ async fn going_over_memory_mb_ends_with_434() {
     let record = scfsim.record(&client.request_id).await;
     assert_eq!(record["status_code"], 434, "{record:#}");
     assert_eq!(record["end_reason"], "memory_limit");
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Mounts in scfsim's (the host's) mount namespace that scfsim could have made: all of its
-/// own mounts belong in the instances' namespaces. (Other programs may mount meanwhile.)
-fn scfsim_mounts(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .map(|t| {
-            t.lines()
-                .filter(|l| {
-                    l.contains("var-lang") || l.contains("/var/lang") || l.contains(" proc ")
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// Children of `pid` (zombies included) and scfsim cgroups of `pid`.
@@ -428,12 +400,10 @@ async fn without_root_each_instance_gets_user_namespaces_and_its_own_port_9000()
         },
     )
     .await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", scfsim.pid())).unwrap();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
-        "scfsim runs as nobody: {status}"
+    assert_eq!(
+        scfsim_e2e::procs::uid(scfsim.pid()),
+        65534,
+        "scfsim runs as nobody"
     );
     assert!(
         scfsim.log().contains("instance isolation: user namespaces"),

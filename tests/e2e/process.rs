@@ -5,27 +5,18 @@ use scfsim_e2e::{eventually, Function, Scfsim, PATIENCE};
 
 /// Bootstrap processes (not their supervisors) whose environment holds `marker`.
 fn bootstraps_with(marker: &str) -> Vec<u32> {
-    processes_with(marker)
+    scfsim_e2e::procs::with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
         .into_iter()
-        .filter(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            !matches!(comm.trim(), "scfsim-keeper" | "scfsim-init")
-        })
+        .filter(|(_, comm)| !matches!(comm.as_str(), "scfsim-keeper" | "scfsim-init"))
+        .map(|(pid, _)| pid)
         .collect()
 }
 
 /// Processes whose environment holds `marker` (instances of one test, with their supervisors).
 fn processes_with(marker: &str) -> Vec<u32> {
-    let needle = format!("SCFSIM_TEST_MARKER={marker}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
-                .unwrap_or(false)
-        })
+    scfsim_e2e::procs::with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
+        .into_iter()
+        .map(|(pid, _)| pid)
         .collect()
 }
 

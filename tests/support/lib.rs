@@ -12,6 +12,10 @@
 //! [`run`]), and no blocking call runs on tokio's blocking pool, which a test's runtime waits
 //! for when it shuts down (so one stuck call there would hang the whole test binary).
 
+pub mod procs;
+
+pub use procs::children;
+
 use std::fmt::Display;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -205,20 +209,6 @@ pub fn scfsim_bin() -> PathBuf {
 /// The multi-mode fixture bootstrap.
 pub fn fixture_bin() -> PathBuf {
     built_binary("scfsim-fixture")
-}
-
-/// The `/proc/<pid>/stat` lines of the children of `pid`, zombies included.
-pub fn children(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            // pid (comm) state ppid ...
-            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-            after.split_whitespace().nth(1) == Some(&pid.to_string())
-        })
-        .collect()
 }
 
 /// The repository root (for the examples).
@@ -1041,5 +1031,51 @@ impl EventStream {
             Ok(Some(Ok(event))) => panic!("expected the end, got the event {event:?}"),
             Ok(Some(Err(err))) => panic!("the event stream broke off: {err}"),
         }
+    }
+}
+
+// ---- scfsim test -------------------------------------------------------------------------------
+
+/// Writes a config for `functions` into `dir` (as [`Scfsim::start`] does) with `top` (top-level
+/// keys such as `time_scale = 100`) in place of `relaxed_limits = true`; returns its path.
+pub fn write_config_file(dir: &Path, functions: &[Function], top: &str) -> PathBuf {
+    write_config(dir, functions, &[], "");
+    let path = dir.join("scfsim.toml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let text = text.replacen("relaxed_limits = true\n", &format!("{top}\n"), 1);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// What `scfsim test` did.
+pub struct TestRun {
+    /// The exit code (-1: killed by a signal).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl TestRun {
+    /// stdout as the JSON document of `--json`.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|err| {
+            panic!(
+                "stdout of scfsim test --json is not JSON ({err}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs `scfsim test ARGS` in `cwd` to its end, bounded by `patience` (then killed, and the
+/// test fails).
+pub async fn scfsim_test(cwd: &Path, args: &[&str], patience: Duration) -> TestRun {
+    let mut cmd = tokio::process::Command::new(scfsim_bin());
+    cmd.arg("test").args(args).current_dir(cwd);
+    let out = run("scfsim test", &mut cmd, patience, "cargo build -p scfsim").await;
+    TestRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }

@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use scfsim_config::{Config, FunctionConfig};
 use scfsim_gateway::LiveInstances;
-use scfsim_record::RecordStore;
+use scfsim_record::Store;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,8 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct AdminState {
     pub config: Arc<Config>,
-    pub store: Arc<RecordStore>,
+    /// The record store, whatever its backend.
+    pub store: Arc<dyn Store>,
     pub live: Arc<LiveInstances>,
 }
 
@@ -80,7 +81,7 @@ pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> R
         .route_layer(axum::middleware::from_fn(move |req, next| {
             require_token(token.clone(), req, next)
         }))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         // After the routes: it applies to the routes added so far.
         .method_not_allowed_fallback(|| async {
             error(
@@ -195,13 +196,77 @@ async fn end_instance(State(state): State<AdminState>, Path(id): Path<String>) -
     }
 }
 
+/// A page of records, newest first: a JSON array as before; the cursor of the next page is in
+/// the `X-Next-Cursor` header and a `Link: <...>; rel="next"` header (absent on the last page),
+/// so clients that read only the array are unaffected.
 async fn invocations(
     State(state): State<AdminState>,
-    query: Result<Query<scfsim_record::Query>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
+    query: Result<Query<scfsim_record::Search>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    match query {
-        Ok(Query(q)) => Json(state.store.query(&q)).into_response(),
-        Err(rejection) => error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let store = state.store.clone();
+    let page = match tokio::task::spawn_blocking(move || store.search(&q)).await {
+        Ok(Ok(page)) => page,
+        Ok(Err(err)) => return store_error(&err),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed"),
+    };
+    let mut resp = Json(page.records).into_response();
+    if let Some(cursor) = page.next_cursor {
+        let next = next_page_uri(&uri, &cursor);
+        for (name, value) in [
+            ("x-next-cursor", cursor),
+            ("link", format!("<{next}>; rel=\"next\"")),
+        ] {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+    }
+    resp
+}
+
+/// The request's path and query with `cursor` set to `cursor`.
+fn next_page_uri(uri: &axum::http::Uri, cursor: &str) -> String {
+    let mut pairs: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("cursor="))
+        .collect();
+    let cursor = format!("cursor={cursor}");
+    pairs.push(&cursor);
+    format!("{}?{}", uri.path(), pairs.join("&"))
+}
+
+/// 400 for what the client sent, 503 while the store cannot serve, 500 otherwise.
+fn store_error(err: &scfsim_record::RecordError) -> Response {
+    let status = match err.fault() {
+        scfsim_record::Fault::Caller => StatusCode::BAD_REQUEST,
+        scfsim_record::Fault::Environment => StatusCode::SERVICE_UNAVAILABLE,
+        scfsim_record::Fault::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &chain(err))
+}
+
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    scfsim_gateway::ErrorChain(err).to_string()
+}
+
+/// 200 always (scfsim still serves connections); the body says `ok`, or `degraded: ...` while
+/// the record store cannot write (records are then kept in memory, up to a bound).
+async fn healthz(State(state): State<AdminState>) -> String {
+    let health = state.store.health();
+    match &health.degraded {
+        None => "ok\n".to_owned(),
+        Some(d) => format!(
+            "degraded: the record store cannot write ({}) since {}; {} record(s) kept in memory \
+             (at most {}), written when writing works again\n",
+            d.cause, d.since, health.pending, health.pending_limit
+        ),
     }
 }
 
@@ -210,9 +275,12 @@ async fn invocation(State(state): State<AdminState>, Path(id): Path<String>) -> 
         Ok(id) => id,
         Err(err) => return err.into_response(),
     };
-    match state.store.get(id) {
-        Some(record) => Json(record).into_response(),
-        None => error(StatusCode::NOT_FOUND, &format!("no invocation {id}")),
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.find(id)).await {
+        Ok(Ok(Some(record))) => Json(record).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("no invocation {id}")),
+        Ok(Err(err)) => store_error(&err),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed"),
     }
 }
 
@@ -221,9 +289,11 @@ async fn logs(State(state): State<AdminState>, Path(id): Path<String>) -> Respon
         Ok(id) => id,
         Err(err) => return err.into_response(),
     };
-    match state.store.logs(id) {
-        Ok(Some(logs)) => Json(logs).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no invocation {id}")),
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.logs(id)).await {
+        Ok(Ok(Some(logs))) => Json(logs).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("no invocation {id}")),
+        Ok(Err(err)) => store_error(&err),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed"),
     }
 }

@@ -24,6 +24,8 @@ pub enum ClientError {
         #[source]
         source: hyper::Error,
     },
+    #[error("{url} sent a malformed event stream: {detail}")]
+    Stream { url: String, detail: String },
     #[error("{url} answered {status}: {body}")]
     Status {
         url: String,
@@ -87,55 +89,51 @@ pub async fn get_with_token(url: &str, token: Option<&str>) -> Result<Bytes, Cli
     Ok(body.to_bytes())
 }
 
+/// The events of one server-sent event stream, parsed by `eventsource-stream`.
+type Events = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<hyper::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
 /// An open server-sent event stream.
 pub struct EventStream {
     url: String,
-    body: Incoming,
-    pending: Vec<u8>,
+    events: Events,
 }
 
 impl EventStream {
     /// Opens the stream; events that happen from now on are buffered until read.
     pub async fn open(url: &str, token: Option<&str>) -> Result<EventStream, ClientError> {
+        use eventsource_stream::Eventsource;
+        let body = send(url, token).await?.into_body();
         Ok(EventStream {
             url: url.to_string(),
-            body: send(url, token).await?.into_body(),
-            pending: Vec::new(),
+            events: Box::pin(body.into_data_stream().eventsource()),
         })
     }
 
     /// The next `(event, data)`, or `None` when the stream ends.
     pub async fn next_event(&mut self) -> Result<Option<(String, String)>, ClientError> {
-        let (mut event, mut data) = (String::new(), String::new());
-        loop {
-            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches(['\r', '\n']);
-                if line.is_empty() {
-                    if !data.is_empty() {
-                        return Ok(Some((event, data)));
-                    }
-                    event.clear();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    if !data.is_empty() {
-                        data.push('\n');
-                    }
-                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                }
+        use futures_util::StreamExt;
+        match self.events.next().await {
+            None => Ok(None),
+            Some(Ok(event)) => Ok(Some((event.event, event.data))),
+            Some(Err(eventsource_stream::EventStreamError::Transport(source))) => {
+                Err(ClientError::Body {
+                    url: self.url.clone(),
+                    source,
+                })
             }
-            let Some(frame) = self.body.frame().await else {
-                return Ok(None);
-            };
-            let frame = frame.map_err(|source| ClientError::Body {
+            Some(Err(err)) => Err(ClientError::Stream {
                 url: self.url.clone(),
-                source,
-            })?;
-            if let Some(chunk) = frame.data_ref() {
-                self.pending.extend_from_slice(chunk);
-            }
+                detail: err.to_string(),
+            }),
         }
     }
 }

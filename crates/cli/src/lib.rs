@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 pub mod client;
 
+/// How long shutdown waits for the record store to write what it was given.
+const STORE_FLUSH_BOUND: Duration = Duration::from_secs(10);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -68,6 +71,7 @@ impl Server {
         let retention = scfsim_record::Retention {
             max_records: config.gateway.max_records as usize,
             max_logged_invocations: config.gateway.max_logged_invocations as usize,
+            max_age: config.gateway.max_record_age,
         };
         let (store, report) =
             RecordStore::open_with(&data_dir, retention).map_err(|source| ServeError::Store {
@@ -79,11 +83,17 @@ impl Server {
                 crashed_completed = report.crashed_completed,
                 skipped_lines = report.skipped_lines,
                 "record store: {} invocation(s) were running when scfsim last stopped and are \
-                 now recorded as 500 gateway_crashed; {} unreadable line(s) skipped",
+                 now recorded as 500 gateway_crashed; {} unreadable journal line(s) skipped",
                 report.crashed_completed,
                 report.skipped_lines
             );
         }
+        tracing::info!(
+            path = %store.path().display(),
+            records = report.loaded,
+            imported = report.imported,
+            "record store open"
+        );
         let store = Arc::new(store);
         let mut isolation_notes = Vec::new();
         let mut launcher = Launcher::new(LauncherOptions {
@@ -157,6 +167,10 @@ impl Server {
     pub async fn shutdown(self, bound: Duration) -> bool {
         self.shutdown.cancel();
         let drained = self.gateway.drain(bound).await;
+        // Every outcome recorded above is written before scfsim exits (unless the disk refuses,
+        // which the store has logged).
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.flush(STORE_FLUSH_BOUND)).await;
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

@@ -106,6 +106,36 @@ enum Command {
         #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Run scenario files (TOML) against the configured functions: exit 0 when all pass, 1 when
+    /// any fails, 2 for a bad scenario file or config. Starts its own scfsim on free ports
+    /// (data in a temporary directory) unless --url and --admin name a running one.
+    Test {
+        /// Config of the scfsim to start.
+        #[arg(long, default_value = "config/scfsim.toml")]
+        config: PathBuf,
+        /// ws:// base of a running scfsim (e.g. ws://127.0.0.1:8080); needs --admin.
+        #[arg(long, requires = "admin")]
+        url: Option<String>,
+        /// Admin API of that running scfsim (e.g. http://127.0.0.1:9100); needs --url.
+        #[arg(long, requires = "url")]
+        admin: Option<String>,
+        /// Also write a JUnit XML report to this file.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Print one JSON document (every scenario, every failure) instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Run the idle and execution timers (and rate limits) N times faster (overrides
+        /// time_scale in the config; not with --url).
+        #[arg(long, value_name = "N", conflicts_with = "url")]
+        time_scale: Option<f64>,
+        /// The admin API's token, if it has one (with --url).
+        #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Scenario files.
+        #[arg(required = true, value_name = "SCENARIO")]
+        scenarios: Vec<PathBuf>,
+    },
 }
 
 /// Exit code 2: bad usage or config, as the interface promises.
@@ -122,7 +152,9 @@ fn main() -> ExitCode {
     // Before anything else: scfsim execs itself as each instance's supervisor.
     scfsim_pool::run_supervisor_if_requested();
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // `scfsim test` runs scfsim in-process: its per-connection log would bury the report.
+    let quiet = matches!(cli.command, Command::Test { .. });
+    init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -143,9 +175,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -199,6 +231,191 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
                 .await
                 .map(Ok)
         }
+        Command::Test {
+            config,
+            url,
+            admin,
+            junit,
+            json,
+            time_scale,
+            token,
+            scenarios,
+        } => {
+            let running = url.zip(admin).map(|(ws, admin)| scfsim_scenario::Target {
+                ws,
+                admin,
+                admin_token: token,
+            });
+            let options = TestOptions {
+                config,
+                running,
+                junit,
+                json,
+                time_scale,
+            };
+            test::run(&options, &scenarios).await
+        }
+    }
+}
+
+/// `scfsim test`'s options, as parsed.
+struct TestOptions {
+    config: PathBuf,
+    /// A running scfsim (--url, --admin) instead of one started here.
+    running: Option<scfsim_scenario::Target>,
+    junit: Option<PathBuf>,
+    json: bool,
+    time_scale: Option<f64>,
+}
+
+mod test {
+    //! `scfsim test`: load every scenario (a bad one is exit 2 before anything runs), start
+    //! scfsim in-process on free ports unless a running one is named, run the scenarios one
+    //! after the other, report, stop scfsim.
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use scfsim::Server;
+    use scfsim_scenario::{report, Scenario, Target};
+
+    use super::{TestOptions, UsageError};
+
+    /// How long the in-process scfsim may take to start (isolation setup included).
+    const START_WITHIN: Duration = Duration::from_secs(60);
+    /// How long it may take to drain when the scenarios are done.
+    const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+    pub(super) async fn run(
+        options: &TestOptions,
+        files: &[PathBuf],
+    ) -> anyhow::Result<Result<(), UsageError>> {
+        let mut scenarios = Vec::with_capacity(files.len());
+        for file in files {
+            match scfsim_scenario::load(file) {
+                Ok(s) => scenarios.push(s),
+                Err(err) => return Ok(Err(UsageError::from_error(&err))),
+            }
+        }
+        let (target, server) = match &options.running {
+            Some(target) => (target.clone(), None),
+            None => {
+                let config = match prepare_config(options, &scenarios) {
+                    Ok(config) => config,
+                    Err(usage) => return Ok(Err(usage)),
+                };
+                let data = tempfile::Builder::new()
+                    .prefix("scfsim-test-")
+                    .tempdir()
+                    .context("creating a temporary data directory")?;
+                let mut config = config;
+                config.gateway.data_dir = data.path().to_path_buf();
+                let isolation = super::isolation_request(None, config.gateway.isolation);
+                super::raise_open_file_limit();
+                let server = tokio::time::timeout(
+                    START_WITHIN,
+                    Server::start(config, isolation, "/proc/self/exe".into()),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("scfsim did not start within {START_WITHIN:?}"))?
+                .context("starting scfsim")?;
+                let target = Target {
+                    ws: format!("ws://{}", server.ws_addr),
+                    admin: format!("http://{}", server.admin_addr),
+                    admin_token: server_token(&server),
+                };
+                (target, Some((server, data)))
+            }
+        };
+        let mut reports = Vec::with_capacity(scenarios.len());
+        for scenario in &scenarios {
+            let report = scfsim_scenario::run(scenario, &target).await;
+            if !options.json {
+                print!("{}", report::human(&report));
+            }
+            reports.push(report);
+        }
+        if let Some((server, data)) = server {
+            if !server.shutdown(STOP_WITHIN).await {
+                tracing::warn!("some connections did not finish within {STOP_WITHIN:?}");
+            }
+            drop(data);
+        }
+        if options.json {
+            println!("{}", report::json(&reports));
+        } else {
+            println!("{}", report::summary(&reports));
+        }
+        if let Some(path) = &options.junit {
+            std::fs::write(path, report::junit(&reports))
+                .with_context(|| format!("writing the JUnit report {}", path.display()))?;
+        }
+        let failed = reports.iter().filter(|r| !r.passed()).count();
+        if failed > 0 {
+            anyhow::bail!("{failed} of {} scenario(s) failed", reports.len());
+        }
+        Ok(Ok(()))
+    }
+
+    /// The config to serve: as the file says, on free loopback ports, without wss://, with
+    /// --time-scale applied; every scenario's path must reach a function.
+    fn prepare_config(
+        options: &TestOptions,
+        scenarios: &[Scenario],
+    ) -> Result<scfsim_config::Config, UsageError> {
+        let mut config =
+            scfsim_config::load(&options.config).map_err(|e| UsageError::from_error(&e))?;
+        if let Some(n) = options.time_scale {
+            let max = scfsim_config::Config::MAX_TIME_SCALE;
+            if !(1.0..=max).contains(&n) {
+                return Err(UsageError(format!(
+                    "--time-scale {n}: must be a number from 1 (real time) to {max}"
+                )));
+            }
+            config.time_scale = n;
+        }
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.gateway.listen = loopback;
+        config.gateway.admin_listen = loopback;
+        config.gateway.tls_listen = None;
+        for scenario in scenarios {
+            let path = scenario.path.render(1);
+            if config.route(&path).is_none() {
+                return Err(UsageError(format!(
+                    "{}: path: {path:?} reaches no function of {} (its paths: {})",
+                    scenario.file.display(),
+                    options.config.display(),
+                    config
+                        .functions
+                        .iter()
+                        .map(|f| f.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    fn server_token(server: &Server) -> Option<String> {
+        server.gateway.config().gateway.admin_token.clone()
+    }
+}
+
+/// The isolation to request: the flag if given, else the config's.
+fn isolation_request(
+    flag: Option<IsolationArg>,
+    configured: scfsim_config::Isolation,
+) -> IsolationRequest {
+    use scfsim_config::Isolation as Configured;
+    match (flag, configured) {
+        (Some(IsolationArg::Auto), _) | (None, Configured::Auto) => IsolationRequest::Auto,
+        (Some(IsolationArg::Namespaces), _) | (None, Configured::Namespaces) => {
+            IsolationRequest::Namespaces
+        }
+        (Some(IsolationArg::None), _) | (None, Configured::None) => IsolationRequest::None,
+        (Some(IsolationArg::Docker), _) | (None, Configured::Docker) => IsolationRequest::Docker,
     }
 }
 
@@ -246,15 +463,7 @@ async fn serve(
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    use scfsim_config::Isolation as Configured;
-    let isolation = match (isolation, config.gateway.isolation) {
-        (Some(IsolationArg::Auto), _) | (None, Configured::Auto) => IsolationRequest::Auto,
-        (Some(IsolationArg::Namespaces), _) | (None, Configured::Namespaces) => {
-            IsolationRequest::Namespaces
-        }
-        (Some(IsolationArg::None), _) | (None, Configured::None) => IsolationRequest::None,
-        (Some(IsolationArg::Docker), _) | (None, Configured::Docker) => IsolationRequest::Docker,
-    };
+    let isolation = isolation_request(isolation, config.gateway.isolation);
     let functions: Vec<String> = config
         .functions
         .iter()

@@ -86,9 +86,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, BadValue> {
 }
 
 /// A duration as written in the file, kept unparsed so that validation can name the field when
-/// it is bad (a serde error only knows the line).
+/// it is bad (a serde error only knows the line). Public so that other scfsim files (scenario
+/// files) accept durations in exactly the config's forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RawDuration {
+pub enum RawDuration {
     /// A TOML integer: whole seconds. May be negative here; validation rejects it.
     Seconds(i64),
     /// A TOML string such as "15s".
@@ -97,7 +98,7 @@ pub(crate) enum RawDuration {
 
 impl RawDuration {
     /// Converts to a `Duration`, or a message saying what is accepted.
-    pub(crate) fn to_duration(&self) -> Result<Duration, BadValue> {
+    pub fn to_duration(&self) -> Result<Duration, BadValue> {
         match self {
             RawDuration::Seconds(secs) => u64::try_from(*secs)
                 .map(Duration::from_secs)

@@ -38,7 +38,7 @@ pub enum ConfigError {
 /// ([`ConfigError::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct BadValue(pub String);
+pub struct BadValue(pub String);
 
 impl From<BadValue> for String {
     fn from(bad: BadValue) -> String {

@@ -26,10 +26,10 @@ mod names;
 mod raw;
 mod validate;
 
-pub use duration::format_duration;
-pub use error::ConfigError;
+pub use duration::{format_duration, RawDuration};
+pub use error::{BadValue, ConfigError};
 pub use model::{
-    Config, FunctionConfig, GatewayConfig, ImageConfig, Isolation, Limits, Platform,
+    scaled, Config, FunctionConfig, GatewayConfig, ImageConfig, Isolation, Limits, Platform,
     RateLimitAction,
 };
 

@@ -15,6 +15,11 @@ use crate::duration::serialize_as_string;
 pub struct Config {
     /// Values outside the platform's ranges were allowed.
     pub relaxed_limits: bool,
+    /// Platform time runs this many times faster than real time: the idle and execution
+    /// timeouts last `1 / time_scale` of their configured (platform) value, and the rate limits
+    /// allow `time_scale` times more per real second. 1.0 = real time. Validated: 1 to
+    /// [`Config::MAX_TIME_SCALE`].
+    pub time_scale: f64,
     /// Listeners and gateway-wide settings.
     pub gateway: GatewayConfig,
     /// The `[limits]` table with defaults filled in; each function holds its effective copy.
@@ -79,6 +84,10 @@ pub struct GatewayConfig {
     pub max_records: u32,
     /// Invocations whose instance log is kept (the newest).
     pub max_logged_invocations: u32,
+    /// Records older than this (by start time) are deleted; `None` keeps them (up to
+    /// `max_records`).
+    #[serde(serialize_with = "serialize_optional_duration")]
+    pub max_record_age: Option<Duration>,
 }
 
 /// `gateway.isolation`: how instances are kept apart.
@@ -127,7 +136,18 @@ impl Default for GatewayConfig {
             pass_env: Vec::new(),
             max_records: 100_000,
             max_logged_invocations: 10_000,
+            max_record_age: None,
         }
+    }
+}
+
+fn serialize_optional_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&crate::duration::format_duration(*d)),
+        None => s.serialize_none(),
     }
 }
 
@@ -229,6 +249,15 @@ fn path_is_empty(path: &Path) -> bool {
 }
 
 impl Config {
+    /// The largest `time_scale`: beyond it a 10 s idle timeout would be shorter than a
+    /// millisecond, below what the timers can keep.
+    pub const MAX_TIME_SCALE: f64 = 10_000.0;
+
+    /// The real time that `platform` time lasts at this config's `time_scale`.
+    pub fn real_time(&self, platform: Duration) -> Duration {
+        scaled(platform, self.time_scale)
+    }
+
     /// The function serving a request `path` (without its query string): the longest function
     /// path equal to `path` or followed in it by '/'. "/echo" serves "/echo", "/echo/" and
     /// "/echo/a" but not "/echoes"; "/" serves everything no longer path claims.
@@ -272,6 +301,15 @@ impl Config {
             );
         }
         out
+    }
+}
+
+/// `platform` time divided by `time_scale` (at least 1; anything else is read as 1).
+pub fn scaled(platform: Duration, time_scale: f64) -> Duration {
+    if time_scale.is_finite() && time_scale > 1.0 {
+        platform.div_f64(time_scale)
+    } else {
+        platform
     }
 }
 

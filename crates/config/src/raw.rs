@@ -16,6 +16,9 @@ pub(crate) struct RawConfig {
     /// Allow values outside the platform's documented ranges (tests need sub-second timeouts).
     #[serde(default)]
     pub relaxed_limits: bool,
+    /// Run the idle and execution timers (and the rate limits) this many times faster; ranges
+    /// are checked on the values as written. 1 when absent.
+    pub time_scale: Option<f64>,
     /// `[gateway]`: listeners, TLS material, data directory, admin access.
     #[serde(default)]
     pub gateway: RawGateway,
@@ -73,10 +76,12 @@ pub(crate) struct RawGateway {
     pub isolation: Option<crate::Isolation>,
     /// Variables of scfsim's own environment passed to instances, beyond PATH, HOME and LANG.
     pub pass_env: Option<Vec<String>>,
-    /// Invocation records kept (the newest); the journal is compacted past twice that.
+    /// Invocation records kept (the newest).
     pub max_records: Option<i64>,
     /// Invocations whose instance log is kept (the newest).
     pub max_logged_invocations: Option<i64>,
+    /// Records older than this are deleted ("30d" is not a unit: write "720h"); none by default.
+    pub max_record_age: Option<RawDuration>,
 }
 
 /// `[limits]` and `[functions.limits]`: integers stay `i64` (TOML's integer) so that negative

@@ -127,6 +127,14 @@ fn cases() -> Vec<Case> {
             "functions.\"echo\".limits.max_message_bytes",
             &["got 1048576;"],
         ),
+        // time_scale: scfsim's own range, never lifted.
+        always(
+            "time_scale = 0.5",
+            "",
+            "time_scale",
+            &["got 0.5;", "from 1 (real time) to 10000"],
+        ),
+        always("time_scale = 20000", "", "time_scale", &["got 20000;"]),
         // Durations: always positive and well-formed.
         always(
             "",
@@ -520,4 +528,31 @@ fn error_display_names_file_field_value_and_range() {
         text.contains("\"2s\"") && text.contains("10s to 2h") && text.contains(RELAX_HINT),
         "{text}"
     );
+}
+
+#[test]
+fn time_scale_defaults_to_one_and_ranges_apply_to_the_unscaled_values() {
+    let fixture = Fixture::new();
+    assert_eq!(fixture.parse_ok(ECHO).time_scale, 1.0);
+    // 10 s idle and 2 h execution are within the platform's ranges as written; at 100 they run
+    // in 100 ms and 72 s, without relaxed_limits.
+    let config = fixture.parse_ok(&format!(
+        "time_scale = 100\n{ECHO}idle_timeout = \"10s\"\nexecution_timeout = \"2h\"\n"
+    ));
+    assert_eq!(config.time_scale, 100.0);
+    let f = &config.functions[0];
+    assert_eq!(
+        config.real_time(f.idle_timeout),
+        std::time::Duration::from_millis(100)
+    );
+    assert_eq!(
+        config.real_time(f.execution_timeout),
+        std::time::Duration::from_secs(72)
+    );
+    // A scaled value is still checked as written: 5 s idle is below the platform's 10 s.
+    let err = fixture
+        .parse(&format!("time_scale = 100\n{ECHO}idle_timeout = \"5s\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("10s to 2h"), "{err}");
 }

@@ -489,10 +489,13 @@ impl Invocation {
         let client_ws = client.into_websocket(config).await;
         let (mut client_tx, mut client_rx) = client_ws.split();
         let (mut function_tx, mut function_rx) = function_ws.split();
+        let time_scale = self.gateway.config.time_scale;
         let timers = ConnectionLimits {
             idle: self.function.idle_timeout,
             execution: self.function.execution_timeout,
-            request: self.function.limits,
+            time_scale,
+            // Rates are per platform second: N times as many per real second.
+            request: scaled_rates(self.function.limits, time_scale),
             memory_mb: self.function.memory_mb,
         };
         proxy::run(
@@ -549,6 +552,15 @@ impl Invocation {
             self.save_logs(&remains.output);
         }
         self.record.finish(&reason, OffsetDateTime::now_utc());
+        let time_scale = self.gateway.config.time_scale;
+        if time_scale != 1.0 {
+            // duration_ms is real time; the platform's clock ran time_scale times faster.
+            self.record.time_scale = Some(time_scale);
+            self.record.platform_duration_ms = self
+                .record
+                .duration_ms
+                .map(|ms| (ms as f64 * time_scale).round() as u64);
+        }
         let record = &self.record;
         tracing::info!(
             status_code = record.status_code.map(|s| s.as_u16()),
@@ -584,5 +596,38 @@ impl Invocation {
         {
             tracing::error!(error = %ErrorChain(&err), "could not save the instance's log");
         }
+    }
+}
+
+/// `limits` with its rates per real second when platform time runs `time_scale` times faster.
+fn scaled_rates(limits: scfsim_config::Limits, time_scale: f64) -> scfsim_config::Limits {
+    if time_scale <= 1.0 {
+        return limits;
+    }
+    let times = |v: f64| (v * time_scale).round();
+    scfsim_config::Limits {
+        max_bytes_per_second: times(limits.max_bytes_per_second as f64) as u64,
+        max_messages_per_second: times(f64::from(limits.max_messages_per_second))
+            .min(f64::from(u32::MAX)) as u32,
+        ..limits
+    }
+}
+
+#[cfg(test)]
+mod time_scale_tests {
+    use super::scaled_rates;
+    use scfsim_config::Limits;
+
+    #[test]
+    fn rates_are_per_platform_second() {
+        let platform = Limits::default();
+        let scaled = scaled_rates(platform, 100.0);
+        assert_eq!(scaled.max_messages_per_second, 1000);
+        assert_eq!(scaled.max_bytes_per_second, 100 * 128 * 1024);
+        assert_eq!(
+            scaled.max_message_bytes, platform.max_message_bytes,
+            "a size, not a rate"
+        );
+        assert_eq!(scaled_rates(platform, 1.0), platform);
     }
 }

@@ -94,7 +94,7 @@ use std::time::Duration;
 
 use scfsim_config::Config;
 use scfsim_pool::Launcher;
-use scfsim_record::RecordStore;
+use scfsim_record::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -144,7 +144,7 @@ impl Default for PlatformIdentity {
 pub struct Gateway {
     config: Arc<Config>,
     launcher: Arc<Launcher>,
-    store: Arc<RecordStore>,
+    store: Arc<dyn Store>,
     live: Arc<LiveInstances>,
     quotas: limits::Quotas,
     identity: PlatformIdentity,
@@ -162,7 +162,7 @@ impl Gateway {
     pub fn new(
         config: Arc<Config>,
         launcher: Arc<Launcher>,
-        store: Arc<RecordStore>,
+        store: Arc<dyn Store>,
         shutdown: CancellationToken,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limits::RequestRate;
 use crate::live::Traffic;
-use scfsim_config::{Limits, RateLimitAction};
+use scfsim_config::{scaled, Limits, RateLimitAction};
 
 /// How long scfsim waits for the far side's close frame (and the forwarding of the end) before
 /// it drops the TCP connection anyway.
@@ -45,6 +45,9 @@ pub(crate) const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 pub(crate) struct ConnectionLimits {
     pub idle: Duration,
     pub execution: Duration,
+    /// Platform time runs this many times faster (config `time_scale`): the two timers above
+    /// fire after `1 / time_scale` of their value; end reasons still name the platform value.
+    pub time_scale: f64,
     /// Message size and client → function rates.
     pub request: Limits,
     /// The function's memory size, for the 434 message.
@@ -387,7 +390,8 @@ where
         opposite: &to_function,
     };
     traffic.touch();
-    let execution_deadline = Instant::now() + timers.execution;
+    let execution_deadline = Instant::now() + scaled(timers.execution, timers.time_scale);
+    let idle_after = scaled(timers.idle, timers.time_scale);
 
     // Boxed so that each can be dropped on its own: dropping one releases its two halves for
     // the closing handshake while the other may still be forwarding.
@@ -395,7 +399,7 @@ where
     let mut down = Box::pin(downstream.run(&mut *function_rx, &mut *client_tx));
     let idle = async {
         loop {
-            let deadline = traffic.last_activity() + timers.idle;
+            let deadline = traffic.last_activity() + idle_after;
             if Instant::now() >= deadline {
                 break;
             }

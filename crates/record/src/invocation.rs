@@ -67,6 +67,13 @@ pub struct Invocation {
     pub client_addr: Option<String>,
     #[serde(default)]
     pub path: Option<String>,
+    /// The config's `time_scale` when it was not 1: platform time ran this many times faster
+    /// than real time (`duration_ms` is real time). Absent at real time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_scale: Option<f64>,
+    /// `duration_ms` in platform time (`duration_ms * time_scale`); absent at real time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_duration_ms: Option<u64>,
 }
 
 impl Invocation {
@@ -97,6 +104,8 @@ impl Invocation {
             error: None,
             client_addr: None,
             path: None,
+            time_scale: None,
+            platform_duration_ms: None,
         }
     }
 

@@ -5,15 +5,20 @@
 //!   function that turns them into the platform's status code, outcome and close details
 //!   (semantics.md §3), and into the close frame each side gets ([`Closing`], §4).
 //! - [`invocation`]: the [`Invocation`] record (the JSON shape of interface.md) and [`LogLine`].
-//! - [`store`]: [`RecordStore`], an append-only JSON-lines journal in the data directory with an
-//!   in-memory index for queries. It is read back at start, and invocations that were running
-//!   when scfsim died are completed there as `gateway_crashed` (status 500).
-//! - [`events`]: [`StoreEvent`]s, broadcast to [`RecordStore::subscribe`]rs as records are written.
-//! - [`metrics`]: [`StoreMetrics`], Prometheus families fed from the stored records.
+//! - [`store`]: the [`Store`] trait the gateway and the admin API hold, and [`SqliteStore`]
+//!   (alias [`RecordStore`]), the records in `data_dir/scfsim.db`: one writer thread batching
+//!   commits, readers beside it, crash completion (`gateway_crashed`) at open, a one-time
+//!   import of an older scfsim's `invocations.jsonl`, retention by count and age, and records
+//!   kept in memory (still queryable) while the disk refuses writes.
+//! - [`events`]: [`StoreEvent`]s, broadcast to subscribers as records are written.
+//! - [`metrics`]: [`Aggregates`] of finished records (kept in the database) and the Prometheus
+//!   families made from them.
 //!
-//! This crate is not the gateway: it never sees sockets, processes or async runtimes. Its calls
-//! are short blocking writes that are safe to make from many tasks at once. (It uses tokio's
-//! runtime-free broadcast channel only, so that async watchers can await events.)
+//! This crate is not the gateway: it never sees sockets, processes or async runtimes. Its
+//! calls on the connection path never wait for the disk. (It uses tokio's runtime-free
+//! broadcast channel only, so that async watchers can await events.)
+
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod events;
@@ -22,12 +27,15 @@ pub mod metrics;
 pub mod outcome;
 pub mod store;
 
-pub use error::RecordError;
+pub use error::{Fault, RecordError};
 pub use events::StoreEvent;
 pub use invocation::{Invocation, LogLine, LogStream};
-pub use metrics::StoreMetrics;
+pub use metrics::Aggregates;
 pub use outcome::{
     classify, may_be_sent, Classification, CloseFrame, CloseOrder, CloseStep, ClosedBy, Closing,
     EndReason, Outcome, Side, StatusCode,
 };
-pub use store::{Logs, OpenReport, Query, RecordStore, Retention};
+pub use store::{
+    Degraded, Logs, OpenReport, Page, Query, RecordStore, Retention, Search, SqliteStore, Store,
+    StoreHealth,
+};

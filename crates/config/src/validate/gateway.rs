@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{Checked, Checker};
 use crate::raw::RawGateway;
@@ -110,6 +111,15 @@ impl Checker<'_> {
             max_logged_invocations: match raw.max_logged_invocations {
                 Some(v) => self.count_u32("gateway.max_logged_invocations", v, None)?,
                 None => GatewayConfig::default().max_logged_invocations,
+            },
+            max_record_age: match raw.max_record_age {
+                Some(ref age) => Some(self.duration(
+                    "gateway.max_record_age",
+                    Some(age),
+                    Duration::ZERO,
+                    None,
+                )?),
+                None => None,
             },
         })
     }

@@ -87,8 +87,10 @@ pub(crate) fn validate(
         }
         runtimes.insert(key, check.file_path(&field, &target, base_dir)?);
     }
+    let time_scale = check.time_scale(raw.time_scale)?;
     Ok(Config {
         relaxed_limits: raw.relaxed_limits,
+        time_scale,
         gateway,
         limits,
         functions,
@@ -215,6 +217,25 @@ impl Checker<'_> {
                     format_duration(max)
                 ),
             )?;
+        }
+        Ok(value)
+    }
+
+    /// `time_scale`: a number from 1 (real time) to [`Config::MAX_TIME_SCALE`]. Not a platform
+    /// range: scfsim's timers cannot keep a faster clock.
+    fn time_scale(&self, raw: Option<f64>) -> Checked<f64> {
+        let Some(value) = raw else {
+            return Ok(1.0);
+        };
+        if !(1.0..=Config::MAX_TIME_SCALE).contains(&value) {
+            return Err(self.invalid(
+                "time_scale",
+                format!(
+                    "got {value}; must be a number from 1 (real time) to {} (time runs that \
+                     many times faster)",
+                    Config::MAX_TIME_SCALE
+                ),
+            ));
         }
         Ok(value)
     }

@@ -44,6 +44,7 @@ fn limits() -> ConnectionLimits {
     ConnectionLimits {
         idle: Duration::from_secs(15),
         execution: Duration::from_secs(900),
+        time_scale: 1.0,
         request: Limits {
             max_message_bytes: LIMIT,
             max_bytes_per_second: 1 << 20,
@@ -779,4 +780,54 @@ async fn pings_are_answered_once_each_way() {
     until_close(&mut client).await;
     let (_, traffic) = proxy.ended().await;
     assert_eq!((traffic.messages_in, traffic.messages_out), (2, 2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// time_scale: the timers run N times faster; reasons name platform time.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn at_time_scale_100_the_idle_timeout_fires_after_a_hundredth_and_names_platform_time() {
+    let mut limits = limits();
+    limits.time_scale = 100.0;
+    let mut proxy = Proxy::start(limits);
+    let mut client = proxy.client().await;
+    let mut function = proxy.function().await;
+    let t0 = Instant::now();
+    let ((_, got), _) = tokio::join!(until_close(&mut client), until_close(&mut function));
+    let (reason, _) = proxy.ended().await;
+    assert_eq!(t0.elapsed(), Duration::from_millis(150), "15 s / 100");
+    assert_eq!(
+        reason,
+        EndReason::IdleTimeout {
+            after: Duration::from_secs(15)
+        }
+    );
+    assert_eq!(got, close(1001, "idle timeout: no message for 15s"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_time_scale_100_a_two_hour_execution_timeout_fires_after_72_seconds() {
+    let mut limits = limits();
+    limits.time_scale = 100.0;
+    limits.idle = Duration::from_secs(7200);
+    limits.execution = Duration::from_secs(7200);
+    let mut proxy = Proxy::start(limits);
+    let mut client = proxy.client().await;
+    let mut function = proxy.function().await;
+    let t0 = Instant::now();
+    // Traffic at 30 s moves the idle deadline (also 72 s real) past the execution deadline.
+    sleep(Duration::from_secs(30)).await;
+    client.send(text("tick")).await.unwrap();
+    assert_eq!(next(&mut function).await, Some(text("tick")));
+    let ((_, got), _) = tokio::join!(until_close(&mut client), until_close(&mut function));
+    let (reason, _) = proxy.ended().await;
+    assert_eq!(t0.elapsed(), Duration::from_secs(72));
+    assert_eq!(
+        reason,
+        EndReason::ExecutionTimeout {
+            after: Duration::from_secs(7200)
+        }
+    );
+    assert_eq!(got, close(1001, "execution timeout of 7200s reached"));
 }

@@ -16,15 +16,13 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::process::{self, Placement, Process, Program, SupervisorLaunch};
-use super::{Backend, Stop};
+use super::Backend;
 use crate::cgroup::{Cgroups, InstanceCgroup};
 use crate::error::{with_sources, PoolError, StartFailure, StartFailureKind};
-use crate::instance::ExitInfo;
 use crate::launcher::{Isolation, LauncherOptions, INSTANCE_PORT};
 use crate::netns::{Netns, NetnsWorker};
 use crate::network::HostNetwork;
 use crate::outbound::Outbound;
-use crate::output::CapturedOutput;
 use crate::runtimes::RuntimeTree;
 use crate::spawn::{InstanceSpec, MAX_PROCESSES};
 use crate::warm::{self, WarmPool};
@@ -212,27 +210,5 @@ impl Backend for Namespaces {
         process::connect_with(self.worker.socket(&instance.netns).await?).await
     }
 
-    fn pid(&self, instance: &Instance) -> u32 {
-        instance.process.pid()
-    }
-
-    fn exit(&self, instance: &Instance) -> Option<ExitInfo> {
-        instance.process.exit()
-    }
-
-    async fn exited(&self, instance: &mut Instance) -> ExitInfo {
-        instance.process.exited().await
-    }
-
-    fn memory_exceeded(&self, instance: &Instance) -> bool {
-        instance.process.memory_exceeded()
-    }
-
-    async fn stop(&self, instance: &mut Instance, how: Stop) {
-        instance.process.signal(how)
-    }
-
-    async fn reap(&self, instance: Instance) -> CapturedOutput {
-        instance.process.reap().await
-    }
+    process::instance_steps!();
 }

@@ -10,11 +10,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::process::{self, Placement, Process, Program};
-use super::{Backend, Stop};
+use super::Backend;
 use crate::error::{PoolError, PortHolder, StartFailure, StartFailureKind};
-use crate::instance::ExitInfo;
 use crate::launcher::{Isolation, INSTANCE_PORT};
-use crate::output::CapturedOutput;
 use crate::spawn::InstanceSpec;
 
 pub(crate) struct NoIsolation {
@@ -111,27 +109,5 @@ impl Backend for NoIsolation {
         TcpStream::connect((Ipv4Addr::LOCALHOST, INSTANCE_PORT)).await
     }
 
-    fn pid(&self, instance: &Instance) -> u32 {
-        instance.process.pid()
-    }
-
-    fn exit(&self, instance: &Instance) -> Option<ExitInfo> {
-        instance.process.exit()
-    }
-
-    async fn exited(&self, instance: &mut Instance) -> ExitInfo {
-        instance.process.exited().await
-    }
-
-    fn memory_exceeded(&self, instance: &Instance) -> bool {
-        instance.process.memory_exceeded()
-    }
-
-    async fn stop(&self, instance: &mut Instance, how: Stop) {
-        instance.process.signal(how)
-    }
-
-    async fn reap(&self, instance: Instance) -> CapturedOutput {
-        instance.process.reap().await
-    }
+    process::instance_steps!();
 }

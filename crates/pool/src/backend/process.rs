@@ -395,3 +395,34 @@ pub(crate) fn runtimes_line(runtimes: &Result<RuntimeTree, PoolError>) -> String
         Err(why) => format!("/var/lang runtimes: not mapped ({})", with_sources(why)),
     }
 }
+
+/// The per-instance steps of a backend whose instance is a supervised child process, kept in
+/// its `process` field: the same for every process backend, so written once.
+macro_rules! instance_steps {
+    () => {
+        fn pid(&self, instance: &Self::Instance) -> u32 {
+            instance.process.pid()
+        }
+
+        fn exit(&self, instance: &Self::Instance) -> Option<$crate::instance::ExitInfo> {
+            instance.process.exit()
+        }
+
+        async fn exited(&self, instance: &mut Self::Instance) -> $crate::instance::ExitInfo {
+            instance.process.exited().await
+        }
+
+        fn memory_exceeded(&self, instance: &Self::Instance) -> bool {
+            instance.process.memory_exceeded()
+        }
+
+        async fn stop(&self, instance: &mut Self::Instance, how: $crate::backend::Stop) {
+            instance.process.signal(how)
+        }
+
+        async fn reap(&self, instance: Self::Instance) -> $crate::output::CapturedOutput {
+            instance.process.reap().await
+        }
+    };
+}
+pub(crate) use instance_steps;

@@ -13,11 +13,9 @@ use std::path::{Path, PathBuf};
 use tokio::net::TcpStream;
 
 use super::process::{self, Placement, Process, Program, SupervisorLaunch};
-use super::{Backend, Stop};
+use super::Backend;
 use crate::error::{PoolError, StartFailure, StartFailureKind};
-use crate::instance::ExitInfo;
 use crate::launcher::{Isolation, LauncherOptions, INSTANCE_PORT};
-use crate::output::CapturedOutput;
 use crate::runtimes::RuntimeTree;
 use crate::sockets::SocketFactory;
 use crate::spawn::{self, InstanceSpec, UserMaps};
@@ -131,29 +129,7 @@ impl Backend for UserNamespaces {
         process::connect_with(instance.factory.socket().await?).await
     }
 
-    fn pid(&self, instance: &Instance) -> u32 {
-        instance.process.pid()
-    }
-
-    fn exit(&self, instance: &Instance) -> Option<ExitInfo> {
-        instance.process.exit()
-    }
-
-    async fn exited(&self, instance: &mut Instance) -> ExitInfo {
-        instance.process.exited().await
-    }
-
-    fn memory_exceeded(&self, instance: &Instance) -> bool {
-        instance.process.memory_exceeded()
-    }
-
-    async fn stop(&self, instance: &mut Instance, how: Stop) {
-        instance.process.signal(how)
-    }
-
-    async fn reap(&self, instance: Instance) -> CapturedOutput {
-        instance.process.reap().await
-    }
+    process::instance_steps!();
 }
 
 /// Whether this (unprivileged) process can give an instance its own user, network, mount and
