@@ -5,8 +5,18 @@
 //! `/var/run/docker.sock`, or `tcp://HOST:PORT`), with TLS when `DOCKER_TLS_VERIFY` is set,
 //! its certificates (`ca.pem`, `cert.pem`, `key.pem`) in `DOCKER_CERT_PATH` (else
 //! `~/.docker`). A local engine (a unix socket) puts instances on a bridge network of scfsim's
-//! own ([`NETWORK`]) and the gateway connects to the container's address; a `tcp://` engine may
-//! be another machine, so port 9000 is published on it and reached at the engine's host.
+//! own ([`NETWORK`]); a `tcp://` engine may be another machine, so port 9000 is published on it
+//! and reached at the engine's host.
+//!
+//! Port 9000 of a container on a local engine is reached from inside the container's own
+//! network namespace, as the native backends do: its init's `/proc/PID/ns/net`, opened once
+//! right after the start and held, and sockets made in it by the namespace thread
+//! ([`crate::netns`]). A container's address is not an identity: one that dies releases it,
+//! and the next container may get it while scfsim still waits for the first to listen. The held
+//! namespace stays the dead container's, where nothing listens. Where scfsim cannot enter a
+//! namespace (not root, or the engine's processes are not visible here) and on a remote
+//! engine, the address (or published port) is used, and each connection counts only if the
+//! engine still reports the container running afterwards (see [`Docker::still_running`]).
 //!
 //! Every container gets the platform's conditions: read-only root file system, a writable
 //! 512 MB `/tmp` (tmpfs), `memory_mb` as its memory limit without swap (an OOM kill is the
@@ -31,6 +41,7 @@ pub(crate) mod reaper;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -46,15 +57,18 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Backend, Stop};
-use crate::error::{BoxError, PoolError, StartFailure, StartFailureKind};
+use super::{process, Backend, Stop};
+use crate::error::{with_sources, BoxError, PoolError, StartFailure, StartFailureKind};
 use crate::instance::ExitInfo;
 use crate::launcher::{Isolation, LauncherOptions, INSTANCE_PORT};
+use crate::netns::{Netns, NetnsWorker};
 use crate::output::{CapturedOutput, OutputLog, OutputStream};
 use crate::spawn::{InstanceSpec, MAX_PROCESSES};
 use crate::supervisor::MAX_OPEN_FILES;
@@ -211,8 +225,13 @@ pub(crate) struct Docker {
     reaper: Option<reaper::Reaper>,
     /// The address instances reach the host at, on a local engine.
     host_address: Option<String>,
+    /// The name of scfsim's network: [`NETWORK`] (another in tests).
+    network_name: String,
     /// The id of scfsim's network, on a local engine.
     network: Option<String>,
+    /// Makes sockets inside containers' network namespaces: on a local engine, when scfsim may
+    /// enter them (set by [`Backend::setup`]).
+    netns: Option<NetnsWorker>,
     details: Vec<String>,
     /// Images known to be on the engine.
     present: Mutex<HashSet<String>>,
@@ -242,15 +261,34 @@ struct Container {
 
 pub(crate) struct Instance {
     container: Container,
-    /// `None` when the container ended before it had one.
-    address: Option<SocketAddr>,
+    reach: Reach,
     /// What was started, for a failure's message.
     image: String,
     command: Vec<String>,
+    /// Its init's, as the engine reports it (0 when it ended before the engine was asked).
     pid: u32,
     exit: watch::Receiver<Option<ExitInfo>>,
     waiter: JoinHandle<()>,
-    remote: bool,
+}
+
+/// How port 9000 of one container is reached.
+enum Reach {
+    /// At 127.0.0.1 inside the container's network namespace, held open since right after the
+    /// start: it is this container's even once the container is gone (then nothing listens).
+    Namespace {
+        netns: Arc<Netns>,
+        worker: NetnsWorker,
+    },
+    /// At an address the engine gave the container: its address on scfsim's network, or a
+    /// port published on the engine's host. Either may become another container's once this
+    /// one stopped, so a connection is checked with the engine ([`Docker::still_running`]).
+    Address {
+        address: SocketAddr,
+        /// Through the engine's proxy, which accepts before the server listens.
+        published: bool,
+    },
+    /// It ended before it had an address: `exited` tells.
+    Gone,
 }
 
 impl Docker {
@@ -284,7 +322,9 @@ impl Docker {
                 .unwrap_or_else(|| RUNTIME_IMAGE.into()),
             reaper: None,
             host_address: None,
+            network_name: NETWORK.into(),
             network: None,
+            netns: None,
             details: Vec::new(),
             present: Mutex::new(HashSet::new()),
             oom_flags: Arc::new(Mutex::new(HashMap::new())),
@@ -305,7 +345,7 @@ impl Docker {
     /// names); each then uses the one with the lowest id, and either works.
     async fn ensure_network(&self) -> Result<(String, Option<String>), PoolError> {
         use bollard::query_parameters::ListNetworksOptionsBuilder;
-        let filters = HashMap::from([("name", vec![NETWORK.to_string()])]);
+        let filters = HashMap::from([("name", vec![self.network_name.clone()])]);
         let find = || async {
             let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
             let mut networks: Vec<_> = self
@@ -315,7 +355,7 @@ impl Docker {
                 .map_err(|e| self.engine_failed("listing networks", e))?
                 .into_iter()
                 // The engine's name filter matches parts of names too.
-                .filter(|n| n.name.as_deref() == Some(NETWORK))
+                .filter(|n| n.name.as_deref() == Some(self.network_name.as_str()))
                 .filter_map(|n| {
                     let gateway = n
                         .ipam
@@ -332,7 +372,7 @@ impl Docker {
             return Ok(found);
         }
         let request = NetworkCreateRequest {
-            name: NETWORK.into(),
+            name: self.network_name.clone(),
             driver: Some("bridge".into()),
             labels: Some(HashMap::from([(
                 "io.scfsim.network".to_string(),
@@ -347,7 +387,7 @@ impl Docker {
         find().await?.ok_or_else(|| PoolError::Engine {
             engine: self.address.clone(),
             what: "creating scfsim's network",
-            source: format!("network {NETWORK} not found after creating it").into(),
+            source: format!("network {} not found after creating it", self.network_name).into(),
         })
     }
 
@@ -355,18 +395,101 @@ impl Docker {
     /// an ambiguous name); one in use by a container is kept by the engine.
     async fn remove_duplicate_networks(&self, keep: &str) {
         use bollard::query_parameters::ListNetworksOptionsBuilder;
-        let filters = HashMap::from([("name", vec![NETWORK.to_string()])]);
+        let filters = HashMap::from([("name", vec![self.network_name.clone()])]);
         let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
         let Ok(networks) = self.engine.list_networks(Some(options)).await else {
             return;
         };
         for network in networks {
-            if network.name.as_deref() == Some(NETWORK) {
+            if network.name.as_deref() == Some(self.network_name.as_str()) {
                 if let Some(id) = network.id.filter(|id| id != keep) {
                     let _ = self.engine.remove_network(&id).await;
                 }
             }
         }
+    }
+
+    /// Whether the engine still reports container `id` running, with init `pid`: asked after a
+    /// connection to its address was made, this says the connection reached this container.
+    ///
+    /// The engine gives a container's address on its network, and its published ports, back
+    /// only when it handles the container's exit, in the same step that marks it stopped:
+    /// dockerd does both while holding the container's lock, which an inspect takes too. So
+    /// "running" after the connection was made means the address or port was still this
+    /// container's when it was made: no other container could have had it then. (A dead
+    /// container's address that is still its own reaches nothing, or the engine's proxy of a
+    /// port, which closes at once: [`PUBLISHED_PORT_SETTLE`].)
+    async fn still_running(&self, id: &str, pid: u32) -> io::Result<bool> {
+        match self.engine.inspect_container(id, None).await {
+            Ok(inspected) => {
+                let state = inspected.state.unwrap_or_default();
+                // A changed pid would be a restart; scfsim never asks for one.
+                Ok(state.running == Some(true) && state.pid == Some(i64::from(pid)))
+            }
+            // Removed already: not running.
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+
+    /// How port 9000 of the just started container is reached: inside its network namespace
+    /// where scfsim can enter it, else at `address` (`None`: the container ended before it
+    /// had one).
+    fn reach(&self, container_id: &str, pid: u32, address: Option<SocketAddr>) -> Reach {
+        if let (Endpoint::Local, Some(worker), true) = (&self.endpoint, &self.netns, pid != 0) {
+            match container_netns(pid, container_id) {
+                Ok(fd) => {
+                    return Reach::Namespace {
+                        netns: Arc::new(Netns::adopt(fd)),
+                        worker: worker.clone(),
+                    }
+                }
+                // Ended already (its address then reaches nothing, as the check after
+                // connecting shows), or its processes are not visible here.
+                Err(err) => tracing::debug!(
+                    container = %container_id,
+                    pid,
+                    %err,
+                    "the container's network namespace is not reachable; using its address"
+                ),
+            }
+        }
+        match address {
+            Some(address) => Reach::Address {
+                address,
+                published: matches!(self.endpoint, Endpoint::Remote { .. }),
+            },
+            None => Reach::Gone,
+        }
+    }
+
+    /// The part of [`Backend::setup`] that instances are reached through: the engine's API
+    /// version, and on a local engine scfsim's network and the namespace thread.
+    async fn setup_reach(&mut self) -> Result<(), PoolError> {
+        let mut engine = EngineAddress {
+            client: self.engine.clone(),
+            address: self.address.clone(),
+            endpoint: self.endpoint.clone(),
+        };
+        engine.negotiate().await?;
+        self.engine = engine.client;
+        if self.endpoint == Endpoint::Local {
+            let (network, gateway) = self.ensure_network().await?;
+            self.network = Some(network);
+            self.host_address = gateway;
+            match NetnsWorker::start() {
+                Ok(worker) => self.netns = Some(worker),
+                Err(err) => self.details.push(format!(
+                    "containers: port 9000 reached at each container's address on {}, checked \
+                     with the engine after connecting ({})",
+                    self.network_name,
+                    with_sources(&err)
+                )),
+            }
+        }
+        Ok(())
     }
 
     /// Removes the containers an earlier scfsim with this data directory on this machine left
@@ -523,7 +646,11 @@ impl Docker {
         };
         match &self.endpoint {
             Endpoint::Local => {
-                host.network_mode = Some(self.network.clone().unwrap_or_else(|| NETWORK.into()))
+                host.network_mode = Some(
+                    self.network
+                        .clone()
+                        .unwrap_or_else(|| self.network_name.clone()),
+                )
             }
             Endpoint::Remote { .. } => {
                 let port = format!("{INSTANCE_PORT}/tcp");
@@ -701,6 +828,34 @@ impl Drop for Container {
     }
 }
 
+/// The network namespace of container `container_id`, through its init process `pid`.
+///
+/// Both files are opened through one descriptor of `/proc/PID`, which stays the process it was
+/// opened for: if that process ended, they fail, even when the pid number went to another
+/// process since. That process is the container's if its cgroup path names the container (the
+/// engine puts each container in a cgroup named by its id, with either cgroup driver); a pid
+/// reused by another process, or one of another pid namespace than the engine's, is refused.
+fn container_netns(pid: u32, container_id: &str) -> io::Result<OwnedFd> {
+    let process = std::fs::File::open(format!("/proc/{pid}"))?;
+    let open = |name: &str| {
+        openat(
+            process.as_fd(),
+            name,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+    };
+    let cgroup = io::read_to_string(std::fs::File::from(open("cgroup")?))?;
+    if container_id.is_empty() || !cgroup.contains(container_id) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} is not in the container's cgroup"),
+        ));
+    }
+    open("ns/net")
+}
+
 /// The runtime's words for a command it could not execute.
 fn is_exec_failure(message: &str) -> bool {
     [
@@ -817,7 +972,11 @@ impl Backend for Docker {
 
     fn describe(&self) -> String {
         let reach = match &self.endpoint {
-            Endpoint::Local => format!("each on the network {NETWORK}"),
+            Endpoint::Local if self.netns.is_some() => format!(
+                "each on the network {}, port 9000 reached inside its own network namespace",
+                self.network_name
+            ),
+            Endpoint::Local => format!("each on the network {}", self.network_name),
             Endpoint::Remote { host } => format!("port 9000 published on {host}"),
         };
         format!(
@@ -834,18 +993,7 @@ impl Backend for Docker {
     }
 
     async fn setup(&mut self) -> Result<(), PoolError> {
-        let mut engine = EngineAddress {
-            client: self.engine.clone(),
-            address: self.address.clone(),
-            endpoint: self.endpoint.clone(),
-        };
-        engine.negotiate().await?;
-        self.engine = engine.client;
-        if self.endpoint == Endpoint::Local {
-            let (network, gateway) = self.ensure_network().await?;
-            self.network = Some(network);
-            self.host_address = gateway;
-        }
+        self.setup_reach().await?;
         let removed = self.remove_leftovers().await?;
         if removed > 0 {
             self.details.push(format!(
@@ -964,7 +1112,8 @@ impl Backend for Docker {
             .state
             .as_ref()
             .and_then(|s| s.pid)
-            .unwrap_or_default() as u32;
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or_default();
         let settings = inspected.network_settings.unwrap_or_default();
         let address = match &self.endpoint {
             Endpoint::Local => settings
@@ -986,6 +1135,7 @@ impl Backend for Docker {
                     (host.as_str(), port).to_socket_addrs().ok()?.next()
                 }),
         };
+        let reach = self.reach(&container.id, pid, address);
         let (exit_tx, exit_rx) = watch::channel(None);
         let waiter = {
             let (engine, id, oom) = (
@@ -1005,28 +1155,39 @@ impl Backend for Docker {
         };
         Ok(Instance {
             container,
-            address,
+            reach,
             image,
             command,
             pid,
             exit: exit_rx,
             waiter,
-            remote: matches!(self.endpoint, Endpoint::Remote { .. }),
         })
     }
 
     async fn connect(&self, instance: &Instance) -> io::Result<TcpStream> {
-        // Without an address it ended before it got one: `exited` tells.
-        let address = instance
-            .address
-            .ok_or(io::Error::from(io::ErrorKind::ConnectionRefused))?;
+        let (address, published) = match &instance.reach {
+            Reach::Namespace { netns, worker } => {
+                return process::connect_with(worker.socket(netns).await?).await
+            }
+            Reach::Address { address, published } => (*address, *published),
+            // It ended before it had an address: `exited` tells.
+            Reach::Gone => return Err(io::ErrorKind::ConnectionRefused.into()),
+        };
         let stream = TcpStream::connect(address).await?;
-        if instance.remote {
+        if published {
             let mut byte = [0u8; 1];
             match tokio::time::timeout(PUBLISHED_PORT_SETTLE, stream.peek(&mut byte)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(io::ErrorKind::ConnectionRefused.into()),
                 _ => {}
             }
+        }
+        // The address may have been another container's by now: the connection counts only
+        // if this one still runs (see `still_running`); else it is refused, and `exited` tells.
+        if !self
+            .still_running(&instance.container.id, instance.pid)
+            .await?
+        {
+            return Err(io::ErrorKind::ConnectionRefused.into());
         }
         Ok(stream)
     }
@@ -1108,5 +1269,219 @@ impl Drop for Docker {
         if let Some(events) = &self.events {
             events.abort();
         }
+    }
+}
+
+/// Needs root and a local Docker engine with scfsim's runtime image
+/// (scripts/docker-runtime-images.sh).
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use bollard::models::{EndpointIpamConfig, EndpointSettings, NetworkingConfig};
+
+    use super::*;
+    use crate::launcher::IsolationRequest;
+    use crate::spawn::ImageSpec;
+
+    /// How long any one step of the test may wait for the engine.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// Removes this test's containers and network, also when it fails (with the CLI: it works
+    /// without a runtime, while a panic unwinds).
+    struct Leftovers {
+        run: String,
+        network: String,
+    }
+
+    impl Drop for Leftovers {
+        fn drop(&mut self) {
+            let listed = Command::new("docker")
+                .args(["ps", "--all", "--quiet", "--filter"])
+                .arg(format!("label={LABEL_RUN}={}", self.run))
+                .output();
+            if let Ok(listed) = listed {
+                for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                    let _ = Command::new("docker").args(["rm", "--force", id]).output();
+                }
+            }
+            let _ = Command::new("docker")
+                .args(["network", "rm", &self.network])
+                .output();
+        }
+    }
+
+    /// A network named `name` with a subnet of its own (the engine lets a container have a
+    /// chosen address only on such a network): the first of a few that no other network of the
+    /// engine overlaps.
+    fn network_with_subnet(name: &str) {
+        let mut refused = Vec::new();
+        for third in 0..16 {
+            let made = Command::new("docker")
+                .args(["network", "create", "--driver", "bridge", "--subnet"])
+                .arg(format!("10.231.{}.0/28", 200 + third))
+                .arg(name)
+                .output()
+                .expect("run docker");
+            if made.status.success() {
+                return;
+            }
+            refused.push(String::from_utf8_lossy(&made.stderr).into_owned());
+        }
+        panic!("no subnet for the test network: {refused:?}");
+    }
+
+    fn image_spec(function: &str, command: &[&str]) -> InstanceSpec {
+        InstanceSpec {
+            image: Some(ImageSpec {
+                image: RUNTIME_IMAGE.into(),
+                command: Some(command.iter().map(|c| c.to_string()).collect()),
+                args: None,
+            }),
+            function: function.into(),
+            init_timeout: PATIENCE,
+            ..InstanceSpec::default()
+        }
+    }
+
+    /// The race the e2e tests met on a loaded machine: a container ends before it listens,
+    /// another container gets its address, and the readiness probe must not reach that one.
+    /// Here the second container is given the first one's address on purpose, so the order
+    /// of events is fixed and the address is reused every time.
+    #[tokio::test]
+    async fn a_probe_never_reaches_the_container_that_got_a_dead_ones_address() {
+        let options = LauncherOptions {
+            isolation: IsolationRequest::Docker,
+            image_functions: true,
+            runtimes: Default::default(),
+            work_dir: std::env::temp_dir(),
+            supervisor: "/nonexistent/scfsim".into(),
+        };
+        let mut docker = Docker::connect(&options, "the test").expect("engine address");
+        assert_eq!(
+            docker.endpoint,
+            Endpoint::Local,
+            "this test needs the local engine (DOCKER_HOST unset or unix://)"
+        );
+        docker.network_name = format!("scfsim-test-{}", docker.run);
+        let _leftovers = Leftovers {
+            run: docker.run.clone(),
+            network: docker.network_name.clone(),
+        };
+        network_with_subnet(&docker.network_name);
+        docker.setup_reach().await.expect("engine, network");
+        assert!(
+            docker.netns.is_some(),
+            "as root, scfsim enters containers' network namespaces: {:?}",
+            docker.details
+        );
+
+        // A: runs, never listens.
+        let spec = image_spec("a", &["sleep", "600"]);
+        let prepared = docker.prepare(&spec).await.expect("container a");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut a = docker
+            .start(prepared, &spec, deadline)
+            .await
+            .expect("container a starts");
+        assert!(matches!(a.reach, Reach::Namespace { .. }));
+        let a_ip = docker
+            .engine
+            .inspect_container(&a.container.id, None)
+            .await
+            .expect("inspect a")
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|n| n.into_values().next())
+            .and_then(|n| n.ip_address)
+            .expect("a's address");
+        let a_address = SocketAddr::new(a_ip.parse().expect("an IP address"), INSTANCE_PORT);
+        let probe = docker.connect(&a).await;
+        assert_eq!(
+            probe.map(drop).map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionRefused),
+            "nothing listens in a yet"
+        );
+
+        // A ends and is removed: its address is free.
+        docker.stop(&mut a, Stop::Kill).await;
+        docker.exited(&mut a).await;
+        remove(&docker.engine, &a.container.id)
+            .await
+            .expect("remove a");
+
+        // B: gets A's address, and listens on port 9000.
+        let listener = "import socket\n\
+                        s = socket.socket()\n\
+                        s.bind(('0.0.0.0', 9000)); s.listen()\n\
+                        while True: s.accept()[0].sendall(b'b')\n";
+        let body = ContainerCreateBody {
+            image: Some(RUNTIME_IMAGE.into()),
+            entrypoint: Some(vec!["python3".into(), "-c".into(), listener.into()]),
+            labels: Some(HashMap::from([(LABEL_RUN.to_string(), docker.run.clone())])),
+            host_config: Some(HostConfig {
+                network_mode: Some(docker.network_name.clone()),
+                init: Some(true),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    docker.network_name.clone(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(a_ip.clone()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let b = docker
+            .engine
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .expect("container b");
+        docker
+            .engine
+            .start_container(&b.id, None)
+            .await
+            .expect("container b starts");
+        // The premise: A's address now reaches B, as it would have reached it in the race.
+        let b_listens = tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Ok(stream) = TcpStream::connect(a_address).await {
+                    return stream;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(b_listens.is_ok(), "b never listened at {a_address}");
+
+        // A's probe stays in A's namespace, where nothing listens.
+        let probe = docker.connect(&a).await;
+        assert_eq!(
+            probe.map(drop).map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionRefused),
+            "the probe of a reached b (the container that got a's address)"
+        );
+        // Where the address itself is used (no namespaces), the engine's answer that A is
+        // not running any more refuses the connection that reached B.
+        a.reach = Reach::Address {
+            address: a_address,
+            published: false,
+        };
+        let probe = docker.connect(&a).await;
+        assert_eq!(
+            probe.map(drop).map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionRefused),
+            "the probe of a's address counted a connection to b"
+        );
+        docker.reap(a).await;
     }
 }
