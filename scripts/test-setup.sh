@@ -80,10 +80,15 @@ done
 # NAT must get through on hosts that run Docker, and the container tests need it.
 scripts/docker-engine.sh
 
+# The container tests' images: the base images from Debian's packages, and scfsim's runtime
+# image for isolation = "docker" (each kept once made).
+scripts/docker-base-images.sh >/dev/null
+scripts/docker-runtime-images.sh >/dev/null
+
 # --- The container image -------------------------------------------------------------------------
-# For tests/e2e/compose.rs: the base images (made here from Debian's packages, no registry needed)
-# and the image of docker-compose.yml. A cold build takes about ten minutes on two cores (mostly
-# cargo); a cached one seconds. The build's output goes to target/docker-build.log.
+# For tests/e2e/compose.rs: the image of docker-compose.yml. A cold build takes about ten minutes
+# on two cores (mostly cargo); a cached one seconds. The build's output goes to
+# target/docker-build.log.
 mkdir -p target
 if ! scripts/docker-build-here.sh >target/docker-build.log 2>&1; then
     tail -n 60 target/docker-build.log >&2

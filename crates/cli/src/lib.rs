@@ -98,6 +98,7 @@ impl Server {
         let mut isolation_notes = Vec::new();
         let mut launcher = Launcher::new(LauncherOptions {
             isolation,
+            image_functions: config.functions.iter().any(|f| f.image.is_some()),
             runtimes: config.runtimes.clone(),
             work_dir: data_dir.clone(),
             supervisor,

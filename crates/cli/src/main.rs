@@ -45,6 +45,7 @@ enum IsolationArg {
     Auto,
     Namespaces,
     None,
+    Docker,
 }
 
 #[derive(Subcommand)]
@@ -67,8 +68,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// How instances are isolated (overrides gateway.isolation): own network, PID and mount
-        /// namespaces (user namespaces too when not root), none, or auto (namespaces where
-        /// possible).
+        /// namespaces (user namespaces too when not root), none, docker (a container per
+        /// instance, on the engine DOCKER_HOST names), or auto (namespaces where possible).
         #[arg(long, value_enum)]
         isolation: Option<IsolationArg>,
         /// Serve this function in debug mode (as `debug = true` in its [[functions]] table):
@@ -538,6 +539,7 @@ fn isolation_request(
             IsolationRequest::Namespaces
         }
         (Some(IsolationArg::None), _) | (None, Configured::None) => IsolationRequest::None,
+        (Some(IsolationArg::Docker), _) | (None, Configured::Docker) => IsolationRequest::Docker,
     }
 }
 

@@ -29,7 +29,8 @@ mod validate;
 pub use duration::{format_duration, RawDuration};
 pub use error::{BadValue, ConfigError};
 pub use model::{
-    scaled, Config, FunctionConfig, GatewayConfig, Isolation, Limits, Platform, RateLimitAction,
+    scaled, Config, FunctionConfig, GatewayConfig, ImageConfig, Isolation, Limits, Platform,
+    RateLimitAction,
 };
 
 /// Reads, parses and validates the config file at `path`. Relative paths inside it (`code_dir`,

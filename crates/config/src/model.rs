@@ -102,6 +102,9 @@ pub enum Isolation {
     Namespaces,
     /// Host network and PID space: one instance at a time on port 9000.
     None,
+    /// A container of the Docker engine per instance (the engine `DOCKER_HOST` names), code
+    /// functions in scfsim's runtime image.
+    Docker,
 }
 
 impl GatewayConfig {
@@ -199,10 +202,16 @@ pub struct FunctionConfig {
     /// Gateway path: "/" or "/seg[/seg...]" without a trailing '/'.
     pub path: String,
     /// Absolute; an existing directory when the config was validated. The instance's cwd.
+    /// Empty for an image function (`image`), which has no code directory.
+    #[serde(skip_serializing_if = "path_is_empty")]
     pub code_dir: PathBuf,
     /// Absolute: `code_dir` joined with the configured bootstrap. May not exist (that is a
-    /// runtime 445, see `Config::warnings`).
+    /// runtime 445, see `Config::warnings`). Empty for an image function.
+    #[serde(skip_serializing_if = "path_is_empty")]
     pub bootstrap: PathBuf,
+    /// An image function: its container image instead of a code directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageConfig>,
     /// No text/binary message either way for this long ends the invocation (455).
     #[serde(serialize_with = "serialize_as_string")]
     pub idle_timeout: Duration,
@@ -223,6 +232,23 @@ pub struct FunctionConfig {
     /// Debug mode: each instance's runtime waits for a debugger on a port of its own, and its
     /// init, idle and execution timers do not fire.
     pub debug: bool,
+}
+
+/// An image function's container: `image`, `command` and `args` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageConfig {
+    /// "name:tag" (or a digest), as the engine names images.
+    pub image: String,
+    /// Replaces the image's entrypoint when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's command when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+}
+
+fn path_is_empty(path: &Path) -> bool {
+    path.as_os_str().is_empty()
 }
 
 impl Config {
@@ -257,6 +283,7 @@ impl Config {
         let mut out: Vec<String> = self
             .functions
             .iter()
+            .filter(|f| f.image.is_none())
             .filter_map(bootstrap_warning)
             .collect();
         let gw = &self.gateway;

@@ -72,7 +72,7 @@ pub(crate) struct RawGateway {
     /// New instances per minute across all functions (the platform's regional burst quota);
     /// unlimited when absent.
     pub max_new_instances_per_minute: Option<i64>,
-    /// How instances are isolated: "auto", "namespaces" or "none".
+    /// How instances are isolated: "auto", "namespaces", "none" or "docker".
     pub isolation: Option<crate::Isolation>,
     /// Variables of scfsim's own environment passed to instances, beyond PATH, HOME and LANG.
     pub pass_env: Option<Vec<String>>,
@@ -107,8 +107,16 @@ pub(crate) struct RawFunction {
     pub name: String,
     /// Gateway path, e.g. "/echo"; matches "/echo" and "/echo/...".
     pub path: String,
-    /// Directory holding the code and the bootstrap, relative to the config file.
-    pub code_dir: String,
+    /// Directory holding the code and the bootstrap, relative to the config file. A code
+    /// function has it; an image function (`image`) does not.
+    pub code_dir: Option<String>,
+    /// An image function: the container image ("name:tag") whose server listens on port 9000.
+    pub image: Option<String>,
+    /// An image function's command (the image's entrypoint replaced), as the platform's
+    /// image functions have it.
+    pub command: Option<Vec<String>>,
+    /// An image function's arguments (the image's command replaced).
+    pub args: Option<Vec<String>>,
     /// Bootstrap file, relative to `code_dir`; "scf_bootstrap" when absent.
     pub bootstrap: Option<String>,
     /// Time with no text/binary message either way before the gateway ends the connection.

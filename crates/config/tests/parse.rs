@@ -257,7 +257,8 @@ fn bad_toml_unknown_keys_and_wrong_types_are_parse_errors() {
     let missing_code_dir = "[[functions]]\nname = \"echo\"\npath = \"/echo\"\n";
     assert!(matches!(
         fixture.parse(missing_code_dir),
-        Err(ConfigError::Parse { message, .. }) if message.contains("missing field `code_dir`")
+        Err(ConfigError::Invalid { field, message, .. })
+            if field == "functions.\"echo\".code_dir" && message.contains("either code_dir")
     ));
 }
 

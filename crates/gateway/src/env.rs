@@ -28,7 +28,11 @@ pub(crate) fn instance_env(
     identity: &PlatformIdentity,
     from_host: &[(String, String)],
 ) -> Vec<(String, String)> {
-    let mut env = from_host.to_vec();
+    // An image carries its own PATH, HOME and LANG: the host's would replace them.
+    let mut env = match function.image {
+        Some(_) => Vec::new(),
+        None => from_host.to_vec(),
+    };
     env.extend(function.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let code_root = function.code_dir.display().to_string();
     let builtins = [

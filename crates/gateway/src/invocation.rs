@@ -376,6 +376,18 @@ impl Invocation {
             init_timeout: self.init_timeout(),
             memory_mb: Some(self.function.memory_mb),
             debug: self.debug.as_ref().map(|d| d.tap.clone()),
+            image: self
+                .function
+                .image
+                .as_ref()
+                .map(|i| scfsim_pool::ImageSpec {
+                    image: i.image.clone(),
+                    command: i.command.clone(),
+                    args: i.args.clone(),
+                }),
+            function: self.function.name.clone(),
+            request_id: self.request_id.to_string(),
+            max_instances: self.function.max_instances,
         };
         tokio::select! {
             started = self.gateway.launcher.start(&spec) => {
@@ -436,6 +448,23 @@ impl Invocation {
                 detail: message.clone(),
             },
             StartFailureKind::NotListening { .. } => EndReason::NotListening {
+                detail: message.clone(),
+            },
+            StartFailureKind::ImagePull { .. } => EndReason::ImagePullFailed {
+                detail: message.clone(),
+            },
+            StartFailureKind::ImagePullTimedOut { .. } => EndReason::ImagePullTimedOut {
+                detail: message.clone(),
+            },
+            // A code function's bootstrap in a container is the native 445 of a bootstrap
+            // that cannot be executed; an image function's is the platform's
+            // ContainerInitError (445 too).
+            StartFailureKind::ContainerInit { .. } if self.function.image.is_none() => {
+                EndReason::BootstrapNotFound {
+                    detail: message.clone(),
+                }
+            }
+            StartFailureKind::ContainerInit { .. } => EndReason::ContainerInitError {
                 detail: message.clone(),
             },
         };

@@ -1,8 +1,9 @@
 //! The isolation backend seam: one trait, [`Backend`], and one implementation per module.
 //!
 //! A backend is one way of running instances: child processes in namespaces of their own
-//! ([`namespaces`], [`user_namespaces`]), child processes on the host ([`none`]), or, later,
-//! containers of a container engine. The [`crate::Launcher`] drives every backend through the
+//! ([`namespaces`], [`user_namespaces`]), child processes on the host ([`none`]), or containers
+//! of the Docker engine ([`docker`]), which also runs every image function whatever the
+//! isolation of code functions is. The [`crate::Launcher`] drives every backend through the
 //! same steps (check the bootstrap, `prepare`, `start`, wait for port 9000 with `connect`,
 //! hand the instance over) and the public [`crate::Instance`] drives the rest (`stop`,
 //! `exited`, `reap`): neither knows which backend it holds.
@@ -17,12 +18,13 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::error::{PoolError, StartFailure};
+use crate::error::{PoolError, StartFailure, StartFailureKind};
 use crate::instance::ExitInfo;
 use crate::launcher::{Isolation, IsolationRequest, LauncherOptions, Ready};
 use crate::output::CapturedOutput;
 use crate::spawn::InstanceSpec;
 
+pub(crate) mod docker;
 pub(crate) mod namespaces;
 pub(crate) mod none;
 pub(crate) mod process;
@@ -108,6 +110,17 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
     /// Resolves when the instance ends. Cancel-safe; at once if it already has.
     fn exited(&self, instance: &mut Self::Instance) -> impl Future<Output = ExitInfo> + Send;
 
+    /// Why an instance that ended before listening failed, when the backend knows better
+    /// than "it exited" (a container's init that could not exec the command). The default:
+    /// it exited.
+    fn exit_failure(
+        &self,
+        _instance: &Self::Instance,
+        _exit: ExitInfo,
+    ) -> Option<StartFailureKind> {
+        None
+    }
+
     /// True once the instance went over its memory limit (and was killed for it).
     fn memory_exceeded(&self, instance: &Self::Instance) -> bool;
 
@@ -119,14 +132,35 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
     fn reap(&self, instance: Self::Instance) -> impl Future<Output = CapturedOutput> + Send;
 }
 
-/// The backend `options` ask for, as this machine allows it. Probes only: the host is changed
-/// by [`Backend::setup`].
-pub(crate) fn select(options: LauncherOptions) -> Result<Box<dyn ErasedBackend>, PoolError> {
+/// The backend `options` ask for, as this machine allows it, and, when there are image
+/// functions and that backend is not the Docker one, a Docker backend for them. Probes only:
+/// the host is changed by [`Backend::setup`].
+pub(crate) fn select(options: LauncherOptions) -> Result<Selected, PoolError> {
+    let images = match options.isolation {
+        IsolationRequest::Docker => None,
+        _ if options.image_functions => Some(erase(docker::Docker::connect(
+            &options,
+            "image functions run in containers",
+        )?)),
+        _ => None,
+    };
+    Ok((select_code(options)?, images))
+}
+
+/// The backend of code functions, and the one of image functions if that is another.
+pub(crate) type Selected = (Box<dyn ErasedBackend>, Option<Box<dyn ErasedBackend>>);
+
+/// The backend of code functions.
+fn select_code(options: LauncherOptions) -> Result<Box<dyn ErasedBackend>, PoolError> {
     let root = nix::unistd::geteuid().is_root();
     let unprivileged = |why: &'static str| user_namespaces::UserNamespaces::probe(&options, why);
     let none = |why: String| none::NoIsolation::new(why);
     Ok(match options.isolation {
         IsolationRequest::None => erase(none("isolation = \"none\" in the config".into())),
+        IsolationRequest::Docker => erase(docker::Docker::connect(
+            &options,
+            "isolation = \"docker\" in the config",
+        )?),
         IsolationRequest::Namespaces if !root => erase(unprivileged(
             "scfsim is not root, and unprivileged user namespaces work here",
         )?),

@@ -83,6 +83,21 @@ pub enum PoolError {
         #[source]
         source: io::Error,
     },
+    /// The container engine could not be reached or refused a step of scfsim's setup.
+    #[error("the Docker engine ({engine}): {what}")]
+    Engine {
+        engine: String,
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The program that removes scfsim's containers if scfsim dies could not be started.
+    #[error("cannot start scfsim's container reaper {program}")]
+    Reaper {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A file of the host's that scfsim reads or writes for a host change (a cgroup, a marker,
     /// a sysctl).
     #[error("cannot {action} {path}")]
@@ -121,6 +136,21 @@ pub enum StartFailureKind {
     ExitedBeforeListening { exit: ExitInfo, port: u16 },
     #[error("nothing listened on 0.0.0.0:{port} within the init timeout of {waited:?}: the bootstrap must start a server on port {port}")]
     NotListening { waited: Duration, port: u16 },
+    #[error("image {image} is not on the Docker engine and pulling it failed; build or load it there (`docker build -t {image} DIR`, `docker load -i FILE`) or make its registry reachable (`docker pull {image}`)")]
+    ImagePull {
+        image: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("image {image} was still being pulled when the init timeout of {waited:?} ended; pull it ahead (`docker pull {image}`) or raise init_timeout")]
+    ImagePullTimedOut { image: String, waited: Duration },
+    #[error("the container of image {image} could not start its command {command:?} (check the function's command and args, and that the executable exists in the image)")]
+    ContainerInit {
+        image: String,
+        command: Vec<String>,
+        #[source]
+        source: BoxError,
+    },
     #[error("isolation = \"none\": {holder}")]
     HostPortBusy { holder: PortHolder },
     /// scfsim's own failure (namespaces, cgroups, fork), not the function's.
@@ -158,7 +188,10 @@ impl StartFailureKind {
             | StartFailureKind::BootstrapNotExecutable { .. }
             | StartFailureKind::Spawn { .. }
             | StartFailureKind::ExitedBeforeListening { .. }
-            | StartFailureKind::NotListening { .. } => Fault::Function,
+            | StartFailureKind::NotListening { .. }
+            | StartFailureKind::ImagePull { .. }
+            | StartFailureKind::ImagePullTimedOut { .. }
+            | StartFailureKind::ContainerInit { .. } => Fault::Function,
             StartFailureKind::HostPortBusy {
                 holder: PortHolder::Instance { .. },
             } => Fault::Config,

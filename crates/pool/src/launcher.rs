@@ -24,6 +24,8 @@ pub enum IsolationRequest {
     Namespaces,
     /// No namespaces: instances share the host's network and PID space.
     None,
+    /// A container of the Docker engine per instance.
+    Docker,
 }
 
 /// What the launcher does.
@@ -36,6 +38,8 @@ pub enum Isolation {
     UserNamespaces,
     /// Host network: only one instance can listen on port 9000 at a time.
     None,
+    /// A container per instance, on the engine `DOCKER_HOST` names.
+    Docker,
 }
 
 /// An instance that accepted a TCP connection on port 9000, and that connection.
@@ -51,6 +55,9 @@ pub struct Ready {
 #[derive(Debug, Clone)]
 pub struct LauncherOptions {
     pub isolation: IsolationRequest,
+    /// Some function is an image function: a Docker backend runs those, whatever
+    /// `isolation` chose for code functions.
+    pub image_functions: bool,
     /// Config `[runtimes]`: `/var/lang`-relative paths mapped to interpreters here.
     pub runtimes: BTreeMap<String, PathBuf>,
     /// A directory of scfsim's own (under `data_dir`) for the generated `/var/lang` tree.
@@ -64,6 +71,8 @@ pub struct LauncherOptions {
 /// cheap to share behind an `Arc` once [`Launcher::setup`] ran.
 pub struct Launcher {
     backend: Box<dyn ErasedBackend>,
+    /// The backend of image functions when `backend` is not a container backend itself.
+    images: Option<Box<dyn ErasedBackend>>,
     set_up: bool,
 }
 
@@ -78,8 +87,10 @@ impl Launcher {
     /// [`IsolationRequest`]). It probes the machine and changes nothing on it: that is
     /// [`Launcher::setup`]'s job.
     pub fn new(options: LauncherOptions) -> Result<Launcher, PoolError> {
+        let (backend, images) = backend::select(options)?;
         Ok(Launcher {
-            backend: backend::select(options)?,
+            backend,
+            images,
             set_up: false,
         })
     }
@@ -90,13 +101,21 @@ impl Launcher {
     /// fatal; what only takes a feature away is shown by [`Launcher::details`] instead.
     pub async fn setup(&mut self) -> Result<(), PoolError> {
         self.backend.setup().await?;
+        if let Some(images) = &mut self.images {
+            images.setup().await?;
+        }
         self.set_up = true;
         Ok(())
     }
 
     /// Startup log lines: limits, network and runtimes in force, or why not.
     pub fn details(&self) -> Vec<String> {
-        self.backend.details()
+        let mut details = self.backend.details();
+        if let Some(images) = &self.images {
+            details.push(images.describe());
+            details.extend(images.details());
+        }
+        details
     }
 
     pub fn isolation(&self) -> Isolation {
@@ -116,7 +135,18 @@ impl Launcher {
                 source: None,
             }));
         }
-        self.backend.start(spec).await
+        match (&spec.image, &self.images) {
+            (Some(_), Some(images)) => images.start(spec).await,
+            (Some(_), None) if self.backend.isolation() != Isolation::Docker => {
+                Err(StartFailure::before_spawn(StartFailureKind::Internal {
+                    what: "starting an image function: the launcher has no container backend \
+                           (LauncherOptions::image_functions was false)"
+                        .into(),
+                    source: None,
+                }))
+            }
+            _ => self.backend.start(spec).await,
+        }
     }
 }
 
@@ -125,7 +155,9 @@ pub(crate) async fn start<B: Backend>(
     backend: &Arc<B>,
     spec: &InstanceSpec,
 ) -> Result<Ready, StartFailure> {
-    check_bootstrap(spec)?;
+    if spec.image.is_none() {
+        check_bootstrap(spec)?;
+    }
     // The backend itself: `Arc<B>` is an `ErasedBackend`, with a `start` of its own.
     let b: &B = backend;
     let prepared = b.prepare(spec).await?;
@@ -146,7 +178,11 @@ pub(crate) async fn start<B: Backend>(
             startup: began.elapsed(),
         }),
         Err(kind) => {
-            let exited_early = matches!(kind, StartFailureKind::ExitedBeforeListening { .. });
+            let exited_early = matches!(
+                kind,
+                StartFailureKind::ExitedBeforeListening { .. }
+                    | StartFailureKind::ContainerInit { .. }
+            );
             let stopped = Instance::new(backend.clone(), instance)
                 .stop(Duration::ZERO)
                 .await;
@@ -188,7 +224,9 @@ async fn wait_listening<B: Backend>(
         }
         tokio::select! {
             exit = backend.exited(instance) => {
-                return Err(StartFailureKind::ExitedBeforeListening { exit, port: INSTANCE_PORT });
+                return Err(backend.exit_failure(instance, exit).unwrap_or(
+                    StartFailureKind::ExitedBeforeListening { exit, port: INSTANCE_PORT },
+                ));
             }
             _ = tokio::time::sleep_until(deadline) => return Err(not_listening()),
             _ = tokio::time::sleep(delay) => {}

@@ -14,7 +14,9 @@
 //! - The seam: `backend.rs`, the `Backend` trait and the one function that picks a backend.
 //!   Each backend is one module under `backend/`: `namespaces` (root: network, PID and mount
 //!   namespaces, cgroups, veth and NAT), `user_namespaces` (without root), `none` (the host's
-//!   network, one instance at a time); `backend/process.rs` is what these three share (a
+//!   network, one instance at a time), `docker` (a container of the Docker engine per
+//!   instance: image functions, and code functions with `isolation = "docker"`);
+//!   `backend/process.rs` is what these three share (a
 //!   supervised or plain child process, its output, its memory watch).
 //! - The host changes the backends make, each in its own module: `netns` and `warm` (network
 //!   namespaces, prepared ahead of demand), `network` (veth links), `outbound` (nftables NAT,
@@ -51,15 +53,18 @@ pub use instance::{ExitInfo, Instance, StoppedInstance};
 pub use launcher::{Isolation, IsolationRequest, Launcher, LauncherOptions, Ready, INSTANCE_PORT};
 pub use output::{CapturedOutput, OutputLine, OutputStream};
 pub use runtimes::{RuntimeEntry, RuntimeTree};
-pub use spawn::InstanceSpec;
+pub use spawn::{ImageSpec, InstanceSpec};
 pub use supervisor::SUPERVISOR_ARG;
 
 /// Runs this process as an instance supervisor if scfsim started it as one (its first argument
-/// is [`SUPERVISOR_ARG`]), and never returns then. Call it first thing in `main` of the program
+/// is [`SUPERVISOR_ARG`]), or as the Docker backend's container reaper, and never returns
+/// then. Call it first thing in `main` of the program
 /// named by [`LauncherOptions::supervisor`], before any thread or runtime starts.
 pub fn run_supervisor_if_requested() {
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|arg| arg == SUPERVISOR_ARG) {
-        supervisor::main(args)
+    match args.next() {
+        Some(arg) if arg == SUPERVISOR_ARG => supervisor::main(args),
+        Some(arg) if arg == backend::docker::REAPER_ARG => backend::docker::reaper::main(args),
+        _ => {}
     }
 }

@@ -26,6 +26,13 @@ pub(crate) struct Netns {
 }
 
 impl Netns {
+    /// A namespace someone else made (a container's, from `/proc/PID/ns/net`), held open by
+    /// `fd`: while this handle lives it stays this namespace, even after every process in it
+    /// ended, so a socket made in it can only reach what listens there.
+    pub(crate) fn adopt(fd: OwnedFd) -> Netns {
+        Netns { fd }
+    }
+
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

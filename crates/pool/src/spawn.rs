@@ -30,11 +30,21 @@ use tokio::process::Command;
 
 use crate::supervisor::{SupervisorArgs, MAX_OPEN_FILES};
 
-/// What to start: a bootstrap file, its working directory and its complete environment.
-#[derive(Debug, Clone)]
+/// What to start: a bootstrap file, its working directory and its complete environment; or,
+/// for an image function, a container image.
+#[derive(Debug, Clone, Default)]
 pub struct InstanceSpec {
+    /// Empty for an image function.
     pub bootstrap: PathBuf,
+    /// Empty for an image function.
     pub code_dir: PathBuf,
+    /// An image function's container; `None` for a code function.
+    pub image: Option<ImageSpec>,
+    /// The function's name and the invocation's request id: labels of a container instance.
+    pub function: String,
+    pub request_id: String,
+    /// The function's concurrency quota: bounds what a backend prepares ahead for it.
+    pub max_instances: u32,
     /// The whole environment; nothing of scfsim's own leaks in.
     pub env: Vec<(String, String)>,
     /// How long the bootstrap has to start listening on port 9000.
@@ -44,6 +54,16 @@ pub struct InstanceSpec {
     /// Debug mode: the instance's `/var/lang` runs Python under debugpy, and the launcher
     /// hands this tap a way to reach the debugger's port once the instance started.
     pub debug: Option<crate::DebugTap>,
+}
+
+/// An image function's container image, with the platform's optional Command and Args.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ImageSpec {
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's command.
+    pub args: Option<Vec<String>>,
 }
 
 /// Processes + threads per instance, as on the platform.

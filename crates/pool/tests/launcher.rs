@@ -25,7 +25,7 @@ fn bootstrap(dir: &Path, body: &str) -> InstanceSpec {
         env: vec![("PATH".into(), std::env::var("PATH").unwrap())],
         init_timeout: Duration::from_secs(20),
         memory_mb: None,
-        debug: None,
+        ..InstanceSpec::default()
     }
 }
 
@@ -33,6 +33,7 @@ async fn launcher() -> Launcher {
     let work_dir = std::env::temp_dir().join(format!("scfsim-pool-test-{}", std::process::id()));
     let mut launcher = Launcher::new(LauncherOptions {
         isolation: IsolationRequest::Namespaces,
+        image_functions: false,
         runtimes: Default::default(),
         work_dir,
         supervisor: env!("CARGO_BIN_EXE_scfsim-supervisor").into(),

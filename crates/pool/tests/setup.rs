@@ -44,6 +44,7 @@ async fn the_host_changes_only_in_setup_and_back_when_the_launcher_goes() {
     let work_dir = tempfile::tempdir().unwrap();
     let mut launcher = Launcher::new(LauncherOptions {
         isolation: IsolationRequest::Namespaces,
+        image_functions: false,
         runtimes: Default::default(),
         work_dir: work_dir.path().to_path_buf(),
         supervisor: env!("CARGO_BIN_EXE_scfsim-supervisor").into(),
@@ -60,7 +61,7 @@ async fn the_host_changes_only_in_setup_and_back_when_the_launcher_goes() {
         env: Vec::new(),
         init_timeout: Duration::from_secs(5),
         memory_mb: None,
-        debug: None,
+        ..InstanceSpec::default()
     };
     let failure = launcher.start(&spec).await.err().unwrap();
     assert!(

@@ -147,6 +147,9 @@ fn error_message(reason: &EndReason) -> Option<String> {
         | R::BootstrapNotFound { detail }
         | R::BootstrapExited { detail }
         | R::NotListening { detail }
+        | R::ImagePullFailed { detail }
+        | R::ImagePullTimedOut { detail }
+        | R::ContainerInitError { detail }
         | R::QuotaExceeded { detail }
         | R::InstanceRateExceeded { detail }
         | R::GatewayError { detail } => detail.as_str(),

@@ -65,9 +65,10 @@ const LIMIT_REASONS: [&str; 5] = [
     "memory_limit",
 ];
 
-/// Status codes of an instance that failed to start: 405 bootstrap exited, 445 bootstrap not
-/// found, 446 nothing listening on port 9000.
-const START_FAILURES: [u16; 3] = [405, 445, 446];
+/// Status codes of an instance that failed to start: 405 bootstrap exited, 444 image pull
+/// failed, 445 bootstrap not found (or a container's bad command), 446 nothing listening on
+/// port 9000, 447 image pull timed out.
+const START_FAILURES: [u16; 5] = [405, 444, 445, 446, 447];
 
 /// Connections live from milliseconds (a refused upgrade) to the 900 s default execution
 /// timeout and beyond (relaxed limits), so the buckets span that range.

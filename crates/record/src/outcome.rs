@@ -46,6 +46,14 @@ pub enum EndReason {
     BootstrapExited { detail: String },
     /// Nothing listened on port 9000 when the init timeout ended.
     NotListening { detail: String },
+    /// An image function's image could not be pulled (PullImageFailed).
+    ImagePullFailed { detail: String },
+    /// An image function's image was still being pulled when the init timeout ended
+    /// (PullImageTimeOut).
+    ImagePullTimedOut { detail: String },
+    /// An image function's container could not start its command: a bad `command` or `args`
+    /// (ContainerInitError).
+    ContainerInitError { detail: String },
     /// The function's concurrency quota was reached; no instance was started.
     QuotaExceeded { detail: String },
     /// Too many new instances per minute (the platform's burst quota): 429, refused before
@@ -103,9 +111,11 @@ impl StatusCode {
     pub const QUOTA_EXCEEDED: StatusCode = StatusCode(432);
     pub const EXECUTION_TIMEOUT: StatusCode = StatusCode(433);
     pub const MEMORY_LIMIT: StatusCode = StatusCode(434);
+    pub const IMAGE_PULL_FAILED: StatusCode = StatusCode(444);
     pub const FUNCTION_FAILED: StatusCode = StatusCode(439);
     pub const BOOTSTRAP_NOT_FOUND: StatusCode = StatusCode(445);
     pub const NOT_LISTENING: StatusCode = StatusCode(446);
+    pub const IMAGE_PULL_TIMED_OUT: StatusCode = StatusCode(447);
     pub const IDLE_TIMEOUT: StatusCode = StatusCode(455);
     pub const CLIENT_FAILED: StatusCode = StatusCode(456);
     pub const GATEWAY_ERROR: StatusCode = StatusCode(500);
@@ -381,6 +391,9 @@ pub fn classify(reason: &EndReason) -> Classification {
         R::BootstrapNotFound { .. } => no_close(S::BOOTSTRAP_NOT_FOUND, "bootstrap_not_found"),
         R::BootstrapExited { .. } => no_close(S::BOOTSTRAP_EXITED, "bootstrap_exited"),
         R::NotListening { .. } => no_close(S::NOT_LISTENING, "not_listening"),
+        R::ImagePullFailed { .. } => no_close(S::IMAGE_PULL_FAILED, "image_pull_failed"),
+        R::ImagePullTimedOut { .. } => no_close(S::IMAGE_PULL_TIMED_OUT, "image_pull_timed_out"),
+        R::ContainerInitError { .. } => no_close(S::BOOTSTRAP_NOT_FOUND, "container_init_error"),
         R::QuotaExceeded { .. } => no_close(S::QUOTA_EXCEEDED, "quota_exceeded"),
         R::InstanceRateExceeded { .. } => no_close(S::RATE_LIMITED, "rate_limited"),
         R::GatewayError { .. } => no_close(S::GATEWAY_ERROR, "gateway_error"),
@@ -703,6 +716,15 @@ mod tests {
             ],
             NotListening => [
                 row(R::NotListening { detail: s("60s") }, 446, Fail, "not_listening", Some(G), None, none.clone(), Together),
+            ],
+            ImagePullFailed => [
+                row(R::ImagePullFailed { detail: s("no such image") }, 444, Fail, "image_pull_failed", Some(G), None, none.clone(), Together),
+            ],
+            ImagePullTimedOut => [
+                row(R::ImagePullTimedOut { detail: s("60s") }, 447, Fail, "image_pull_timed_out", Some(G), None, none.clone(), Together),
+            ],
+            ContainerInitError => [
+                row(R::ContainerInitError { detail: s("no such file") }, 445, Fail, "container_init_error", Some(G), None, none.clone(), Together),
             ],
             QuotaExceeded => [
                 row(R::QuotaExceeded { detail: s("10 running") }, 432, Fail, "quota_exceeded", Some(G), None, none.clone(), Together),

@@ -7,7 +7,7 @@ use super::{Checked, Checker};
 use crate::duration::{format_duration, RawDuration};
 use crate::names;
 use crate::raw::RawFunction;
-use crate::{FunctionConfig, Limits};
+use crate::{FunctionConfig, ImageConfig, Limits};
 
 // The platform's defaults and documented ranges (semantics.md §2, §5).
 const IDLE_DEFAULT: Duration = Duration::from_secs(15);
@@ -34,11 +34,7 @@ impl Checker<'_> {
         let at = |field: &str| format!("functions.{:?}.{field}", raw.name);
 
         names::check_route_path(&raw.path).map_err(|message| self.invalid(at("path"), message))?;
-        let code_dir = self.code_dir(&at("code_dir"), &raw.code_dir, base_dir)?;
-        let bootstrap = raw.bootstrap.as_deref().unwrap_or(BOOTSTRAP_DEFAULT);
-        if bootstrap.is_empty() {
-            return Err(self.invalid(at("bootstrap"), "must not be empty"));
-        }
+        let (code_dir, bootstrap, image) = self.code_or_image(&raw, &at, base_dir)?;
 
         let idle_timeout = self.duration(
             &at("idle_timeout"),
@@ -73,8 +69,9 @@ impl Checker<'_> {
         };
 
         Ok(FunctionConfig {
-            bootstrap: code_dir.join(bootstrap),
+            bootstrap,
             code_dir,
+            image,
             name: raw.name,
             path: raw.path,
             idle_timeout,
@@ -86,6 +83,83 @@ impl Checker<'_> {
             limits,
             debug: raw.debug,
         })
+    }
+
+    /// A code function (`code_dir`, `bootstrap`) or an image function (`image`, `command`,
+    /// `args`): exactly one of the two, and no field of the other.
+    fn code_or_image(
+        &self,
+        raw: &RawFunction,
+        at: &dyn Fn(&str) -> String,
+        base_dir: &Path,
+    ) -> Checked<(PathBuf, PathBuf, Option<ImageConfig>)> {
+        let Some(image) = &raw.image else {
+            for (field, set) in [
+                ("command", raw.command.is_some()),
+                ("args", raw.args.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(
+                        at(field),
+                        "is only allowed for an image function (with `image = \"name:tag\"`)",
+                    ));
+                }
+            }
+            let Some(code_dir) = &raw.code_dir else {
+                return Err(self.invalid(
+                    at("code_dir"),
+                    "is missing: a function needs either code_dir (a code package with an \
+                     scf_bootstrap) or image (a container image listening on port 9000)",
+                ));
+            };
+            let code_dir = self.code_dir(&at("code_dir"), code_dir, base_dir)?;
+            let bootstrap = raw.bootstrap.as_deref().unwrap_or(BOOTSTRAP_DEFAULT);
+            if bootstrap.is_empty() {
+                return Err(self.invalid(at("bootstrap"), "must not be empty"));
+            }
+            let bootstrap = code_dir.join(bootstrap);
+            return Ok((code_dir, bootstrap, None));
+        };
+        for (field, set) in [
+            ("code_dir", raw.code_dir.is_some()),
+            ("bootstrap", raw.bootstrap.is_some()),
+        ] {
+            if set {
+                return Err(self.invalid(
+                    at(field),
+                    "is not allowed with image: an image function has no code package (its \
+                     image's server listens on port 9000)",
+                ));
+            }
+        }
+        if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(
+                at("image"),
+                format!("got {image:?}; expected an image reference such as \"echo:1.0\""),
+            ));
+        }
+        for (field, list) in [("command", &raw.command), ("args", &raw.args)] {
+            if let Some(list) = list {
+                if field == "command" && list.is_empty() {
+                    return Err(self.invalid(
+                        at(field),
+                        "must not be empty (leave it out to keep the image's entrypoint)",
+                    ));
+                }
+                if list.iter().any(|a| a.contains('\0')) {
+                    return Err(self.invalid(at(field), "must not contain NUL characters"));
+                }
+            }
+        }
+        Ok((
+            PathBuf::new(),
+            PathBuf::new(),
+            Some(ImageConfig {
+                image: image.clone(),
+                command: raw.command.clone(),
+                args: raw.args.clone(),
+            }),
+        ))
     }
 
     fn execution_timeout(
