@@ -163,7 +163,7 @@ impl Project {
     /// Waits until the admin API answers /healthz through the published port.
     async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + READY_BOUND;
-        while scfsim::client::get(&self.admin_url("/healthz"))
+        while scfsim_client::get(&self.admin_url("/healthz"))
             .await
             .is_err()
         {
@@ -201,7 +201,7 @@ impl Project {
 
     /// GET on the admin API with the compose file's token, as JSON.
     async fn get(&self, path: &str) -> Result<Value, String> {
-        let body = scfsim::client::get_with_token(&self.admin_url(path), Some(TOKEN))
+        let body = scfsim_client::get_with_token(&self.admin_url(path), Some(TOKEN))
             .await
             .map_err(|e| format!("GET {path}: {e}"))?;
         serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
@@ -394,7 +394,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
     eprintln!("compose: healthy; namespaces and cgroups in use; the examples");
     // 2. The examples, through the published port; outcomes from the admin API.
     assert!(
-        scfsim::client::get(&project.admin_url("/api/invocations"))
+        scfsim_client::get(&project.admin_url("/api/invocations"))
             .await
             .is_err(),
         "the admin API answers without the compose file's token"

@@ -94,7 +94,7 @@ impl Inspector {
 /// Attaches to the Node.js inspector behind `port`, sets a breakpoint on the echo function's
 /// message handler, and lets the program run past its break on start.
 async fn attach_node(port: u64) -> Inspector {
-    let list = scfsim::client::get(&format!("http://127.0.0.1:{port}/json/list"))
+    let list = scfsim_client::get(&format!("http://127.0.0.1:{port}/json/list"))
         .await
         .expect("the inspector answers /json/list through scfsim's port");
     let targets: Value = serde_json::from_slice(&list).expect("JSON");

@@ -95,13 +95,13 @@ async fn messages_are_injected_both_ways_and_a_chosen_close_code_reaches_the_cli
 
 async fn post(scfsim: &Scfsim, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let url = format!("{}{path}", scfsim.admin);
-    let call = scfsim::client::call(http::Method::POST, &url, token, Some(body.to_string()));
+    let call = scfsim_client::call(http::Method::POST, &url, token, Some(body.to_string()));
     match tokio::time::timeout(PATIENCE, call)
         .await
         .expect("answered")
     {
         Ok(body) => (200, String::from_utf8_lossy(&body).into_owned()),
-        Err(scfsim::client::ClientError::Status { status, body, .. }) => (status, body),
+        Err(scfsim_client::ClientError::Status { status, body, .. }) => (status, body),
         Err(err) => panic!("POST {path}: {err}"),
     }
 }

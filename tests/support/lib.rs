@@ -578,7 +578,7 @@ impl Scfsim {
     pub async fn get(&self, path: &str) -> Value {
         let body = tokio::time::timeout(
             PATIENCE,
-            scfsim::client::get(&format!("{}{path}", self.admin)),
+            scfsim_client::get(&format!("{}{path}", self.admin)),
         )
         .await
         .unwrap_or_else(|_| panic!("GET {path}: no answer within {PATIENCE:?}"))

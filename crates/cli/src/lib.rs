@@ -19,8 +19,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub mod client;
-
 /// How long shutdown waits for the record store to write what it was given.
 const STORE_FLUSH_BOUND: Duration = Duration::from_secs(10);
 

@@ -312,7 +312,7 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
                 (None, None) => unreachable!("clap requires one of --text and --binary-base64"),
             };
             let url = format!("{}/api/instances/{id}/send", admin.trim_end_matches('/'));
-            let answer = scfsim::client::call(
+            let answer = scfsim_client::call(
                 hyper::Method::POST,
                 &url,
                 token.as_deref(),
@@ -337,7 +337,7 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
                 }
             }
             let answer =
-                scfsim::client::call(hyper::Method::DELETE, &url, token.as_deref(), None).await?;
+                scfsim_client::call(hyper::Method::DELETE, &url, token.as_deref(), None).await?;
             println!("{}", String::from_utf8_lossy(&answer).trim_end());
             Ok(Ok(()))
         }
@@ -641,7 +641,7 @@ fn percent_encode(value: &str) -> String {
 /// Prints a launch.json for the newest live debug-mode instance of `name`.
 async fn debug_config(admin: &str, token: Option<&str>, name: &str) -> anyhow::Result<()> {
     let url = format!("{}/api/instances", admin.trim_end_matches('/'));
-    let body = scfsim::client::get_with_token(&url, token).await?;
+    let body = scfsim_client::get_with_token(&url, token).await?;
     let instances: Vec<serde_json::Value> = serde_json::from_slice(&body)
         .context("the admin API answered something that is not a list of instances")?;
     // Oldest first: the last one is the newest.
@@ -702,7 +702,7 @@ async fn invocations(
     // Subscribed before listing, so nothing that ends in between is missed.
     let mut events = match follow {
         true => {
-            Some(scfsim::client::EventStream::open(&format!("{admin}/api/events"), token).await?)
+            Some(scfsim_client::EventStream::open(&format!("{admin}/api/events"), token).await?)
         }
         false => None,
     };
@@ -713,7 +713,7 @@ async fn invocations(
     if let Some(s) = filter.status {
         url.push_str(&format!("&status_code={s}"));
     }
-    let body = scfsim::client::get_with_token(&url, token).await?;
+    let body = scfsim_client::get_with_token(&url, token).await?;
     let mut records: Vec<serde_json::Value> = serde_json::from_slice(&body)
         .context("the admin API answered something that is not a list of invocations")?;
     // Oldest first on screen, so that --follow continues downwards.

@@ -21,12 +21,10 @@
 //! - `raw`, `model`: the file as written, and the validated scenario.
 //! - `connection`: one WebSocket connection: the reader task and the frame timeline.
 //! - `runner`: steps and expectations; `matching`: what "equal" means for each expectation.
-//! - `admin`: a small client of the admin API (the record of an invocation).
 //! - `report`: human, JUnit and JSON output.
 
 #![forbid(unsafe_code)]
 
-mod admin;
 mod connection;
 mod error;
 mod matching;
@@ -35,7 +33,6 @@ mod raw;
 pub mod report;
 mod runner;
 
-pub use admin::AdminError;
 pub use error::ScenarioError;
 pub use model::{
     load, parse, Action, CloseExpectation, Expected, OutcomeExpectation, Scenario, Step, Template,

@@ -467,7 +467,7 @@ async fn check_outcome(
     );
     let deadline = Instant::now() + outcome.within;
     let record = loop {
-        let last = match crate::admin::get_json(&url, target.admin_token.as_deref()).await {
+        let last = match scfsim_client::get_json(&url, target.admin_token.as_deref()).await {
             Ok(record) if !record["status_code"].is_null() => break record,
             Ok(_) => "the invocation is still running".to_owned(),
             Err(err) => crate::report::error_chain(&err),

@@ -1,4 +1,9 @@
-//! A small client of the admin API, for `scfsim invocations`.
+//! A small client of scfsim's admin API: GET and other calls with the admin token, JSON answers,
+//! and the `/api/events` stream. Used by the `scfsim` commands that talk to a running scfsim
+//! (`invocations`, `send`, `close`) and by `scfsim test` to read records. It is not the admin API
+//! (that is `scfsim-admin`) and knows nothing of the records' shape.
+
+#![forbid(unsafe_code)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -6,6 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+/// Why a call to the admin API gave no answer to use. `Status` is the API's own refusal; the others
+/// are the URL (the caller's), the connection, or the answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{url} is not a valid URL: {message}")]
@@ -31,6 +38,12 @@ pub enum ClientError {
         url: String,
         status: u16,
         body: String,
+    },
+    #[error("{url} answered something that is not JSON")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -87,6 +100,15 @@ pub async fn get_with_token(url: &str, token: Option<&str>) -> Result<Bytes, Cli
             source,
         })?;
     Ok(body.to_bytes())
+}
+
+/// GET `url` (with the admin token, if any), expecting 200 and a JSON body.
+pub async fn get_json(url: &str, token: Option<&str>) -> Result<serde_json::Value, ClientError> {
+    let body = get_with_token(url, token).await?;
+    serde_json::from_slice(&body).map_err(|source| ClientError::Json {
+        url: url.to_string(),
+        source,
+    })
 }
 
 /// `method` on `url` with a JSON `body` (or none), expecting a 2xx; returns the body.
