@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -47,19 +47,28 @@ pub enum ClientError {
     },
 }
 
-async fn send(url: &str, token: Option<&str>) -> Result<hyper::Response<Incoming>, ClientError> {
-    let bad_url = |message: String| ClientError::Url {
-        url: url.to_string(),
-        message,
-    };
-    let mut req = hyper::Request::get(url);
+/// `method` on `url` with the admin token (if any) and a JSON `body` (or none); a non-2xx answer
+/// is an error carrying its body. The caller reads (or streams) a successful answer's body.
+async fn request(
+    method: hyper::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> Result<hyper::Response<Incoming>, ClientError> {
+    let mut req = hyper::Request::builder().method(method).uri(url);
     if let Some(token) = token {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
+    if body.is_some() {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
     let req = req
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| bad_url(e.to_string()))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| ClientError::Url {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let resp = client
         .request(req)
         .await
@@ -84,13 +93,8 @@ async fn send(url: &str, token: Option<&str>) -> Result<hyper::Response<Incoming
     Ok(resp)
 }
 
-/// GET `url` (with the admin token, if any), expecting 200; returns the body.
-pub async fn get(url: &str) -> Result<Bytes, ClientError> {
-    get_with_token(url, None).await
-}
-
-pub async fn get_with_token(url: &str, token: Option<&str>) -> Result<Bytes, ClientError> {
-    let resp = send(url, token).await?;
+/// A successful answer's whole body.
+async fn read_body(url: &str, resp: hyper::Response<Incoming>) -> Result<Bytes, ClientError> {
     let body = resp
         .into_body()
         .collect()
@@ -100,6 +104,16 @@ pub async fn get_with_token(url: &str, token: Option<&str>) -> Result<Bytes, Cli
             source,
         })?;
     Ok(body.to_bytes())
+}
+
+/// GET `url` (with the admin token, if any), expecting 200; returns the body.
+pub async fn get(url: &str) -> Result<Bytes, ClientError> {
+    get_with_token(url, None).await
+}
+
+pub async fn get_with_token(url: &str, token: Option<&str>) -> Result<Bytes, ClientError> {
+    let resp = request(hyper::Method::GET, url, token, None).await?;
+    read_body(url, resp).await
 }
 
 /// GET `url` (with the admin token, if any), expecting 200 and a JSON body.
@@ -118,45 +132,8 @@ pub async fn call(
     token: Option<&str>,
     body: Option<String>,
 ) -> Result<Bytes, ClientError> {
-    let mut req = hyper::Request::builder().method(method).uri(url);
-    if let Some(token) = token {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    if body.is_some() {
-        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| ClientError::Url {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|source| ClientError::Request {
-            url: url.to_string(),
-            source,
-        })?;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|source| ClientError::Body {
-            url: url.to_string(),
-            source,
-        })?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(ClientError::Status {
-            url: url.to_string(),
-            status: status.as_u16(),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        });
-    }
-    Ok(bytes)
+    let resp = request(method, url, token, body).await?;
+    read_body(url, resp).await
 }
 
 /// The events of one server-sent event stream, parsed by `eventsource-stream`.
@@ -181,7 +158,9 @@ impl EventStream {
     /// Opens the stream; events that happen from now on are buffered until read.
     pub async fn open(url: &str, token: Option<&str>) -> Result<EventStream, ClientError> {
         use eventsource_stream::Eventsource;
-        let body = send(url, token).await?.into_body();
+        let body = request(hyper::Method::GET, url, token, None)
+            .await?
+            .into_body();
         Ok(EventStream {
             url: url.to_string(),
             events: Box::pin(body.into_data_stream().eventsource()),
