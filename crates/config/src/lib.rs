@@ -30,7 +30,7 @@ pub use duration::{format_duration, RawDuration};
 pub use error::{BadValue, ConfigError};
 pub use model::{
     scaled, Config, FunctionConfig, GatewayConfig, ImageConfig, Isolation, Limits, Platform,
-    RateLimitAction,
+    RateLimitAction, TimelineConfig,
 };
 
 /// Reads, parses and validates the config file at `path`. Relative paths inside it (`code_dir`,
