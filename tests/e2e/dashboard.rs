@@ -43,7 +43,8 @@ async fn fill(browser: &mut Browser, selector: &str, value: &str) {
 
 /// The invocation page's record as the page shows it: field name -> cell text.
 const SHOWN_RECORD: &str = r#"(() => {
-    if (document.getElementById("invocation-page").hidden) return null;
+    const page = document.getElementById("invocation-page");
+    if (!page || page.hidden) return null;
     const out = {};
     for (const tr of document.querySelectorAll('#inv-fields tr[data-field]')) {
         out[tr.dataset.field] = tr.children[1].innerText;
@@ -269,11 +270,11 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
     let id = client.request_id.clone();
 
     let mut browser = Browser::launch(&chromium).await;
-    browser.set_viewport(1280, 1000).await;
     // The token in the query, as a person opens the page when admin_token is set.
     browser
         .open(&format!("{}/?token={TOKEN}", scfsim.admin))
         .await;
+    browser.set_viewport(1280, 1000).await;
 
     // A click on the live row opens the invocation's page.
     browser
@@ -418,7 +419,7 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
     assert!(!closes.as_array().unwrap().is_empty());
 
     // A deep link: the same page after a reload.
-    browser.eval("location.reload()").await;
+    browser.reload().await;
     let shown = browser
         .wait_for("the record after a reload", SHOWN_RECORD, |v| {
             v["request_id"] == id.as_str() && v["closed_by"] == "gateway"
@@ -442,6 +443,13 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
         .await;
 
     // The screenshot: the viewport's size, and something drawn on it.
+    browser
+        .wait_for(
+            "the event stream connected (with the token)",
+            "document.getElementById('stream-text').textContent",
+            |v| v == "live",
+        )
+        .await;
     browser.eval("document.fonts.ready.then(() => true)").await;
     let png = browser.screenshot().await;
     assert_eq!(png_size(&png), (1280, 1000));

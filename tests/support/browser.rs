@@ -113,6 +113,13 @@ impl Browser {
     /// Sends one command (to the page once attached) and returns its result; events that
     /// arrive meanwhile are ignored.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .await
+            .unwrap_or_else(|error| panic!("{method} failed: {error}"))
+    }
+
+    /// As [`Browser::call`], but a command DevTools refuses is an `Err` with its error.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut command = json!({ "id": id, "method": method, "params": params });
@@ -133,9 +140,9 @@ impl Browser {
             let reply: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
             if reply["id"] == id {
                 if !reply["error"].is_null() {
-                    panic!("{method} failed: {}", reply["error"]);
+                    return Err(reply["error"].clone());
                 }
-                return reply["result"].clone();
+                return Ok(reply["result"].clone());
             }
         }
     }
@@ -198,7 +205,34 @@ impl Browser {
         }
     }
 
-    /// Makes the page's viewport `width` x `height` CSS pixels at one device pixel each, so
+    /// Reloads the page, as a person pressing F5, and waits until the new document has loaded
+    /// (while it replaces the old one, an evaluation may fail: those are retried).
+    pub async fn reload(&mut self) {
+        const DOCUMENT: &str = "[performance.timeOrigin, document.readyState]";
+        let before = self.eval(DOCUMENT).await[0].clone();
+        self.call("Page.reload", json!({})).await;
+        let loaded = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let now = self
+                    .try_call(
+                        "Runtime.evaluate",
+                        json!({ "expression": DOCUMENT, "returnByValue": true }),
+                    )
+                    .await
+                    .map(|r| r["result"]["value"].clone());
+                if let Ok(now) = now {
+                    if now[0] != before && now[1] == "complete" {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(loaded.is_ok(), "the page did not reload within {PATIENCE:?}");
+    }
+
+    /// Makes the (opened) page's viewport `width` x `height` CSS pixels at one device pixel each, so
     /// that screenshots have a known size.
     pub async fn set_viewport(&mut self, width: u32, height: u32) {
         self.call(
