@@ -135,7 +135,10 @@ async fn the_overview_shows_functions_with_limits_and_live_counts_a_chart_and_th
     assert_eq!(row["memory"], "256 MB", "{row:#}");
     assert_eq!(row["maxMessage"], "64.0 KiB", "{row:#}");
     let rate = row["rate"].as_str().unwrap();
-    assert!(rate.starts_with("20 msg/s") && rate.contains("throttle"), "{rate}");
+    assert!(
+        rate.starts_with("20 msg/s") && rate.contains("throttle"),
+        "{rate}"
+    );
 
     // The live table lists the connection, with its function and pid.
     let live_row = format!(
@@ -229,7 +232,9 @@ async fn the_overview_shows_functions_with_limits_and_live_counts_a_chart_and_th
     );
     assert!(row["legend"].as_str().unwrap().contains("200 × 2"), "{row}");
     browser
-        .wait_for("the live count back to 0", function_row, |v| v["live"] == "0")
+        .wait_for("the live count back to 0", function_row, |v| {
+            v["live"] == "0"
+        })
         .await;
 }
 
@@ -284,7 +289,11 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
             |v| v == true,
         )
         .await;
-    click(&mut browser, &format!(r#"#live tr[data-request-id="{id}"]"#)).await;
+    click(
+        &mut browser,
+        &format!(r#"#live tr[data-request-id="{id}"]"#),
+    )
+    .await;
     let hash = browser.eval("location.hash").await;
     assert_eq!(hash, format!("#/invocations/{id}"));
     let shown = browser
@@ -409,7 +418,8 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
         )
         .await;
     assert!(log.as_str().unwrap().contains("stdout"), "{log}");
-    let closes = r#"[...document.querySelectorAll('#timeline li.kind-close')].map((li) => li.innerText)"#;
+    let closes =
+        r#"[...document.querySelectorAll('#timeline li.kind-close')].map((li) => li.innerText)"#;
     let closes = browser
         .wait_for("the close on the timeline", closes, |v| {
             v.as_array()
@@ -454,8 +464,14 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
     let png = browser.screenshot().await;
     assert_eq!(png_size(&png), (1280, 1000));
     let seen = browser.inspect_png(&png).await;
-    assert_eq!((seen["width"].clone(), seen["height"].clone()), (json!(1280), json!(1000)));
-    assert!(seen["colors"].as_u64().unwrap() > 30, "a blank page? {seen}");
+    assert_eq!(
+        (seen["width"].clone(), seen["height"].clone()),
+        (json!(1280), json!(1000))
+    );
+    assert!(
+        seen["colors"].as_u64().unwrap() > 30,
+        "a blank page? {seen}"
+    );
     let inked = seen["inked"].as_f64().unwrap();
     assert!(inked > 0.03 && inked < 0.9, "{seen}");
     save_if_asked("dashboard-timeline", &png);

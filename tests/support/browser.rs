@@ -229,7 +229,10 @@ impl Browser {
             }
         })
         .await;
-        assert!(loaded.is_ok(), "the page did not reload within {PATIENCE:?}");
+        assert!(
+            loaded.is_ok(),
+            "the page did not reload within {PATIENCE:?}"
+        );
     }
 
     /// Makes the (opened) page's viewport `width` x `height` CSS pixels at one device pixel each, so

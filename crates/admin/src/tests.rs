@@ -335,7 +335,10 @@ async fn functions_lists_each_function_with_its_limits_and_live_count() {
         );
         assert_eq!(shown["max_instances"], config.max_instances);
         assert_eq!(shown["memory_mb"], config.memory_mb);
-        assert_eq!(shown["limits"], serde_json::to_value(&config.limits).unwrap());
+        assert_eq!(
+            shown["limits"],
+            serde_json::to_value(&config.limits).unwrap()
+        );
         for key in [
             "max_message_bytes",
             "max_bytes_per_second",
@@ -344,7 +347,10 @@ async fn functions_lists_each_function_with_its_limits_and_live_count() {
         ] {
             assert!(!shown["limits"][key].is_null(), "{key} missing: {shown:#}");
         }
-        assert_eq!(shown["live_instances"], 0, "nothing is connected: {shown:#}");
+        assert_eq!(
+            shown["live_instances"], 0,
+            "nothing is connected: {shown:#}"
+        );
     }
 }
 
