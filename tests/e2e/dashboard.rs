@@ -201,6 +201,21 @@ async fn the_overview_shows_functions_with_limits_and_live_counts_a_chart_and_th
         .await;
     browser.screenshot_if_asked("dashboard-overview").await;
 
+    // The live row's send button opens the invocation's page at its steering form.
+    click(
+        &mut browser,
+        &format!(r#"#live tr[data-request-id="{id}"] button.steer-send"#),
+    )
+    .await;
+    browser
+        .wait_for(
+            "the steering form, focused",
+            "[location.hash, document.activeElement && document.activeElement.id]",
+            |v| *v == json!([format!("#/invocations/{id}"), "steer-text"]),
+        )
+        .await;
+    browser.eval("location.hash = '#/'").await;
+
     client.close(1000, "").await;
     assert_eq!(scfsim.record(&id).await["status_code"], 200);
     let finished_row = format!(

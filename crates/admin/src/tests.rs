@@ -337,7 +337,7 @@ async fn functions_lists_each_function_with_its_limits_and_live_count() {
         assert_eq!(shown["memory_mb"], config.memory_mb);
         assert_eq!(
             shown["limits"],
-            serde_json::to_value(&config.limits).unwrap()
+            serde_json::to_value(config.limits).unwrap()
         );
         for key in [
             "max_message_bytes",
