@@ -82,15 +82,21 @@ fn messages(timeline: &Value) -> Vec<(String, String, String)> {
 #[tokio::test]
 async fn the_overview_shows_functions_with_limits_and_live_counts_a_chart_and_the_tables() {
     let chromium = find_chromium();
-    let scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])
-        .set("idle_timeout", "\"45s\"")
-        .set("execution_timeout", "\"120s\"")
-        .set("max_instances", "3")
-        .set("memory_mb", "256")
-        .set(
-            "limits",
-            "{ max_message_bytes = 65536, max_messages_per_second = 20 }",
-        )])
+    let scfsim = Scfsim::start_with(
+        vec![Function::fixture("echo", &["echo"])
+            .set("idle_timeout", "\"45s\"")
+            .set("execution_timeout", "\"120s\"")
+            .set("max_instances", "3")
+            .set("memory_mb", "256")
+            .set(
+                "limits",
+                "{ max_message_bytes = 65536, max_messages_per_second = 20 }",
+            )],
+        Options {
+            extra_toml: "[timeline]\nenabled = false\n".into(),
+            ..Options::default()
+        },
+    )
     .await;
     // One finished invocation, for the chart; one open connection, for the live count.
     let mut done = scfsim.connect("/echo").await;
@@ -251,6 +257,47 @@ async fn the_overview_shows_functions_with_limits_and_live_counts_a_chart_and_th
             v["live"] == "0"
         })
         .await;
+
+    // A row of the recent invocations opens its page: the record, the log, and (the timeline
+    // being off in this config) the API's word for why there is no timeline.
+    click(
+        &mut browser,
+        &format!(r#"#invocations tr[data-request-id="{id}"]"#),
+    )
+    .await;
+    let shown = browser
+        .wait_for("the finished record", SHOWN_RECORD, |v| {
+            v["request_id"] == id.as_str()
+        })
+        .await;
+    let status = shown["status_code"].as_str().unwrap();
+    assert!(
+        status.starts_with("200") && status.contains("success"),
+        "{shown:#}"
+    );
+    assert_eq!(shown["end_reason"], "client_closed", "{shown:#}");
+    assert_eq!(shown["messages_in"], "1", "{shown:#}");
+    browser
+        .wait_for(
+            "the instance's log",
+            "document.getElementById('inv-log').innerText",
+            |v| v.as_str().is_some_and(|t| t.contains("fixture: accepted")),
+        )
+        .await;
+    let timeline = browser
+        .wait_for(
+            "the timeline's absence explained",
+            "document.getElementById('timeline-status').innerText",
+            |v| {
+                v.as_str()
+                    .is_some_and(|t| t.starts_with("timeline not available"))
+            },
+        )
+        .await;
+    assert!(
+        timeline.as_str().unwrap().contains("timeline.enabled"),
+        "{timeline}"
+    );
 }
 
 /// The finished record, read with the admin token.
