@@ -304,7 +304,15 @@ async fn the_dashboard_is_one_self_contained_page() {
     let html = body_text(resp).await;
     assert!(html.contains("new EventSource(withToken(\"/api/events\"))"));
     // No external resources: the network may be closed where scfsim runs.
-    for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "href=\"//",
+        "@import",
+        "url(http",
+        "url(//",
+    ] {
         assert!(!html.contains(external), "{external}");
     }
 }
