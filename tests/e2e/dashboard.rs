@@ -322,7 +322,8 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
     const TOKEN: &str = "s3cret";
     let chromium = find_chromium();
     let scfsim = Scfsim::start_with(
-        vec![Function::fixture("echo", &["echo"])],
+        // Idle for as long as a slow machine may take between two steps.
+        vec![Function::fixture("echo", &["echo"]).set("idle_timeout", "\"600s\"")],
         Options {
             gateway: vec![("admin_token".into(), format!("\"{TOKEN}\""))],
             ..Options::default()
@@ -407,7 +408,15 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
         }
     }
 
-    // A message while the page is open arrives on the live stream, without a reload.
+    // A message while the page is open arrives on the live stream (the page reads /frames
+    // once; only the stream brings what follows), without a reload.
+    browser
+        .wait_for(
+            "the timeline following the connection",
+            "document.getElementById('timeline-status').innerText",
+            |v| v.as_str().is_some_and(|t| t.ends_with("· live")),
+        )
+        .await;
     client.send_text("while you watch").await;
     client.expect_text("while you watch").await;
     browser
