@@ -453,6 +453,15 @@ async fn an_invocation_page_shows_record_log_and_timeline_and_its_buttons_steer_
         .find(|r| r["injected"] == true)
         .unwrap();
     assert_eq!(injected["direction"], "to_client", "{injected:#}");
+    // While it runs, the record's counters are the live ones.
+    browser
+        .wait_for("the live counters", SHOWN_RECORD, |v| {
+            v["messages_in"] == "3 (live)" && v["messages_out"] == "4 (live)"
+        })
+        .await;
+    browser
+        .screenshot_if_asked("dashboard-live-invocation")
+        .await;
 
     // Close with a code: the client gets that code; the record says the gateway closed it.
     fill(&mut browser, "#steer-code", "4100").await;
