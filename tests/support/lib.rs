@@ -12,6 +12,7 @@
 //! [`run`]), and no blocking call runs on tokio's blocking pool, which a test's runtime waits
 //! for when it shuts down (so one stuck call there would hang the whole test binary).
 
+pub mod browser;
 pub mod procs;
 
 pub use procs::children;

@@ -26,6 +26,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    config: Arc<scfsim_config::Config>,
     store: Arc<RecordStore>,
     app: Router,
     shutdown: CancellationToken,
@@ -44,9 +45,10 @@ fn fixture() -> Fixture {
     let (store, _) = RecordStore::open(&dir.path().join("data")).unwrap();
     let store = Arc::new(store);
     let shutdown = CancellationToken::new();
+    let config = Arc::new(config);
     let app = router_with_shutdown(
         AdminState {
-            config: Arc::new(config),
+            config: config.clone(),
             store: store.clone(),
             live: Arc::new(LiveInstances::default()),
         },
@@ -54,6 +56,7 @@ fn fixture() -> Fixture {
     );
     Fixture {
         _dir: dir,
+        config,
         store,
         app,
         shutdown,
@@ -301,8 +304,61 @@ async fn the_dashboard_is_one_self_contained_page() {
     let html = body_text(resp).await;
     assert!(html.contains("new EventSource(withToken(\"/api/events\"))"));
     // No external resources: the network may be closed where scfsim runs.
-    for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "href=\"//",
+        "@import",
+        "url(http",
+        "url(//",
+    ] {
         assert!(!html.contains(external), "{external}");
+    }
+}
+
+#[tokio::test]
+async fn functions_lists_each_function_with_its_limits_and_live_count() {
+    let f = fixture();
+    let resp = send(&f.app, "GET", "/api/functions").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let list: Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    let list = list.as_array().expect("a JSON array");
+    let names: Vec<_> = list.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["echo", "idle"]);
+    for (shown, config) in list.iter().zip(&f.config.functions) {
+        // What the dashboard's functions panel reads, as the config has it.
+        assert_eq!(shown["path"], config.path.as_str());
+        assert_eq!(
+            shown["idle_timeout"],
+            scfsim_config::format_duration(config.idle_timeout)
+        );
+        assert_eq!(
+            shown["execution_timeout"],
+            scfsim_config::format_duration(config.execution_timeout)
+        );
+        assert_eq!(
+            shown["init_timeout"],
+            scfsim_config::format_duration(config.init_timeout)
+        );
+        assert_eq!(shown["max_instances"], config.max_instances);
+        assert_eq!(shown["memory_mb"], config.memory_mb);
+        assert_eq!(
+            shown["limits"],
+            serde_json::to_value(config.limits).unwrap()
+        );
+        for key in [
+            "max_message_bytes",
+            "max_bytes_per_second",
+            "max_messages_per_second",
+            "rate_limit_action",
+        ] {
+            assert!(!shown["limits"][key].is_null(), "{key} missing: {shown:#}");
+        }
+        assert_eq!(
+            shown["live_instances"], 0,
+            "nothing is connected: {shown:#}"
+        );
     }
 }
 
