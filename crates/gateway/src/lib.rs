@@ -13,10 +13,12 @@
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
 //! - `responses`: the HTTP answers given instead of an upgrade.
+//! - `faults`: faults injected on purpose, one `FaultPlan` per connection.
 
 pub mod client;
 mod debug;
 mod env;
+mod faults;
 mod handshake;
 mod invocation;
 mod limits;
@@ -161,6 +163,8 @@ pub struct Gateway {
     tasks: TaskTracker,
     /// How long a stopped instance gets between SIGTERM and SIGKILL.
     stop_grace: Duration,
+    /// Seeded connections per function, so injected faults draw reproducibly.
+    fault_seeds: faults::SeedCounters,
 }
 
 impl Gateway {
@@ -181,6 +185,7 @@ impl Gateway {
             shutdown,
             tasks: TaskTracker::new(),
             stop_grace: Duration::from_secs(2),
+            fault_seeds: faults::SeedCounters::default(),
         })
     }
 
