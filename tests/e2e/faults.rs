@@ -47,7 +47,7 @@ async fn a_slow_start_still_echoes_counts_in_startup_ms_and_a_record_without_fau
     assert_eq!(record["status_code"], 200, "{record:#}");
     let startup = record["startup_ms"].as_u64().expect("startup_ms");
     assert!(startup >= 1500, "startup_ms {startup} < the injected 1500 ms");
-    assert_eq!(faults(&record), ["start_delay(1500ms)"]);
+    assert_eq!(faults(&record), ["start_delay(1s500ms)"]);
 
     let mut client = scfsim.connect("/plain").await;
     client.send_text("x").await;
