@@ -25,6 +25,20 @@ fn faults(record: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The details of the timeline's events of kind "fault".
+async fn fault_events(scfsim: &Scfsim, request_id: &str) -> Vec<String> {
+    let timeline = scfsim
+        .get(&format!("/api/invocations/{request_id}/frames"))
+        .await;
+    timeline["events"]
+        .as_array()
+        .expect("events is an array")
+        .iter()
+        .filter(|e| e["kind"] == "fault")
+        .map(|e| e["detail"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 fn echo_with(name: &str, faults_toml: &str) -> Function {
     Function::fixture(name, &["echo"]).set("faults", faults_toml)
 }
@@ -191,6 +205,8 @@ async fn the_clients_connection_is_reset_after_exactly_n_messages() {
     assert_eq!(record["end_reason"], "client_dropped", "{record:#}");
     assert_eq!((record["messages_in"].as_u64(), record["messages_out"].as_u64()), (Some(2), Some(2)));
     assert_eq!(faults(&record), ["reset_client(after 4 messages)"]);
+    let events = fault_events(&scfsim, &client.request_id).await;
+    assert_eq!(events, ["injected fault: reset_client(after 4 messages)"]);
 }
 
 #[tokio::test]
@@ -213,6 +229,8 @@ async fn the_instance_is_killed_after_n_messages_or_after_a_time_as_a_real_kill_
     assert_eq!(record["end_reason"], "instance_exited", "{record:#}");
     assert_eq!(record["messages_in"], 2, "{record:#}");
     assert_eq!(faults(&record), ["kill_instance(after 3 messages)"]);
+    let events = fault_events(&scfsim, &client.request_id).await;
+    assert_eq!(events, ["injected fault: kill_instance(after 3 messages)"]);
 
     let mut client = scfsim.connect("/killt").await;
     let (code, _) = client.expect_close().await;
@@ -224,7 +242,8 @@ async fn the_instance_is_killed_after_n_messages_or_after_a_time_as_a_real_kill_
 }
 
 /// One connection to `path` of a fresh scfsim: 20 messages, then a normal close. Returns what
-/// the counting fixture logged it got, and the record.
+/// the counting fixture logged it got, and the record (with its timeline's fault events under
+/// `fault_events`).
 async fn twenty_messages(function: Function, path: &str) -> (Vec<String>, Value) {
     let scfsim = Scfsim::start(vec![function]).await;
     let mut client = scfsim.connect(path).await;
@@ -232,9 +251,10 @@ async fn twenty_messages(function: Function, path: &str) -> (Vec<String>, Value)
         client.send_text(&format!("m{i}")).await;
     }
     client.close(1000, "done").await;
-    let record = scfsim.record(&client.request_id).await;
+    let mut record = scfsim.record(&client.request_id).await;
     assert_eq!(record["status_code"], 200, "{record:#}");
     assert_eq!(record["messages_in"], 20, "{record:#}");
+    record["fault_events"] = json!(fault_events(&scfsim, &client.request_id).await);
     let got = scfsim
         .log_lines(&client.request_id)
         .await
@@ -272,6 +292,11 @@ async fn dropped_and_duplicated_messages_are_the_same_for_the_same_seed() {
     let dropped = chosen(&record, "drop_to_function(p=0.5, seed=7");
     assert!((1..20).contains(&dropped), "seed 7 drops some, not all: {dropped}");
     assert_eq!(first.len(), 20 - dropped, "the function got {first:?}");
+    assert_eq!(
+        record["fault_events"].as_array().unwrap().len(),
+        dropped,
+        "one timeline event per dropped message: {record:#}"
+    );
     // Whatever got through is in order.
     let numbers: Vec<u32> = first.iter().map(|t| t[1..].parse().unwrap()).collect();
     assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");

@@ -1,4 +1,5 @@
-//! The admin HTTP API: recorded invocations, their logs, live instances and the functions;
+//! The admin HTTP API: recorded invocations, their logs and frame timelines, live instances
+//! and the functions;
 //! plus what lets a person or a monitor watch them: an event stream (`/api/events`),
 //! Prometheus metrics (`/metrics`) and a dashboard page (`/`).
 //!
@@ -7,6 +8,7 @@
 //! instances itself. Like the gateway it is handed a bound listener and a shutdown token.
 
 mod events;
+mod frames;
 mod metrics;
 mod steer;
 #[cfg(test)]
@@ -79,6 +81,11 @@ pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> R
         .route("/api/invocations", get(invocations))
         .route("/api/invocations/{request_id}", get(invocation))
         .route("/api/invocations/{request_id}/logs", get(logs))
+        .route("/api/invocations/{request_id}/frames", get(frames::frames))
+        .route(
+            "/api/invocations/{request_id}/frames/stream",
+            get(frames::frames_stream),
+        )
         // Every route above needs the token when one is configured; /healthz (below) never.
         .route_layer(axum::middleware::from_fn(move |req, next| {
             require_token(token.clone(), req, next)

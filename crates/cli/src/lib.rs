@@ -70,6 +70,7 @@ impl Server {
             max_records: config.gateway.max_records as usize,
             max_logged_invocations: config.gateway.max_logged_invocations as usize,
             max_age: config.gateway.max_record_age,
+            max_timelines: config.timeline.keep_invocations as usize,
         };
         let (store, report) =
             RecordStore::open_with(&data_dir, retention).map_err(|source| ServeError::Store {

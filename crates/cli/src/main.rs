@@ -126,6 +126,30 @@ enum Command {
         #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Write the scenario file that a recorded connection was (from its frame timeline), to
+    /// replay it with `scfsim test`: the client's messages as sends, the function's as
+    /// expectations, the close and the outcome.
+    Record {
+        /// The invocation's request id (from /api/invocations).
+        #[arg(required_unless_present = "last", conflicts_with = "last")]
+        request_id: Option<String>,
+        /// The newest finished invocation of --function instead.
+        #[arg(long, requires = "function")]
+        last: bool,
+        /// The function, with --last.
+        #[arg(long)]
+        function: Option<String>,
+        /// Put the recorded pauses back (sleep steps before the client's actions).
+        #[arg(long)]
+        keep_timing: bool,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        admin: String,
+        #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Validate a config file: exit 0 if valid, 2 with the field and what is allowed if not.
     Check {
         #[arg(long, default_value = "config/scfsim.toml")]
@@ -293,6 +317,38 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
         }
         Command::DebugConfig { name, admin, token } => {
             debug_config(&admin, token.as_deref(), &name).await.map(Ok)
+        }
+        Command::Record {
+            request_id,
+            last: _,
+            function,
+            keep_timing,
+            output,
+            admin,
+            token,
+        } => {
+            let admin = admin.trim_end_matches('/');
+            let token = token.as_deref();
+            let id = match (request_id, function) {
+                (Some(id), _) => id,
+                (None, Some(function)) => last_finished(admin, token, &function).await?,
+                (None, None) => unreachable!("clap requires a request id or --last --function"),
+            };
+            let timeline =
+                scfsim_client::get_json(&format!("{admin}/api/invocations/{id}/frames"), token)
+                    .await
+                    .with_context(|| format!("cannot read the timeline of invocation {id}"))?;
+            let record = scfsim_client::get_json(&format!("{admin}/api/invocations/{id}"), token)
+                .await
+                .with_context(|| format!("cannot read the record of invocation {id}"))?;
+            let scenario =
+                scfsim_scenario::record::scenario_from_timeline(&timeline, &record, keep_timing)?;
+            match output {
+                Some(path) => std::fs::write(&path, scenario)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{scenario}"),
+            }
+            Ok(Ok(()))
         }
         Command::Send {
             id,
@@ -631,6 +687,27 @@ async fn serve(
 }
 
 /// A query value, percent-encoded (everything but unreserved characters).
+/// The request id of the newest finished invocation of `function`.
+async fn last_finished(admin: &str, token: Option<&str>, function: &str) -> anyhow::Result<String> {
+    let url = format!(
+        "{admin}/api/invocations?function={}&limit=100",
+        percent_encode(function)
+    );
+    let records = scfsim_client::get_json(&url, token).await?;
+    records
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| !r["status_code"].is_null())
+        .and_then(|r| r["request_id"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "function {function:?} has no finished invocation among its newest 100 records                  (is the name right, and has a connection to it ended?)"
+            )
+        })
+}
+
 fn percent_encode(value: &str) -> String {
     value
         .bytes()

@@ -33,7 +33,7 @@ pub use error::{BadValue, ConfigError};
 pub use faults::{BadFault, Faults, RawFaults, START_FAILURES};
 pub use model::{
     scaled, Config, FunctionConfig, GatewayConfig, ImageConfig, Isolation, Limits, Platform,
-    RateLimitAction,
+    RateLimitAction, TimelineConfig,
 };
 
 /// Reads, parses and validates the config file at `path`. Relative paths inside it (`code_dir`,

@@ -31,9 +31,42 @@ pub struct Config {
     pub platform: Platform,
     /// `/var/lang` paths (relative, e.g. `node12/bin/node`) mapped to interpreters here.
     pub runtimes: BTreeMap<String, PathBuf>,
+    /// `[timeline]`: the frame timeline kept per invocation.
+    pub timeline: TimelineConfig,
     /// The file this came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[timeline]` with defaults filled in: what each invocation's frame timeline keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimelineConfig {
+    /// Capture timelines at all; off, `/api/invocations/{id}/frames` answers 404.
+    pub enabled: bool,
+    /// Invocations whose timeline is kept on disk (the newest).
+    pub keep_invocations: u32,
+    /// Events kept per invocation; later ones are counted as `dropped`.
+    pub max_events: u32,
+    /// Bytes of each payload kept; longer ones are cut and marked `truncated`.
+    pub payload_bytes: u32,
+}
+
+impl TimelineConfig {
+    pub const MAX_KEEP_INVOCATIONS: u32 = 1_000_000;
+    pub const MAX_EVENTS: u32 = 1_000_000;
+    /// A message is at most this large under the platform's limits anyway.
+    pub const MAX_PAYLOAD_BYTES: u32 = 16 * 1024 * 1024;
+}
+
+impl Default for TimelineConfig {
+    fn default() -> Self {
+        TimelineConfig {
+            enabled: true,
+            keep_invocations: 1000,
+            max_events: 10_000,
+            payload_bytes: 65_536,
+        }
+    }
 }
 
 /// `[platform]` with defaults filled in.

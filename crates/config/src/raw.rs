@@ -35,6 +35,19 @@ pub(crate) struct RawConfig {
     /// to an interpreter on this machine.
     #[serde(default)]
     pub runtimes: BTreeMap<String, String>,
+    /// `[timeline]`: the frame timeline kept per invocation.
+    #[serde(default)]
+    pub timeline: RawTimeline,
+}
+
+/// `[timeline]`. Integers stay `i64` so that negative values reach validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeline {
+    pub enabled: Option<bool>,
+    pub keep_invocations: Option<i64>,
+    pub max_events: Option<i64>,
+    pub payload_bytes: Option<i64>,
 }
 
 /// `[platform]`.

@@ -135,6 +135,25 @@ fn cases() -> Vec<Case> {
             &["got 0.5;", "from 1 (real time) to 10000"],
         ),
         always("time_scale = 20000", "", "time_scale", &["got 20000;"]),
+        // [timeline]: scfsim's own sizes, never lifted.
+        always(
+            "[timeline]\nmax_events = 0",
+            "",
+            "timeline.max_events",
+            &["got 0;", "must be 1 to 1000000"],
+        ),
+        always(
+            "[timeline]\nkeep_invocations = -5",
+            "",
+            "timeline.keep_invocations",
+            &["got -5;", "timeline.enabled = false"],
+        ),
+        always(
+            "[timeline]\npayload_bytes = 99999999999",
+            "",
+            "timeline.payload_bytes",
+            &["got 99999999999;", "1 to 16777216"],
+        ),
         // Durations: always positive and well-formed.
         always(
             "",

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use scfsim_config::{format_duration, Faults, GatewayConfig, RawFaults};
-use scfsim_record::{EndReason, Side};
+use scfsim_record::{Direction, EndReason, Side};
 
 use crate::responses::{json_error, Body};
+use crate::timeline::Recorder;
 
 /// The request header carrying faults for one connection, as JSON with the keys of
 /// `[functions.faults]`.
@@ -135,6 +136,8 @@ pub(crate) struct FaultPlan {
     /// Whole process group (a process instance) or the one pid (a container's init).
     group: AtomicBool,
     reset_fired: AtomicBool,
+    /// The connection's frame timeline: each fault as it acts, as an event of kind "fault".
+    timeline: Recorder,
 }
 
 struct State {
@@ -153,7 +156,12 @@ struct State {
 impl FaultPlan {
     /// The plan of a connection to `function` with `faults` (already merged: the function's,
     /// overridden key by key by the request's). `None` when nothing is injected.
-    pub(crate) fn new(faults: Faults, function: &str, counters: &SeedCounters) -> Option<Self> {
+    pub(crate) fn new(
+        faults: Faults,
+        function: &str,
+        counters: &SeedCounters,
+        timeline: Recorder,
+    ) -> Option<Self> {
         if faults.is_empty() {
             return None;
         }
@@ -178,6 +186,7 @@ impl FaultPlan {
             pid: AtomicU32::new(0),
             group: AtomicBool::new(true),
             reset_fired: AtomicBool::new(false),
+            timeline,
         })
     }
 
@@ -187,6 +196,8 @@ impl FaultPlan {
 
     fn note(&self, what: String) {
         tracing::info!(fault = %what, "injected fault");
+        self.timeline
+            .fault(None, || format!("injected fault: {what}"));
         self.state().injected.push(what);
     }
 
@@ -262,6 +273,10 @@ impl FaultPlan {
             Side::Client => (self.faults.delay_to_function, "to_function"),
             Side::Function => (self.faults.delay_to_client, "to_client"),
         };
+        let toward = Some(match from {
+            Side::Client => Direction::ToFunction,
+            Side::Function => Direction::ToClient,
+        });
         let mut state = self.state();
         let slot = usize::from(from == Side::Function);
         if let Some(delay) = delay.filter(|_| !state.delayed[slot]) {
@@ -270,18 +285,36 @@ impl FaultPlan {
             tracing::info!(fault = %what, "injected fault");
             state.injected.push(what);
         }
+        if let Some(delay) = delay {
+            self.timeline.fault(toward, || {
+                format!(
+                    "injected fault: the message waits {} (delay_{direction})",
+                    format_duration(delay)
+                )
+            });
+        }
         let mut copies = 1;
         if from == Side::Client {
             state.toward_function += 1;
+            let n = state.toward_function;
             // Both drawn for every message, so one key's choices do not depend on the other's.
             let drop = state.rng.f64();
             let duplicate = state.rng.f64();
             if self.faults.drop_to_function.is_some_and(|p| drop < p) {
                 state.dropped += 1;
                 copies = 0;
+                self.timeline.fault(toward, || {
+                    format!("injected fault: message {n} toward the function dropped (drop_to_function)")
+                });
             } else if self.faults.duplicate_to_function.is_some_and(|p| duplicate < p) {
                 state.duplicated += 1;
                 copies = 2;
+                self.timeline.fault(toward, || {
+                    format!(
+                        "injected fault: message {n} toward the function sent twice \
+                         (duplicate_to_function)"
+                    )
+                });
             }
         }
         Forward { delay, copies }
@@ -364,12 +397,12 @@ mod tests {
         let f = faults(r#"{"drop_to_function": 0.5, "duplicate_to_function": 0.5, "seed": 11}"#);
         let first = SeedCounters::default();
         let second = SeedCounters::default();
-        let a = FaultPlan::new(f.clone(), "f", &first).expect("plan");
-        let b = FaultPlan::new(f.clone(), "f", &second).expect("plan");
+        let a = FaultPlan::new(f.clone(), "f", &first, Recorder::default()).expect("plan");
+        let b = FaultPlan::new(f.clone(), "f", &second, Recorder::default()).expect("plan");
         let (ca, cb) = (choices(&a, 64), choices(&b, 64));
         assert_eq!(ca, cb);
         assert!(ca.contains(&0) && ca.contains(&1) && ca.contains(&2), "{ca:?}");
-        let next = FaultPlan::new(f, "f", &first).expect("plan");
+        let next = FaultPlan::new(f, "f", &first, Recorder::default()).expect("plan");
         assert_ne!(choices(&next, 64), ca, "connection 1 draws from seed 12");
         assert!(a.injected().iter().any(|s| s.starts_with("drop_to_function(p=0.5, seed=11: ")));
         assert!(next.injected().iter().any(|s| s.contains("seed=12")));
@@ -381,6 +414,7 @@ mod tests {
             faults(r#"{"reset_client_after_messages": 3}"#),
             "f",
             &SeedCounters::default(),
+            Recorder::default(),
         )
         .expect("plan");
         let fired: Vec<AfterForward> = (0..4).map(|_| plan.after_forward()).collect();
@@ -403,6 +437,7 @@ mod tests {
             faults(r#"{"delay_to_client": "20ms", "delay_to_function": "1s", "kill_after_messages": 9}"#),
             "f",
             &SeedCounters::default(),
+            Recorder::default(),
         )
         .expect("plan");
         for _ in 0..3 {
@@ -412,7 +447,7 @@ mod tests {
             );
         }
         assert_eq!(plan.injected(), ["delay_to_client(20ms)"]);
-        assert!(FaultPlan::new(Faults::default(), "f", &SeedCounters::default()).is_none());
+        assert!(FaultPlan::new(Faults::default(), "f", &SeedCounters::default(), Recorder::default()).is_none());
     }
 
     #[test]

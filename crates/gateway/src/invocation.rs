@@ -39,7 +39,9 @@ use crate::live::{LiveInstance, LiveInstances, Traffic};
 use crate::proxy::{self, ConnectionLimits};
 use crate::responses::{json_error, passthrough, Body};
 use crate::steer::{Steering, SteeringEnds};
+use crate::timeline::{replayable_headers, Capture, HandshakeFacts, Recorder};
 use crate::{ErrorChain, Gateway};
+use scfsim_record::{Direction, Party};
 
 /// Per leg and connection; messages larger than this are read in several reads.
 const READ_BUFFER: usize = 8 * 1024;
@@ -67,6 +69,22 @@ pub(crate) struct Invocation {
     debug: Option<DebugSession>,
     /// Faults injected into this connection, if any.
     faults: Option<FaultPlan>,
+    /// The frame timeline (a no-op when `[timeline] enabled = false`).
+    timeline: Recorder,
+    /// Unlists the timeline from the live registry, also if the teardown never runs.
+    _listed: Option<TimelineListing>,
+}
+
+/// A timeline's entry in the live registry; removed when dropped.
+struct TimelineListing {
+    live: Arc<LiveInstances>,
+    request_id: Uuid,
+}
+
+impl Drop for TimelineListing {
+    fn drop(&mut self) {
+        self.live.remove_timeline(self.request_id);
+    }
 }
 
 /// How an invocation ended, and what the teardown still has to do about it.
@@ -188,6 +206,39 @@ impl Invocation {
         let mut record = Record::begin(request_id, &function.name, OffsetDateTime::now_utc());
         record.client_addr = Some(peer.to_string());
         record.path = request.uri().path_and_query().map(|p| p.to_string());
+        let (timeline, listed) = if gateway.config.timeline.enabled {
+            let capture = Arc::new(Capture::new(
+                &gateway.config.timeline,
+                request_id,
+                &function.name,
+                record.started_at,
+            ));
+            gateway.live.insert_timeline(capture.clone());
+            let listed = TimelineListing {
+                live: gateway.live.clone(),
+                request_id,
+            };
+            (Recorder::new(Some(capture)), Some(listed))
+        } else {
+            (Recorder::default(), None)
+        };
+        timeline.handshake(Direction::ToFunction, Party::Client, || {
+            let path = request.uri().path_and_query().map(|p| p.to_string());
+            let headers = replayable_headers(request.headers());
+            (
+                format!(
+                    "client asked to upgrade: {} {} from {peer} ({} headers)",
+                    request.method(),
+                    path.as_deref().unwrap_or("/"),
+                    headers.len()
+                ),
+                HandshakeFacts {
+                    path,
+                    headers: Some(headers),
+                    status: None,
+                },
+            )
+        });
         Invocation {
             gateway,
             function,
@@ -197,6 +248,8 @@ impl Invocation {
             record,
             debug: None,
             faults: None,
+            timeline,
+            _listed: listed,
         }
     }
 
@@ -207,7 +260,12 @@ impl Invocation {
             Some(requested) => self.function.faults.overridden_by(&requested),
             None => self.function.faults.clone(),
         };
-        self.faults = FaultPlan::new(faults, &self.function.name, &self.gateway.fault_seeds);
+        self.faults = FaultPlan::new(
+            faults,
+            &self.function.name,
+            &self.gateway.fault_seeds,
+            self.timeline.clone(),
+        );
     }
 
     /// The init timeout in force: none that fires in debug mode (a person may be stepping
@@ -280,6 +338,12 @@ impl Invocation {
         let pid = ready.instance.pid();
         tracing::Span::current().record("pid", pid);
         self.record.instance_pid = Some(pid);
+        self.timeline.phase(|| {
+            format!(
+                "instance ready: pid {pid} listening on port 9000 after {} ms",
+                ready.startup.as_millis()
+            )
+        });
         let mut running = Running {
             instance: ready.instance,
             registration: None,
@@ -315,6 +379,21 @@ impl Invocation {
         let connected = registration.steering.clone();
         running.registration = Some(registration);
         let switching = switching_protocols(&self.request, &accepted, self.request_id);
+        self.timeline
+            .handshake(Direction::ToClient, Party::Gateway, || {
+                let protocol = switching
+                    .headers()
+                    .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or(String::new(), |p| format!(" (subprotocol {p})"));
+                (
+                    format!("scfsim answered the client 101 Switching Protocols{protocol}"),
+                    HandshakeFacts {
+                        status: Some(switching.status().as_u16()),
+                        ..HandshakeFacts::default()
+                    },
+                )
+            });
         let answered = client.respond(switching.map(|()| Bytes::new())).await;
         if answered.is_err() || cancel.is_cancelled() {
             let reason = if self.gateway.shutdown.is_cancelled() {
@@ -473,6 +552,16 @@ impl Invocation {
             request_id: self.request_id.to_string(),
             max_instances: self.function.max_instances,
         };
+        self.timeline.phase(|| {
+            let what = match &self.function.image {
+                Some(image) => format!("image {}", image.image),
+                None => format!("bootstrap {}", self.function.bootstrap.display()),
+            };
+            format!(
+                "instance requested ({what}; init timeout {})",
+                scfsim_config::format_duration(self.init_timeout())
+            )
+        });
         tokio::select! {
             started = self.gateway.launcher.start(&spec) => {
                 started.map_err(|failure| self.start_failed(failure))
@@ -516,6 +605,8 @@ impl Invocation {
 
     fn start_failed(&self, failure: StartFailure) -> Ended {
         let message = failure.message();
+        self.timeline
+            .phase(|| format!("instance failed to start: {message}"));
         let reason = match &failure.kind {
             StartFailureKind::BootstrapMissing { .. }
             | StartFailureKind::BootstrapNotExecutable { .. }
@@ -597,6 +688,22 @@ impl Invocation {
             identity: &self.gateway.identity,
         };
         let upstream = upstream_request(&self.request, &gw_headers);
+        self.timeline
+            .handshake(Direction::ToFunction, Party::Gateway, || {
+                let path = upstream.uri().path_and_query().map(|p| p.to_string());
+                (
+                    format!(
+                        "scfsim passed the upgrade request to the instance: {} {}",
+                        upstream.method(),
+                        path.as_deref().unwrap_or("/")
+                    ),
+                    HandshakeFacts {
+                        path,
+                        headers: Some(replayable_headers(upstream.headers())),
+                        status: None,
+                    },
+                )
+            });
         let handshake = tokio::time::timeout(
             self.init_timeout(),
             tokio_tungstenite::client_async_with_config(upstream, stream, Some(config)),
@@ -610,9 +717,25 @@ impl Invocation {
             let answer = Answer::error(StatusCode::BAD_GATEWAY, self.request_id, detail, &reason);
             Ended::new(reason).answer(answer)
         };
+        let answered = |status: u16| {
+            self.timeline
+                .handshake(Direction::ToClient, Party::Function, || {
+                    (
+                        format!("the instance answered {status}"),
+                        HandshakeFacts {
+                            status: Some(status),
+                            ..HandshakeFacts::default()
+                        },
+                    )
+                })
+        };
         match handshake {
-            Ok(Ok(done)) => Ok(done),
+            Ok(Ok(done)) => {
+                answered(done.1.status().as_u16());
+                Ok(done)
+            }
             Ok(Err(WsError::Http(resp))) => {
+                answered(resp.status().as_u16());
                 let reason = EndReason::UpgradeRejected {
                     http_status: resp.status().as_u16(),
                 };
@@ -653,7 +776,7 @@ impl Invocation {
         cancel: &CancellationToken,
         debug: Option<crate::debug::DebugView>,
     ) -> (Registration, SteeringEnds) {
-        let traffic = Arc::new(Traffic::default());
+        let traffic = Arc::new(Traffic::with_timeline(self.timeline.clone()));
         let (steering, ends) = Steering::new(self.function.limits.max_message_bytes);
         self.gateway.live.insert(LiveInstance {
             id,
@@ -736,6 +859,23 @@ impl Invocation {
         } = ended;
         if let Some(answer) = answer {
             self.record.http_status = Some(answer.response.status().as_u16());
+            let status = answer.response.status();
+            self.timeline
+                .handshake(Direction::ToClient, Party::Gateway, || {
+                    (
+                        format!(
+                            "scfsim answered the client {status} instead of upgrading{}",
+                            answer
+                                .error
+                                .as_deref()
+                                .map_or(String::new(), |e| format!(": {e}"))
+                        ),
+                        HandshakeFacts {
+                            status: Some(status.as_u16()),
+                            ..HandshakeFacts::default()
+                        },
+                    )
+                });
             self.record.error = answer.error;
             if let Some(mut client) = client {
                 let _ = client.respond(answer.response).await;
@@ -779,6 +919,7 @@ impl Invocation {
                 .duration_ms
                 .map(|ms| (ms as f64 * time_scale).round() as u64);
         }
+        self.save_timeline();
         let record = &self.record;
         tracing::info!(
             status_code = record.status_code.map(|s| s.as_u16()),
@@ -791,6 +932,27 @@ impl Invocation {
         );
         if let Err(err) = self.gateway.store.finish(self.record) {
             tracing::error!(error = %ErrorChain(&err), "could not write the invocation's record");
+        }
+    }
+
+    /// Hands the timeline to the store (queryable there at once), then ends its live streams
+    /// and unlists it: a reader finds it in one place or the other at every moment.
+    fn save_timeline(&self) {
+        let Some(capture) = self.timeline.capture() else {
+            return;
+        };
+        let record = &self.record;
+        self.timeline.phase(|| {
+            format!(
+                "recorded: status {} {} after {} ms",
+                record.status_code.map_or(0, |s| s.as_u16()),
+                record.end_reason.as_deref().unwrap_or("?"),
+                record.duration_ms.unwrap_or(0)
+            )
+        });
+        capture.end();
+        if let Err(err) = self.gateway.store.save_frames(capture.timeline()) {
+            tracing::error!(error = %ErrorChain(&err), "could not save the invocation's timeline");
         }
     }
 

@@ -12,6 +12,7 @@
 //! - `invocation`: one connection's life, from request to record.
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
+//! - `timeline`: each invocation's frame timeline, captured on the data path.
 //! - `responses`: the HTTP answers given instead of an upgrade.
 //! - `faults`: faults injected on purpose, one `FaultPlan` per connection.
 
@@ -27,6 +28,7 @@ mod proxy;
 mod responses;
 mod server;
 mod steer;
+mod timeline;
 mod tls;
 
 /// Entry points for `fuzz/` (cargo-fuzz): the parsers of untrusted bytes that are otherwise only
@@ -104,8 +106,8 @@ use tokio_util::task::TaskTracker;
 
 pub use client::ClientStream;
 pub use live::{
-    AdminClose, DebugView, LiveInstance, LiveInstanceView, LiveInstances, Payload, SteerRefusal,
-    To, TrafficSnapshot,
+    AdminClose, Capture, DebugView, LiveInstance, LiveInstanceView, LiveInstances, Payload,
+    SteerRefusal, To, TrafficSnapshot,
 };
 pub use tls::{Tls, TlsError};
 

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 pub use crate::debug::DebugView;
 pub use crate::steer::{AdminClose, Payload, SteerRefusal, Steering, To};
+pub use crate::timeline::Capture;
 
 /// Counters of one connection, shared by its two forwarding directions and the admin API.
 /// "in" is client → function, as in the record.
@@ -29,6 +30,8 @@ pub struct Traffic {
     /// On tokio's clock, so that the proxy's tests can pause it.
     last_activity: AtomicU64,
     base: Instant,
+    /// The connection's frame timeline (a no-op when `[timeline] enabled = false`).
+    pub(crate) timeline: crate::timeline::Recorder,
 }
 
 impl Default for Traffic {
@@ -42,11 +45,20 @@ impl Default for Traffic {
             injected_messages: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
             base: Instant::now(),
+            timeline: crate::timeline::Recorder::default(),
         }
     }
 }
 
 impl Traffic {
+    /// Counters whose messages also go to `timeline`.
+    pub(crate) fn with_timeline(timeline: crate::timeline::Recorder) -> Traffic {
+        Traffic {
+            timeline,
+            ..Traffic::default()
+        }
+    }
+
     pub(crate) fn touch(&self) {
         let now = self.base.elapsed().as_nanos() as u64;
         self.last_activity.store(now, Ordering::Relaxed);
@@ -118,12 +130,37 @@ pub struct LiveInstanceView {
 }
 
 /// The registry of open connections, keyed by instance id.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct LiveInstances {
     map: DashMap<Uuid, LiveInstance>,
+    /// The timelines of invocations not yet recorded, by request id: from the upgrade request
+    /// on (before the instance listens), so that the start phases are seen live too.
+    timelines: DashMap<Uuid, Arc<Capture>>,
+}
+
+impl std::fmt::Debug for LiveInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveInstances")
+            .field("map", &self.map)
+            .field("timelines", &self.timelines.len())
+            .finish()
+    }
 }
 
 impl LiveInstances {
+    /// The timeline of an invocation not yet recorded.
+    pub fn timeline(&self, request_id: Uuid) -> Option<Arc<Capture>> {
+        self.timelines.get(&request_id).map(|c| c.clone())
+    }
+
+    pub(crate) fn insert_timeline(&self, capture: Arc<Capture>) {
+        self.timelines.insert(capture.request_id(), capture);
+    }
+
+    pub(crate) fn remove_timeline(&self, request_id: Uuid) {
+        self.timelines.remove(&request_id);
+    }
+
     pub(crate) fn insert(&self, live: LiveInstance) {
         self.map.insert(live.id, live);
     }

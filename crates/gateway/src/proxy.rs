@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use scfsim_record::Direction as Toward;
 use scfsim_record::{classify, CloseOrder, CloseStep, EndReason, Side};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -155,11 +156,21 @@ impl Rate {
         let delay = self.limiter.delay(now, len);
         if !delay.is_zero() {
             if self.action == RateLimitAction::Close {
-                return Admission::Refused {
-                    detail: format!("client sent {}", self.describe()),
-                };
+                let detail = format!("client sent {}", self.describe());
+                traffic.timeline.limit(Some(Toward::ToFunction), || {
+                    format!("rate limited: {detail}; closing (rate_limit_action = \"close\")")
+                });
+                return Admission::Refused { detail };
             }
             traffic.throttled_messages.fetch_add(1, Ordering::Relaxed);
+            traffic.timeline.limit(Some(Toward::ToFunction), || {
+                format!(
+                    "rate limited: the next message is delayed {:.1} ms ({}; \
+                     rate_limit_action = \"throttle\")",
+                    delay.as_secs_f64() * 1000.0,
+                    self.describe()
+                )
+            });
             if !self.warned {
                 self.warned = true;
                 tracing::warn!(
@@ -260,12 +271,20 @@ impl Direction<'_> {
                     return DirectionEnd::RateLimited(detail);
                 }
             }
+            let timeline = &self.traffic.timeline;
             match &msg {
                 Message::Text(t) => self.count(t.len()),
                 Message::Binary(b) => self.count(b.len()),
                 Message::Ping(p) => self.forwarded.sent(p),
                 Message::Pong(p) => {
                     if self.opposite.answered(p) {
+                        timeline.message(
+                            self.from,
+                            &msg,
+                            false,
+                            ": the answer to a forwarded ping, not passed on (scfsim answered \
+                             that ping itself)",
+                        );
                         continue;
                     }
                 }
@@ -276,14 +295,21 @@ impl Direction<'_> {
                     if frame.code == CloseCode::Protocol
                         && frame.reason.as_str() == "Protocol violation" =>
                 {
+                    timeline.limit(None, || {
+                        "protocol violation: a close frame with a code that must not be sent".into()
+                    });
                     return DirectionEnd::Protocol {
                         code: CloseCode::Protocol,
                         detail: "close frame with a code that must not be sent".into(),
-                    }
+                    };
                 }
-                Message::Close(frame) => return DirectionEnd::Closed(frame.clone()),
+                Message::Close(frame) => {
+                    timeline.close_from(self.from, close_parts(frame.as_ref()));
+                    return DirectionEnd::Closed(frame.clone());
+                }
                 Message::Frame(_) => continue,
             }
+            timeline.message(self.from, &msg, written.is_some(), "");
             if written.is_some() {
                 self.traffic
                     .injected_messages
@@ -417,6 +443,10 @@ impl Event {
     }
 }
 
+fn close_parts(frame: Option<&WsCloseFrame>) -> Option<(u16, String)> {
+    frame.map(|f| (f.code.into(), f.reason.to_string()))
+}
+
 fn code_of(frame: Option<WsCloseFrame>) -> (Option<u16>, String) {
     match frame {
         Some(f) => (Some(f.code.into()), f.reason.to_string()),
@@ -521,7 +551,12 @@ where
         other => other,
     };
     let reason = event.into_reason(&timers);
-    let closing = classify(&reason).closing;
+    let classified = classify(&reason);
+    crate::timeline::note_end(&traffic.timeline, &reason, &classified);
+    let closing = classified.closing;
+    let noted = |to: Side, step: &CloseStep| {
+        crate::timeline::note_close_step(&traffic.timeline, to, step, &reason)
+    };
 
     drop(up);
     match (closing.order, closing.to_function) {
@@ -530,6 +565,7 @@ where
             // `down` goes on passing the function's answers to the client until the
             // function's close reply, and only then does the client get its close frame.
             let deadline = Instant::now() + CLOSE_HANDSHAKE;
+            noted(Side::Function, &CloseStep::Send(frame.clone()));
             // A function that does not read cannot hold the close back past the deadline.
             let sent = timeout_at(deadline, function_tx.send(Message::Close(ws_frame(frame))))
                 .await
@@ -556,6 +592,7 @@ where
                 tx: client_tx,
                 rx: client_rx,
             };
+            noted(Side::Client, &closing.to_client);
             client.perform(closing.to_client).await;
         }
         (_, to_function) => {
@@ -568,6 +605,8 @@ where
                 tx: function_tx,
                 rx: function_rx,
             };
+            noted(Side::Client, &closing.to_client);
+            noted(Side::Function, &to_function);
             tokio::join!(
                 client.perform(closing.to_client),
                 function.perform(to_function)

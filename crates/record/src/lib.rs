@@ -10,6 +10,7 @@
 //!   commits, readers beside it, crash completion (`gateway_crashed`) at open, a one-time
 //!   import of an older scfsim's `invocations.jsonl`, retention by count and age, and records
 //!   kept in memory (still queryable) while the disk refuses writes.
+//! - [`timeline`]: the frame [`Timeline`] of an invocation, its JSON shape.
 //! - [`events`]: [`StoreEvent`]s, broadcast to subscribers as records are written.
 //! - [`metrics`]: [`Aggregates`] of finished records (kept in the database) and the Prometheus
 //!   families made from them.
@@ -26,6 +27,7 @@ pub mod invocation;
 pub mod metrics;
 pub mod outcome;
 pub mod store;
+pub mod timeline;
 
 pub use error::{Fault, RecordError};
 pub use events::StoreEvent;
@@ -39,3 +41,4 @@ pub use store::{
     Degraded, Logs, OpenReport, Page, Query, RecordStore, Retention, Search, SqliteStore, Store,
     StoreHealth,
 };
+pub use timeline::{Direction, EventKind, FrameEvent, Opcode, Party, Timeline};

@@ -12,6 +12,8 @@
 //!   API) and returns a [`ScenarioReport`] with each failure's expected / got and the
 //!   connection's frame timeline.
 //! - [`report`]: the reports: one line per scenario for people, JUnit XML, JSON.
+//! - [`record`]: `scfsim record`: the scenario a recorded connection was, from its frame
+//!   timeline.
 //!
 //! This crate is not a server and starts none: `scfsim test` (the binary) starts scfsim, or
 //! points this crate at a running one. It never reads the record store directly, only the
@@ -30,6 +32,7 @@ mod error;
 mod matching;
 mod model;
 mod raw;
+pub mod record;
 pub mod report;
 mod runner;
 

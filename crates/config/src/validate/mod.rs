@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::duration::{format_duration, RawDuration};
-use crate::raw::{RawConfig, RawLimits};
-use crate::{Config, ConfigError, FunctionConfig, Limits, Platform};
+use crate::raw::{RawConfig, RawLimits, RawTimeline};
+use crate::{Config, ConfigError, FunctionConfig, Limits, Platform, TimelineConfig};
 
 const RELAX_HINT: &str = "(set relaxed_limits = true to lift the platform's ranges)";
 
@@ -88,6 +88,7 @@ pub(crate) fn validate(
         runtimes.insert(key, check.file_path(&field, &target, base_dir)?);
     }
     let time_scale = check.time_scale(raw.time_scale)?;
+    let timeline = check.timeline(&raw.timeline)?;
     Ok(Config {
         relaxed_limits: raw.relaxed_limits,
         time_scale,
@@ -96,6 +97,7 @@ pub(crate) fn validate(
         functions,
         platform,
         runtimes,
+        timeline,
         source: source.to_path_buf(),
     })
 }
@@ -238,6 +240,48 @@ impl Checker<'_> {
             ));
         }
         Ok(value)
+    }
+
+    /// `[timeline]`: sizes from 1 to scfsim's own maxima (not platform ranges: the timeline is
+    /// scfsim's, so `relaxed_limits` does not lift them).
+    fn timeline(&self, raw: &RawTimeline) -> Checked<TimelineConfig> {
+        let defaults = TimelineConfig::default();
+        let bounded = |name: &str, value: Option<i64>, default: u32, max: u32, what: &str| {
+            let Some(value) = value else {
+                return Ok(default);
+            };
+            if !(1..=i64::from(max)).contains(&value) {
+                return Err(self.invalid(
+                    format!("timeline.{name}"),
+                    format!("got {value}; must be 1 to {max} ({what})"),
+                ));
+            }
+            Ok(value as u32)
+        };
+        Ok(TimelineConfig {
+            enabled: raw.enabled.unwrap_or(defaults.enabled),
+            keep_invocations: bounded(
+                "keep_invocations",
+                raw.keep_invocations,
+                defaults.keep_invocations,
+                TimelineConfig::MAX_KEEP_INVOCATIONS,
+                "invocations whose timeline is kept; set timeline.enabled = false to keep none",
+            )?,
+            max_events: bounded(
+                "max_events",
+                raw.max_events,
+                defaults.max_events,
+                TimelineConfig::MAX_EVENTS,
+                "events kept per invocation",
+            )?,
+            payload_bytes: bounded(
+                "payload_bytes",
+                raw.payload_bytes,
+                defaults.payload_bytes,
+                TimelineConfig::MAX_PAYLOAD_BYTES,
+                "bytes of each payload kept",
+            )?,
+        })
     }
 
     /// A file path from the config, resolved against the config file's directory. Existence is

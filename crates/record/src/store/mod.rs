@@ -1,4 +1,4 @@
-//! The record store: where every invocation's record, its instance log and (later) its frame
+//! The record store: where every invocation's record, its instance log and its frame
 //! timeline are kept, behind the [`Store`] trait.
 //!
 //! The gateway and the admin API hold an `Arc<dyn Store>` and never see what is behind it.
@@ -30,6 +30,7 @@ use crate::error::RecordError;
 use crate::events::StoreEvent;
 use crate::invocation::{Invocation, LogLine};
 use crate::metrics::Aggregates;
+use crate::timeline::Timeline;
 
 pub use sqlite::{SqliteStore, DB_FILE, SCHEMA_VERSION};
 
@@ -44,6 +45,11 @@ pub trait Store: Send + Sync {
     fn finish(&self, inv: Invocation) -> Result<(), RecordError>;
     /// Saves the instance's log for `id`, replacing any earlier save.
     fn save_logs(&self, id: Uuid, lines: &[LogLine], dropped: u64) -> Result<(), RecordError>;
+    /// Saves the frame timeline of an ended invocation, replacing any earlier save; the
+    /// newest [`Retention::max_timelines`] are kept. Returns at once.
+    fn save_frames(&self, timeline: Timeline) -> Result<(), RecordError>;
+    /// The saved timeline of `id`; `None` if none was saved (or it was pruned).
+    fn frames(&self, id: Uuid) -> Result<Option<Timeline>, RecordError>;
     /// One record; `None` if unknown.
     fn find(&self, id: Uuid) -> Result<Option<Invocation>, RecordError>;
     /// One page of records, newest first (by `started_at`, then by arrival).
@@ -70,6 +76,8 @@ pub struct Retention {
     pub max_logged_invocations: usize,
     /// Records that started longer ago than this are deleted; `None` keeps them.
     pub max_age: Option<Duration>,
+    /// Invocations whose frame timeline is kept: the newest ones.
+    pub max_timelines: usize,
 }
 
 impl Default for Retention {
@@ -78,6 +86,7 @@ impl Default for Retention {
             max_records: 100_000,
             max_logged_invocations: 10_000,
             max_age: None,
+            max_timelines: 1000,
         }
     }
 }

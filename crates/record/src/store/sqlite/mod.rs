@@ -38,6 +38,7 @@ use crate::events::StoreEvent;
 use crate::invocation::{Invocation, LogLine};
 use crate::metrics::Aggregates;
 use crate::outcome::EndReason;
+use crate::timeline::Timeline;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -71,11 +72,12 @@ pub(super) struct Shared {
 struct Pending {
     records: HashMap<Uuid, PendingRecord>,
     logs: HashMap<Uuid, (Logs, u64)>,
+    frames: HashMap<Uuid, (Timeline, u64)>,
 }
 
 impl Pending {
     fn len(&self) -> usize {
-        self.records.len() + self.logs.len()
+        self.records.len() + self.logs.len() + self.frames.len()
     }
 }
 
@@ -334,6 +336,35 @@ impl SqliteStore {
             .map_err(|_| RecordError::WriterStopped)
     }
 
+    pub fn save_frames(&self, timeline: Timeline) -> Result<(), RecordError> {
+        let id = timeline.request_id;
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let mut pending = lock(&self.shared.pending);
+        if !pending.frames.contains_key(&id) && pending.len() >= self.pending_limit {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(RecordError::Backlog {
+                request_id: id,
+                pending: pending.len(),
+                path: self.path.clone(),
+            });
+        }
+        pending.frames.insert(id, (timeline.clone(), version));
+        self.tx
+            .send(Msg::Frames {
+                timeline: Box::new(timeline),
+                version,
+            })
+            .map_err(|_| RecordError::WriterStopped)
+    }
+
+    pub fn frames(&self, id: Uuid) -> Result<Option<Timeline>, RecordError> {
+        if let Some((timeline, _)) = lock(&self.shared.pending).frames.get(&id) {
+            return Ok(Some(timeline.clone()));
+        }
+        let key = id.hyphenated().to_string();
+        self.read(|conn| schema::read_frames(conn, &key))
+    }
+
     pub fn find(&self, id: Uuid) -> Result<Option<Invocation>, RecordError> {
         if let Some(p) = lock(&self.shared.pending).records.get(&id) {
             return Ok(Some(p.inv.clone()));
@@ -463,6 +494,12 @@ impl Store for SqliteStore {
     }
     fn save_logs(&self, id: Uuid, lines: &[LogLine], dropped: u64) -> Result<(), RecordError> {
         SqliteStore::save_logs(self, id, lines, dropped)
+    }
+    fn save_frames(&self, timeline: Timeline) -> Result<(), RecordError> {
+        SqliteStore::save_frames(self, timeline)
+    }
+    fn frames(&self, id: Uuid) -> Result<Option<Timeline>, RecordError> {
+        SqliteStore::frames(self, id)
     }
     fn find(&self, id: Uuid) -> Result<Option<Invocation>, RecordError> {
         SqliteStore::find(self, id)

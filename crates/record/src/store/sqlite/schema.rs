@@ -1,7 +1,8 @@
 //! The database's layout, and the mapping between a record and a row.
 //!
 //! Stable for users of the `sqlite3` shell (README "Records"): the tables `invocations`,
-//! `instance_logs`, `log_saves`, `frames` and `aggregates` and their columns as created here.
+//! `instance_logs`, `log_saves`, `frames`, `frame_saves` and `aggregates` and their columns as
+//! created here.
 //! Later versions add columns and tables and bump `user_version`; they do not rename or drop.
 
 use std::path::Path;
@@ -12,18 +13,14 @@ use crate::error::RecordError;
 use crate::invocation::{Invocation, LogLine};
 use crate::metrics::{AggregateKey, AggregateRow, Aggregates, Buckets};
 use crate::store::{micros, Logs};
+use crate::timeline::{Direction, FrameEvent, Timeline};
 
 /// `PRAGMA application_id`: "SCFS", so a file of another program is told apart.
 pub(crate) const APPLICATION_ID: i64 = 0x5343_4653;
 /// `PRAGMA user_version` this scfsim writes. An older scfsim refuses a higher one.
-pub const SCHEMA_VERSION: i64 = 2;
-
-/// What each version adds to the one before it, in order: `MIGRATIONS[i]` turns version `i + 1`
-/// into version `i + 2`. `CREATE` is always the newest layout.
-const MIGRATIONS: &[&str] = &[
-    // 2: the faults injected on purpose (JSON list of strings).
-    "ALTER TABLE invocations ADD COLUMN injected_faults TEXT NOT NULL DEFAULT '[]';",
-];
+/// 2 (scfsim with the frame timeline): `frames.event` and `frame_saves`.
+/// 3 (scfsim with faults on purpose): `invocations.injected_faults`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const CREATE: &str = r#"
 CREATE TABLE invocations (
@@ -54,7 +51,7 @@ CREATE TABLE invocations (
     error              TEXT,
     client_addr        TEXT,
     path               TEXT,
-    injected_faults    TEXT NOT NULL DEFAULT '[]', -- JSON list of strings (version 2)
+    injected_faults    TEXT NOT NULL DEFAULT '[]', -- JSON list of strings (version 3)
     -- The whole record as the API shows it (JSON), including fields newer than these columns.
     record             TEXT NOT NULL
 );
@@ -79,18 +76,29 @@ CREATE TABLE log_saves (
     dropped    INTEGER NOT NULL               -- lines the gateway dropped, not in instance_logs
 );
 
--- Every frame of an invocation, for the timeline (GET /api/invocations/{id}/frames).
+-- Every event of an invocation's timeline (GET /api/invocations/{id}/frames): its messages
+-- and close frames, handshakes, start phases and limits.
 CREATE TABLE frames (
     request_id TEXT NOT NULL,
-    frame_no   INTEGER NOT NULL,
+    frame_no   INTEGER NOT NULL,              -- the event's seq
     at_us      INTEGER NOT NULL,              -- microseconds since 1970 (UTC)
-    direction  TEXT NOT NULL,                 -- in (client to function) | out
-    kind       TEXT NOT NULL,                 -- text | binary | ping | pong | close
+    direction  TEXT NOT NULL,                 -- in (client to function) | out | '' (none)
+    kind       TEXT NOT NULL,                 -- text | binary | ping | pong | close (the
+                                              -- opcode), else phase | handshake | limit | fault
     size       INTEGER NOT NULL,              -- payload bytes
     data       BLOB,                          -- the payload, or its first bytes
     close_code INTEGER,
+    event      TEXT NOT NULL DEFAULT '{}',    -- the event as the API shows it, payload aside
     PRIMARY KEY (request_id, frame_no)
 ) WITHOUT ROWID;
+
+-- One row per invocation whose timeline was saved, in saving order (for keep_invocations).
+CREATE TABLE frame_saves (
+    seq        INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    function   TEXT NOT NULL,
+    dropped    INTEGER NOT NULL               -- events over max_events, not in frames
+);
 
 -- Sums over finished records (metrics, dashboard); kept when retention deletes records.
 CREATE TABLE aggregates (
@@ -120,6 +128,25 @@ CREATE TRIGGER invocations_cascade AFTER DELETE ON invocations BEGIN
     DELETE FROM instance_logs WHERE request_id = old.request_id;
     DELETE FROM log_saves WHERE request_id = old.request_id;
     DELETE FROM frames WHERE request_id = old.request_id;
+    DELETE FROM frame_saves WHERE request_id = old.request_id;
+END;
+"#;
+
+/// From schema 1: the timeline's columns and table, and the cascade that covers them.
+const UPGRADE_TO_2: &str = r#"
+ALTER TABLE frames ADD COLUMN event TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE frame_saves (
+    seq        INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    function   TEXT NOT NULL,
+    dropped    INTEGER NOT NULL
+);
+DROP TRIGGER invocations_cascade;
+CREATE TRIGGER invocations_cascade AFTER DELETE ON invocations BEGIN
+    DELETE FROM instance_logs WHERE request_id = old.request_id;
+    DELETE FROM log_saves WHERE request_id = old.request_id;
+    DELETE FROM frames WHERE request_id = old.request_id;
+    DELETE FROM frame_saves WHERE request_id = old.request_id;
 END;
 "#;
 
@@ -185,6 +212,14 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), RecordEr
     set_wal(conn, path)?;
     migrate(conn, version).map_err(unusable)
 }
+
+/// From schema 2 to 3: the faults injected on purpose (a JSON list of strings).
+const UPGRADE_TO_3: &str =
+    "ALTER TABLE invocations ADD COLUMN injected_faults TEXT NOT NULL DEFAULT '[]';";
+
+/// What each version adds to the one before it, in order: `MIGRATIONS[i]` turns version `i + 1`
+/// into version `i + 2`. `CREATE` is always the newest layout.
+const MIGRATIONS: &[&str] = &[UPGRADE_TO_2, UPGRADE_TO_3];
 
 /// Brings a database of an older `version` (at least 1) up to [`SCHEMA_VERSION`], each step in
 /// a transaction of its own with its `user_version`, so an interrupted upgrade resumes.
@@ -334,6 +369,90 @@ pub(crate) fn read_logs(conn: &Connection, id: &str) -> rusqlite::Result<Option<
     Ok(Some(Logs {
         lines,
         dropped: u64::try_from(dropped).unwrap_or(0),
+    }))
+}
+
+/// Replaces the saved timeline of its invocation.
+pub(crate) fn replace_frames(tx: &Transaction<'_>, timeline: &Timeline) -> rusqlite::Result<()> {
+    let id = timeline.request_id.hyphenated().to_string();
+    tx.prepare_cached("DELETE FROM frames WHERE request_id = ?1")?
+        .execute([&id])?;
+    tx.prepare_cached("DELETE FROM frame_saves WHERE request_id = ?1")?
+        .execute([&id])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO frames (request_id, frame_no, at_us, direction, kind, size, data, \
+         close_code, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for e in &timeline.events {
+        let direction = match e.direction {
+            Some(Direction::ToFunction) => "in",
+            Some(Direction::ToClient) => "out",
+            None => "",
+        };
+        let kind = e.opcode.map_or(e.kind.as_str(), |o| o.as_str());
+        // The payload goes to `data` as bytes; the rest of the event as JSON beside it.
+        let data = e.payload();
+        let mut rest = e.clone();
+        rest.text = None;
+        rest.binary_base64 = None;
+        let event = serde_json::to_string(&rest).unwrap_or_else(|_| "{}".into());
+        insert.execute(params![
+            id,
+            i64::try_from(e.seq).unwrap_or(i64::MAX),
+            micros(e.at),
+            direction,
+            kind,
+            i64::try_from(e.size).unwrap_or(i64::MAX),
+            data,
+            e.close_code,
+            event,
+        ])?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO frame_saves (request_id, function, dropped) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![
+        id,
+        timeline.function,
+        i64::try_from(timeline.dropped).unwrap_or(i64::MAX)
+    ])?;
+    Ok(())
+}
+
+/// The saved timeline of `id`, if one was saved.
+pub(crate) fn read_frames(conn: &Connection, id: &str) -> rusqlite::Result<Option<Timeline>> {
+    let saved: Option<(String, i64)> = conn
+        .prepare_cached("SELECT function, dropped FROM frame_saves WHERE request_id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((function, dropped)) = saved else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached("SELECT event, data FROM frames WHERE request_id = ?1 ORDER BY frame_no")?;
+    let events = stmt
+        .query_map([id], |r| {
+            let event: String = r.get(0)?;
+            let data: Option<Vec<u8>> = r.get(1)?;
+            Ok((event, data))
+        })?
+        .filter_map(|row| row.ok())
+        .filter_map(|(event, data)| {
+            let mut e: FrameEvent = serde_json::from_str(&event)
+                .inspect_err(|error| tracing::warn!(%error, "skipping an unreadable frame"))
+                .ok()?;
+            if let (Some(data), Some(opcode)) = (data, e.opcode) {
+                e.set_payload(opcode, &data);
+            }
+            Some(e)
+        })
+        .collect();
+    Ok(Some(Timeline {
+        request_id: id.parse().unwrap_or_default(),
+        function,
+        live: false,
+        dropped: u64::try_from(dropped).unwrap_or(0),
+        events,
     }))
 }
 

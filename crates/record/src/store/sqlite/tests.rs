@@ -303,7 +303,7 @@ fn an_old_journal_and_its_logs_are_imported_once_and_kept_aside() {
 }
 
 #[test]
-fn a_version_1_database_gains_the_injected_faults_column_and_keeps_its_records() {
+fn a_version_2_database_gains_the_injected_faults_column_and_keeps_its_records() {
     let dir = tempfile::tempdir().unwrap();
     let old = done_at(t(0));
     {
@@ -311,11 +311,11 @@ fn a_version_1_database_gains_the_injected_faults_column_and_keeps_its_records()
         store.finish(old.clone()).unwrap();
         assert!(store.flush(PATIENCE));
     }
-    // The layout of version 1: no injected_faults column.
+    // The layout of version 2: no injected_faults column.
     let db = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     db.execute_batch("ALTER TABLE invocations DROP COLUMN injected_faults;")
         .unwrap();
-    db.pragma_update(None, "user_version", 1).unwrap();
+    db.pragma_update(None, "user_version", 2).unwrap();
     drop(db);
 
     let (store, report) = SqliteStore::open(dir.path()).unwrap();
@@ -345,4 +345,93 @@ fn a_version_1_database_gains_the_injected_faults_column_and_keeps_its_records()
     drop(db);
     let (store, _) = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(store.get(faulty.request_id), Some(faulty));
+}
+
+fn timeline_of(inv: &Invocation, events: usize) -> crate::timeline::Timeline {
+    use crate::timeline::{Direction, EventKind, FrameEvent, Opcode};
+    let events = (0..events)
+        .map(|i| {
+            let mut e = FrameEvent::new(EventKind::Message, inv.started_at, i as f64, "m".into());
+            e.seq = i as u64;
+            e.direction = Some(Direction::ToClient);
+            let opcode = if i % 2 == 0 {
+                Opcode::Text
+            } else {
+                Opcode::Binary
+            };
+            e.opcode = Some(opcode);
+            e.size = 3;
+            e.set_payload(opcode, if i % 2 == 0 { b"abc" } else { &[0, 1, 255] });
+            e
+        })
+        .collect();
+    crate::timeline::Timeline {
+        request_id: inv.request_id,
+        function: inv.function.clone(),
+        live: false,
+        dropped: 2,
+        events,
+    }
+}
+
+#[test]
+fn timelines_round_trip_through_the_database_and_the_oldest_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = Retention {
+        max_timelines: 2,
+        ..Retention::default()
+    };
+    let (store, _) = SqliteStore::open_with(dir.path(), keep).unwrap();
+    let invs: Vec<_> = (0..3).map(|i| done_at(t(i))).collect();
+    let first = timeline_of(&invs[0], 4);
+    store.finish(invs[0].clone()).unwrap();
+    store.save_frames(first.clone()).unwrap();
+    assert_eq!(store.frames(invs[0].request_id).unwrap(), Some(first.clone()));
+    assert!(store.flush(PATIENCE));
+    // From the database now: the payloads as text and base64 again, the rest from JSON.
+    assert_eq!(store.frames(invs[0].request_id).unwrap(), Some(first));
+    for inv in &invs[1..] {
+        store.finish(inv.clone()).unwrap();
+        store.save_frames(timeline_of(inv, 1)).unwrap();
+        assert!(store.flush(PATIENCE));
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while store.frames(invs[0].request_id).unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "never pruned");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store.frames(invs[2].request_id).unwrap().is_some());
+    assert!(store.find(invs[0].request_id).unwrap().is_some(), "records stay");
+}
+
+#[test]
+fn a_schema_1_database_gets_the_timeline_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = done_at(t(0));
+    {
+        let (store, _) = SqliteStore::open(dir.path()).unwrap();
+        store.finish(inv.clone()).unwrap();
+        assert!(store.flush(PATIENCE));
+    }
+    // Back to what scfsim wrote before the timeline.
+    let db = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    db.execute_batch(
+        "DROP TABLE frame_saves; DROP TRIGGER invocations_cascade;
+         ALTER TABLE frames DROP COLUMN event;
+         ALTER TABLE invocations DROP COLUMN injected_faults;
+         CREATE TRIGGER invocations_cascade AFTER DELETE ON invocations BEGIN
+             DELETE FROM instance_logs WHERE request_id = old.request_id;
+             DELETE FROM log_saves WHERE request_id = old.request_id;
+             DELETE FROM frames WHERE request_id = old.request_id;
+         END;",
+    )
+    .unwrap();
+    db.pragma_update(None, "user_version", 1).unwrap();
+    drop(db);
+    let (store, _) = SqliteStore::open(dir.path()).unwrap();
+    let timeline = timeline_of(&inv, 2);
+    store.save_frames(timeline.clone()).unwrap();
+    assert!(store.flush(PATIENCE));
+    assert_eq!(store.frames(inv.request_id).unwrap(), Some(timeline));
+    assert!(store.find(inv.request_id).unwrap().is_some());
 }

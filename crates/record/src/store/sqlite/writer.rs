@@ -24,6 +24,7 @@ use crate::events::StoreEvent;
 use crate::invocation::Invocation;
 use crate::metrics::AggregateKey;
 use crate::store::{micros, Degraded, Logs, Retention};
+use crate::timeline::Timeline;
 
 /// Records in one transaction at most: bounds how long one commit holds the write lock.
 const MAX_BATCH: usize = 5_000;
@@ -46,6 +47,10 @@ pub(super) enum Msg {
         logs: Logs,
         version: u64,
     },
+    Frames {
+        timeline: Box<Timeline>,
+        version: u64,
+    },
     /// Answered once every message sent before it is counted (aggregates up to date).
     Processed(SyncSender<()>),
     /// Answered once every message sent before it is written.
@@ -63,6 +68,10 @@ enum Op {
     Logs {
         id: Uuid,
         logs: Logs,
+        version: u64,
+    },
+    Frames {
+        timeline: Box<Timeline>,
         version: u64,
     },
 }
@@ -190,6 +199,9 @@ impl Writer {
                 });
             }
             Msg::Logs { id, logs, version } => self.backlog.push(Op::Logs { id, logs, version }),
+            Msg::Frames { timeline, version } => {
+                self.backlog.push(Op::Frames { timeline, version })
+            }
             Msg::Processed(done) => {
                 let _ = done.send(());
             }
@@ -260,6 +272,7 @@ impl Writer {
                 Op::Logs { id, logs, .. } => {
                     schema::replace_logs(&tx, &id.hyphenated().to_string(), logs)?
                 }
+                Op::Frames { timeline, .. } => schema::replace_frames(&tx, timeline)?,
             }
         }
         // Every record counted in memory is in this transaction or an earlier one, so the
@@ -272,6 +285,15 @@ impl Writer {
     /// After a successful write: drop what is now on disk from memory, then tell watchers.
     fn written(&mut self) {
         let count = self.backlog.len();
+        // A saved timeline may put the store over keep_invocations: prune now, not at the
+        // next periodic check, so that memory of old timelines is bounded by the setting.
+        if self
+            .backlog
+            .iter()
+            .any(|op| matches!(op, Op::Frames { .. }))
+        {
+            self.check_at = Instant::now();
+        }
         {
             let mut pending = lock(&self.shared.pending);
             for op in &self.backlog {
@@ -288,6 +310,12 @@ impl Writer {
                     Op::Logs { id, version, .. } => {
                         if pending.logs.get(id).is_some_and(|(_, v)| v == version) {
                             pending.logs.remove(id);
+                        }
+                    }
+                    Op::Frames { timeline, version } => {
+                        let id = &timeline.request_id;
+                        if pending.frames.get(id).is_some_and(|(_, v)| v == version) {
+                            pending.frames.remove(id);
                         }
                     }
                 }
@@ -373,6 +401,17 @@ impl Writer {
                 more |= logs - keep > RETENTION_CHUNK;
             }
         }
+        let timelines: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM frame_saves", [], |r| r.get(0))
+            .unwrap_or(0);
+        let keep = i64::try_from(self.retention.max_timelines).unwrap_or(i64::MAX);
+        if timelines > keep {
+            let n = (timelines - keep).min(RETENTION_CHUNK);
+            if self.delete_frames(n).is_some() {
+                more |= timelines - keep > RETENTION_CHUNK;
+            }
+        }
         self.check_at = if more {
             Instant::now()
         } else {
@@ -412,6 +451,31 @@ impl Writer {
         result
             .inspect_err(|error| {
                 tracing::warn!(%error, "retention: cannot delete old logs now; trying later")
+            })
+            .ok()
+    }
+
+    /// Deletes the `n` oldest saved timelines (their records stay).
+    fn delete_frames(&mut self, n: i64) -> Option<()> {
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM frames WHERE request_id IN (SELECT request_id FROM frame_saves \
+                 ORDER BY seq LIMIT ?1)",
+                [n],
+            )?;
+            tx.execute(
+                "DELETE FROM frame_saves WHERE seq IN (SELECT seq FROM frame_saves ORDER BY \
+                 seq LIMIT ?1)",
+                [n],
+            )?;
+            tx.commit()
+        })();
+        result
+            .inspect_err(|error| {
+                tracing::warn!(%error, "retention: cannot delete old timelines now; trying later")
             })
             .ok()
     }

@@ -1,0 +1,521 @@
+//! Capturing an invocation's frame timeline (`scfsim_record::Timeline`) on the data path.
+//!
+//! Lifecycle: the invocation makes a [`Capture`] when it begins (if `[timeline] enabled`) and
+//! lists it in the live registry by request id, where the admin API reads it while the
+//! connection is open (`GET /api/invocations/{id}/frames`, and its event stream). The proxy
+//! reaches it through the connection's `Traffic` ([`Recorder`], a cheap handle that does
+//! nothing when the timeline is off). When the invocation is recorded, the teardown hands the
+//! events to the record store, marks the capture ended (which ends the live streams) and
+//! removes it from the registry.
+//!
+//! Cost on the data path: one short mutex hold and one push per message, plus a copy of the
+//! payload up to `[timeline] payload_bytes` (copied, not shared, so that a kept payload never
+//! pins tungstenite's read buffer). Conversion to JSON (base64 and all) happens only when
+//! someone reads the timeline, or once when the invocation ends.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use scfsim_config::TimelineConfig;
+use scfsim_record::{
+    Classification, CloseStep, ClosedBy, Direction, EndReason, EventKind, FrameEvent, Opcode,
+    Party, Side, Timeline,
+};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+/// One invocation's events so far. Read by the admin API; written by the invocation and its
+/// proxy.
+pub struct Capture {
+    request_id: Uuid,
+    function: String,
+    started: Instant,
+    started_at: OffsetDateTime,
+    payload_bytes: usize,
+    max_events: usize,
+    state: Mutex<State>,
+    /// Bumped at every event kept and at the end, for the live streams.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    events: Vec<Captured>,
+    dropped: u64,
+    ended: bool,
+}
+
+/// An event as captured: the raw payload, no JSON yet.
+struct Captured {
+    after: Duration,
+    kind: EventKind,
+    direction: Option<Direction>,
+    opcode: Option<Opcode>,
+    size: u64,
+    injected: bool,
+    payload: Option<Bytes>,
+    truncated: bool,
+    close: Option<(u16, String)>,
+    sent_by: Option<Party>,
+    detail: String,
+    handshake: Option<Box<HandshakeFacts>>,
+}
+
+/// What a handshake event knows beyond its detail.
+#[derive(Debug, Default)]
+pub(crate) struct HandshakeFacts {
+    pub path: Option<String>,
+    pub headers: Option<Vec<(String, String)>>,
+    pub status: Option<u16>,
+}
+
+impl Captured {
+    fn new(kind: EventKind, detail: String) -> Captured {
+        Captured {
+            after: Duration::ZERO,
+            kind,
+            direction: None,
+            opcode: None,
+            size: 0,
+            injected: false,
+            payload: None,
+            truncated: false,
+            close: None,
+            sent_by: None,
+            detail,
+            handshake: None,
+        }
+    }
+}
+
+impl Capture {
+    pub(crate) fn new(
+        config: &TimelineConfig,
+        request_id: Uuid,
+        function: &str,
+        started_at: OffsetDateTime,
+    ) -> Capture {
+        Capture {
+            request_id,
+            function: function.to_owned(),
+            started: Instant::now(),
+            started_at,
+            payload_bytes: config.payload_bytes as usize,
+            max_events: config.max_events as usize,
+            state: Mutex::new(State::default()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+
+    fn push(&self, mut event: Captured) {
+        event.after = self.started.elapsed();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.ended {
+            return;
+        }
+        if state.events.len() >= self.max_events {
+            state.dropped += 1;
+            return;
+        }
+        state.events.push(event);
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// No more events: the invocation is recorded. Ends the live streams.
+    pub(crate) fn end(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes when an event was kept or the capture ended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Events from index `from` on, and whether the capture has ended.
+    pub fn events_from(&self, from: usize) -> (Vec<FrameEvent>, bool) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let events = state
+            .events
+            .iter()
+            .enumerate()
+            .skip(from)
+            .map(|(i, e)| self.render(i, e))
+            .collect();
+        (events, state.ended)
+    }
+
+    /// The whole timeline so far.
+    pub fn timeline(&self) -> Timeline {
+        let (events, ended) = self.events_from(0);
+        let dropped = self.state.lock().unwrap_or_else(|p| p.into_inner()).dropped;
+        Timeline {
+            request_id: self.request_id,
+            function: self.function.clone(),
+            live: !ended,
+            dropped,
+            events,
+        }
+    }
+
+    fn render(&self, seq: usize, e: &Captured) -> FrameEvent {
+        let at = self.started_at + e.after;
+        let mut out = FrameEvent::new(e.kind, at, e.after.as_secs_f64() * 1000.0, e.detail.clone());
+        out.seq = seq as u64;
+        out.direction = e.direction;
+        out.opcode = e.opcode;
+        out.size = e.size;
+        out.injected = e.injected;
+        out.truncated = e.truncated;
+        out.sent_by = e.sent_by;
+        if let (Some(opcode), Some(payload)) = (e.opcode, &e.payload) {
+            out.set_payload(opcode, payload);
+        }
+        if let Some((code, reason)) = &e.close {
+            out.close_code = Some(*code);
+            out.close_reason = Some(reason.clone());
+        }
+        if let Some(h) = &e.handshake {
+            out.path = h.path.clone();
+            out.headers = h.headers.clone();
+            out.status = h.status;
+        }
+        out
+    }
+}
+
+/// The proxy's and the invocation's handle on a capture; does nothing when the timeline is
+/// off.
+#[derive(Clone, Default)]
+pub(crate) struct Recorder(Option<Arc<Capture>>);
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Recorder").field(&self.0.is_some()).finish()
+    }
+}
+
+fn direction_from(from: Side) -> Direction {
+    match from {
+        Side::Client => Direction::ToFunction,
+        Side::Function => Direction::ToClient,
+    }
+}
+
+fn party(side: Side) -> Party {
+    match side {
+        Side::Client => Party::Client,
+        Side::Function => Party::Function,
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Client => "client",
+        Side::Function => "function",
+    }
+}
+
+impl Recorder {
+    pub(crate) fn new(capture: Option<Arc<Capture>>) -> Recorder {
+        Recorder(capture)
+    }
+
+    pub(crate) fn capture(&self) -> Option<&Arc<Capture>> {
+        self.0.as_ref()
+    }
+
+    fn push(&self, event: impl FnOnce() -> Captured) {
+        if let Some(capture) = &self.0 {
+            capture.push(event());
+        }
+    }
+
+    /// A start phase, or the end.
+    pub(crate) fn phase(&self, detail: impl FnOnce() -> String) {
+        self.push(|| Captured::new(EventKind::Phase, detail()));
+    }
+
+    /// A limit that acted.
+    pub(crate) fn limit(&self, direction: Option<Direction>, detail: impl FnOnce() -> String) {
+        self.push(|| {
+            let mut e = Captured::new(EventKind::Limit, detail());
+            e.direction = direction;
+            e
+        });
+    }
+
+    /// A fault injected on purpose (`crate::faults`), toward one side or none.
+    pub(crate) fn fault(&self, direction: Option<Direction>, detail: impl FnOnce() -> String) {
+        self.push(|| {
+            let mut e = Captured::new(EventKind::Fault, detail());
+            e.direction = direction;
+            e
+        });
+    }
+
+    /// A handshake step; `sent_by` is who sent it.
+    pub(crate) fn handshake(
+        &self,
+        direction: Direction,
+        sent_by: Party,
+        facts: impl FnOnce() -> (String, HandshakeFacts),
+    ) {
+        self.push(|| {
+            let (detail, facts) = facts();
+            let mut e = Captured::new(EventKind::Handshake, detail);
+            e.direction = Some(direction);
+            e.sent_by = Some(sent_by);
+            e.handshake = Some(Box::new(facts));
+            e
+        });
+    }
+
+    /// A message read from `from` (or injected toward the other side); `note` adds to the
+    /// detail (a pong that is not passed on, say).
+    pub(crate) fn message(&self, from: Side, msg: &Message, injected: bool, note: &str) {
+        let Some(capture) = &self.0 else {
+            return;
+        };
+        let (opcode, data): (Opcode, &[u8]) = match msg {
+            Message::Text(t) => (Opcode::Text, t.as_bytes()),
+            Message::Binary(b) => (Opcode::Binary, b),
+            Message::Ping(p) => (Opcode::Ping, p),
+            Message::Pong(p) => (Opcode::Pong, p),
+            Message::Close(_) | Message::Frame(_) => return,
+        };
+        let kept = data.len().min(capture.payload_bytes);
+        let by = if injected {
+            "the admin API"
+        } else {
+            side_name(from)
+        };
+        let mut e = Captured::new(
+            EventKind::Message,
+            format!("{by} sent {} ({} bytes){note}", opcode.as_str(), data.len()),
+        );
+        e.direction = Some(direction_from(from));
+        e.opcode = Some(opcode);
+        e.size = data.len() as u64;
+        e.injected = injected;
+        e.sent_by = Some(if injected {
+            Party::Gateway
+        } else {
+            party(from)
+        });
+        e.payload = Some(Bytes::copy_from_slice(&data[..kept]));
+        e.truncated = kept < data.len();
+        capture.push(e);
+    }
+
+    /// A close frame: sent by `sent_by`, toward `direction`.
+    pub(crate) fn close(
+        &self,
+        direction: Direction,
+        sent_by: Party,
+        frame: Option<(u16, String)>,
+        detail: impl FnOnce() -> String,
+    ) {
+        self.push(|| {
+            let mut e = Captured::new(EventKind::Close, detail());
+            e.direction = Some(direction);
+            e.opcode = Some(Opcode::Close);
+            e.sent_by = Some(sent_by);
+            e.size = frame.as_ref().map_or(0, |(_, r)| 2 + r.len() as u64);
+            e.close = frame;
+            e
+        });
+    }
+
+    /// A close frame read from `from`, passed toward the other side by the closing steps.
+    pub(crate) fn close_from(&self, from: Side, frame: Option<(u16, String)>) {
+        let who = side_name(from);
+        let detail = || match &frame {
+            Some((code, reason)) if reason.is_empty() => format!("{who} sent close {code}"),
+            Some((code, reason)) => format!("{who} sent close {code} {reason:?}"),
+            None => format!("{who} sent a close frame without a code"),
+        };
+        let detail = detail();
+        self.close(direction_from(from), party(from), frame, || detail);
+    }
+
+    /// A close frame scfsim sends to `to` (its own, or the answer to `to`'s).
+    pub(crate) fn close_to(&self, to: Side, frame: Option<(u16, String)>, answer: bool) {
+        let direction = match to {
+            Side::Client => Direction::ToClient,
+            Side::Function => Direction::ToFunction,
+        };
+        let who = side_name(to);
+        let detail = match (&frame, answer) {
+            (_, true) => format!("scfsim answered the {who}'s close frame"),
+            (Some((code, reason)), false) if reason.is_empty() => {
+                format!("scfsim sent close {code} to the {who}")
+            }
+            (Some((code, reason)), false) => {
+                format!("scfsim sent close {code} {reason:?} to the {who}")
+            }
+            (None, false) => format!("scfsim sent a close frame without a code to the {who}"),
+        };
+        self.close(direction, Party::Gateway, frame, || detail);
+    }
+}
+
+/// How the connection ended, as the proxy decided it: a limit event for a limit, else a
+/// phase.
+pub(crate) fn note_end(recorder: &Recorder, reason: &EndReason, classified: &Classification) {
+    let detail = || {
+        format!(
+            "ended: {} {} ({}){}",
+            classified.status_code.as_u16(),
+            classified.end_reason,
+            match classified.closed_by {
+                Some(ClosedBy::Client) => "closed by the client",
+                Some(ClosedBy::Function) => "closed by the function",
+                Some(ClosedBy::Gateway) => "closed by scfsim",
+                None => "nobody closed",
+            },
+            if classified.close_reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", classified.close_reason)
+            }
+        )
+    };
+    match reason {
+        EndReason::MessageTooLarge { from, .. } => {
+            recorder.limit(Some(direction_from(*from)), detail)
+        }
+        EndReason::RateLimited { .. } => recorder.limit(Some(Direction::ToFunction), detail),
+        EndReason::IdleTimeout { .. }
+        | EndReason::ExecutionTimeout { .. }
+        | EndReason::MemoryLimit { .. } => recorder.limit(None, detail),
+        _ => recorder.phase(detail),
+    }
+}
+
+/// What scfsim sends `to` as the connection closes.
+pub(crate) fn note_close_step(recorder: &Recorder, to: Side, step: &CloseStep, reason: &EndReason) {
+    match step {
+        CloseStep::Send(frame) => recorder.close_to(
+            to,
+            frame.as_ref().map(|f| (f.code, f.reason.clone())),
+            false,
+        ),
+        // The answer repeats the side's own close frame.
+        CloseStep::Answer => {
+            let echoed = match (to, reason) {
+                (Side::Client, EndReason::ClientClosed { code, reason })
+                | (Side::Function, EndReason::FunctionClosed { code, reason }) => {
+                    code.map(|c| (c, reason.clone()))
+                }
+                _ => None,
+            };
+            recorder.close_to(to, echoed, true)
+        }
+        CloseStep::Nothing => {}
+    }
+}
+
+/// The headers of an upgrade request a replay needs: all but the WebSocket mechanics that the
+/// client library sets by itself.
+pub(crate) fn replayable_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    const MECHANICS: &[&str] = &[
+        "host",
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "content-length",
+    ];
+    headers
+        .iter()
+        .filter(|(name, _)| !MECHANICS.contains(&name.as_str()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(max_events: u32, payload_bytes: u32) -> Arc<Capture> {
+        let config = TimelineConfig {
+            max_events,
+            payload_bytes,
+            ..TimelineConfig::default()
+        };
+        Arc::new(Capture::new(
+            &config,
+            Uuid::new_v4(),
+            "echo",
+            OffsetDateTime::now_utc(),
+        ))
+    }
+
+    #[test]
+    fn events_over_max_events_are_counted_not_kept() {
+        let c = capture(2, 1024);
+        let r = Recorder::new(Some(c.clone()));
+        for _ in 0..5 {
+            r.message(Side::Client, &Message::text("hi"), false, "");
+        }
+        let t = c.timeline();
+        assert_eq!(t.events.len(), 2);
+        assert_eq!(t.dropped, 3);
+        assert!(!t.is_complete());
+        assert_eq!(
+            t.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn payloads_over_the_cap_are_cut_and_marked() {
+        let c = capture(10, 4);
+        let r = Recorder::new(Some(c.clone()));
+        r.message(
+            Side::Function,
+            &Message::binary(vec![1u8, 2, 3, 4, 5, 6]),
+            false,
+            "",
+        );
+        r.message(Side::Client, &Message::text("abc"), true, "");
+        let t = c.timeline();
+        let (bin, text) = (&t.events[0], &t.events[1]);
+        assert_eq!(bin.size, 6);
+        assert!(bin.truncated);
+        assert_eq!(bin.payload(), Some(vec![1, 2, 3, 4]));
+        assert_eq!(bin.direction, Some(Direction::ToClient));
+        assert_eq!(text.text.as_deref(), Some("abc"));
+        assert!(!text.truncated);
+        assert!(text.injected);
+        assert_eq!(text.sent_by, Some(Party::Gateway));
+    }
+
+    #[test]
+    fn nothing_is_kept_after_the_end_and_a_disabled_recorder_keeps_nothing() {
+        let c = capture(10, 10);
+        let r = Recorder::new(Some(c.clone()));
+        r.phase(|| "instance requested".into());
+        c.end();
+        r.phase(|| "too late".into());
+        let t = c.timeline();
+        assert_eq!(t.events.len(), 1);
+        assert!(!t.live);
+        Recorder::default().phase(|| unreachable!("a disabled recorder builds no event"));
+    }
+}
