@@ -8,9 +8,7 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use scfsim_e2e::{
-    refused, scfsim_test, write_config_file, Function, Options, Scfsim, TestRun,
-};
+use scfsim_e2e::{refused, scfsim_test, write_config_file, Function, Options, Scfsim, TestRun};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -60,7 +58,10 @@ async fn a_slow_start_still_echoes_counts_in_startup_ms_and_a_record_without_fau
     let record = scfsim.record(&client.request_id).await;
     assert_eq!(record["status_code"], 200, "{record:#}");
     let startup = record["startup_ms"].as_u64().expect("startup_ms");
-    assert!(startup >= 1500, "startup_ms {startup} < the injected 1500 ms");
+    assert!(
+        startup >= 1500,
+        "startup_ms {startup} < the injected 1500 ms"
+    );
     assert_eq!(faults(&record), ["start_delay(1s500ms)"]);
 
     let mut client = scfsim.connect("/plain").await;
@@ -79,7 +80,10 @@ async fn a_slow_start_still_echoes_counts_in_startup_ms_and_a_record_without_fau
     assert_eq!(record["status_code"], 446, "{record:#}");
     assert_eq!(record["end_reason"], "not_listening", "{record:#}");
     assert!(
-        record["error"].as_str().unwrap().contains("start_delay = 5s"),
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("start_delay = 5s"),
         "{record:#}"
     );
     assert_eq!(faults(&record), ["start_delay(5s)"]);
@@ -146,11 +150,20 @@ async fn each_start_failure_gives_the_real_failures_http_error_status_and_end_re
         if let Some((real_http, real_headers, real_body, real_record)) = real.get(&status) {
             // What the client and the record see is the real failure's, but for the message.
             assert_eq!(http, *real_http, "{name}");
-            assert_eq!(headers.get("content-type"), real_headers.get("content-type"));
+            assert_eq!(
+                headers.get("content-type"),
+                real_headers.get("content-type")
+            );
             let real_body: Value = serde_json::from_str(real_body).unwrap();
             let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
             assert_eq!(keys(&body), keys(&real_body), "{name}");
-            for field in ["status_code", "outcome", "end_reason", "closed_by", "http_status"] {
+            for field in [
+                "status_code",
+                "outcome",
+                "end_reason",
+                "closed_by",
+                "http_status",
+            ] {
                 assert_eq!(record[field], real_record[field], "{name}: {field}");
             }
         }
@@ -174,7 +187,13 @@ async fn delayed_frames_still_arrive_in_order_both_ways() {
     client.close(1000, "done").await;
     let record = scfsim.record(&client.request_id).await;
     assert_eq!(record["status_code"], 200, "{record:#}");
-    assert_eq!((record["messages_in"].as_u64(), record["messages_out"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(
+        (
+            record["messages_in"].as_u64(),
+            record["messages_out"].as_u64()
+        ),
+        (Some(5), Some(5))
+    );
     assert_eq!(
         faults(&record),
         ["delay_to_function(100ms)", "delay_to_client(50ms)"]
@@ -203,7 +222,13 @@ async fn the_clients_connection_is_reset_after_exactly_n_messages() {
     let record = scfsim.record(&client.request_id).await;
     assert_eq!(record["status_code"], 456, "{record:#}");
     assert_eq!(record["end_reason"], "client_dropped", "{record:#}");
-    assert_eq!((record["messages_in"].as_u64(), record["messages_out"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (
+            record["messages_in"].as_u64(),
+            record["messages_out"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
     assert_eq!(faults(&record), ["reset_client(after 4 messages)"]);
     let events = fault_events(&scfsim, &client.request_id).await;
     assert_eq!(events, ["injected fault: reset_client(after 4 messages)"]);
@@ -285,12 +310,14 @@ fn chosen(record: &Value, prefix: &str) -> usize {
 #[tokio::test]
 async fn dropped_and_duplicated_messages_are_the_same_for_the_same_seed() {
     let dropping = || {
-        Function::fixture("drops", &["count"])
-            .set("faults", "{ drop_to_function = 0.5, seed = 7 }")
+        Function::fixture("drops", &["count"]).set("faults", "{ drop_to_function = 0.5, seed = 7 }")
     };
     let (first, record) = twenty_messages(dropping(), "/drops").await;
     let dropped = chosen(&record, "drop_to_function(p=0.5, seed=7");
-    assert!((1..20).contains(&dropped), "seed 7 drops some, not all: {dropped}");
+    assert!(
+        (1..20).contains(&dropped),
+        "seed 7 drops some, not all: {dropped}"
+    );
     assert_eq!(first.len(), 20 - dropped, "the function got {first:?}");
     assert_eq!(
         record["fault_events"].as_array().unwrap().len(),
@@ -310,7 +337,10 @@ async fn dropped_and_duplicated_messages_are_the_same_for_the_same_seed() {
     };
     let (first, record) = twenty_messages(duplicating(), "/dups").await;
     let doubled = chosen(&record, "duplicate_to_function(p=0.5, seed=7");
-    assert!((1..20).contains(&doubled), "seed 7 doubles some, not all: {doubled}");
+    assert!(
+        (1..20).contains(&doubled),
+        "seed 7 doubles some, not all: {doubled}"
+    );
     assert_eq!(first.len(), 20 + doubled, "the function got {first:?}");
     let (second, _) = twenty_messages(duplicating(), "/dups").await;
     assert_eq!(second, first, "the same seed doubles the same messages");
@@ -340,7 +370,10 @@ async fn the_faults_header_works_only_where_the_config_allows_it_and_never_reach
     assert_eq!(http, 400, "{body}");
     assert!(body.contains("kill_after_messages: got 0"), "{body}");
 
-    let mut client = open.connect_with("/echo", &[header]).await.expect("upgraded");
+    let mut client = open
+        .connect_with("/echo", &[header])
+        .await
+        .expect("upgraded");
     client.send_text("a").await;
     let (code, _) = client.expect_close().await;
     assert_eq!(code, 1011);
@@ -349,7 +382,10 @@ async fn the_faults_header_works_only_where_the_config_allows_it_and_never_reach
     assert_eq!(faults(&record), ["kill_instance(after 1 message)"]);
 
     let delay = ("X-Scfsim-Faults", r#"{"delay_to_client": "10ms"}"#);
-    let mut client = open.connect_with("/headers", &[delay]).await.expect("upgraded");
+    let mut client = open
+        .connect_with("/headers", &[delay])
+        .await
+        .expect("upgraded");
     let report = match client.next_message().await {
         Message::Text(t) => serde_json::from_str::<Value>(t.as_str()).expect("JSON report"),
         other => panic!("expected the fixture's report, got {other:?}"),
@@ -411,11 +447,7 @@ async fn a_scenarios_faults_reach_its_own_scfsim_and_a_running_one_that_allows_t
     let dir = tempfile::tempdir().unwrap();
     let config = write_config_file(dir.path(), &[Function::fixture("echo", &["echo"])], "");
     let file = scenario(dir.path());
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        file.to_str().unwrap(),
-    ];
+    let args = ["--config", config.to_str().unwrap(), file.to_str().unwrap()];
     let run = scfsim_test(dir.path(), &args, RUN_PATIENCE).await;
     assert_passed(&run);
 
@@ -454,7 +486,11 @@ async fn a_scenarios_faults_reach_its_own_scfsim_and_a_running_one_that_allows_t
             let record = scfsim.record(request_id).await;
             assert_eq!(faults(&record), ["kill_instance(after 3 messages)"]);
         } else {
-            assert_eq!(run.code, 1, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+            assert_eq!(
+                run.code, 1,
+                "stdout:\n{}\nstderr:\n{}",
+                run.stdout, run.stderr
+            );
             assert!(
                 run.stdout.contains("fault_headers = true"),
                 "the failure names the key: {}",

@@ -146,7 +146,10 @@ impl Faults {
                 Ok(v) if v >= 1 => Ok(Some(v)),
                 _ => Err(bad(
                     key,
-                    format!("got {value}; must be a number of messages from 1 to {}", u32::MAX),
+                    format!(
+                        "got {value}; must be a number of messages from 1 to {}",
+                        u32::MAX
+                    ),
                 )),
             }
         };
@@ -248,13 +251,41 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_quote_the_value_and_say_what_is_allowed() {
         let cases = [
-            ("start_failure = 500", "start_failure", "got 500; must be one of 405"),
-            ("start_delay = \"0s\"", "start_delay", "got \"0s\"; must be greater than zero"),
-            ("delay_to_client = \"fast\"", "delay_to_client", "\"fast\" is not a duration"),
-            ("kill_after_messages = 0", "kill_after_messages", "got 0; must be a number of messages from 1"),
-            ("reset_client_after_messages = -3", "reset_client_after_messages", "got -3"),
-            ("drop_to_function = 1.5", "drop_to_function", "got 1.5; must be a probability from 0"),
-            ("duplicate_to_function = -0.1", "duplicate_to_function", "got -0.1"),
+            (
+                "start_failure = 500",
+                "start_failure",
+                "got 500; must be one of 405",
+            ),
+            (
+                "start_delay = \"0s\"",
+                "start_delay",
+                "got \"0s\"; must be greater than zero",
+            ),
+            (
+                "delay_to_client = \"fast\"",
+                "delay_to_client",
+                "\"fast\" is not a duration",
+            ),
+            (
+                "kill_after_messages = 0",
+                "kill_after_messages",
+                "got 0; must be a number of messages from 1",
+            ),
+            (
+                "reset_client_after_messages = -3",
+                "reset_client_after_messages",
+                "got -3",
+            ),
+            (
+                "drop_to_function = 1.5",
+                "drop_to_function",
+                "got 1.5; must be a probability from 0",
+            ),
+            (
+                "duplicate_to_function = -0.1",
+                "duplicate_to_function",
+                "got -0.1",
+            ),
             ("seed = -1", "seed", "got -1; must be a whole number from 0"),
         ];
         for (text, key, message) in cases {

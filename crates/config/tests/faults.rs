@@ -29,26 +29,63 @@ fn faults_are_read_into_the_function_and_absent_means_none() {
 fn bad_fault_values_name_file_field_value_and_range() {
     let fixture = Fixture::new();
     let cases: &[(&str, &str, &[&str])] = &[
-        ("start_failure = 439", "start_failure", &["got 439", "405", "434", "445", "446"]),
+        (
+            "start_failure = 439",
+            "start_failure",
+            &["got 439", "405", "434", "445", "446"],
+        ),
         ("start_delay = -2", "start_delay", &["-2 is negative"]),
-        ("delay_to_function = \"0ms\"", "delay_to_function", &["got \"0ms\"", "greater than zero"]),
-        ("kill_after = \"soon\"", "kill_after", &["\"soon\" is not a duration"]),
-        ("kill_after_messages = 0", "kill_after_messages", &["got 0", "from 1 to"]),
-        ("reset_client_after_messages = -1", "reset_client_after_messages", &["got -1"]),
-        ("drop_to_function = 2.0", "drop_to_function", &["got 2", "from 0 (never) to 1"]),
-        ("duplicate_to_function = -1.0", "duplicate_to_function", &["got -1", "probability"]),
+        (
+            "delay_to_function = \"0ms\"",
+            "delay_to_function",
+            &["got \"0ms\"", "greater than zero"],
+        ),
+        (
+            "kill_after = \"soon\"",
+            "kill_after",
+            &["\"soon\" is not a duration"],
+        ),
+        (
+            "kill_after_messages = 0",
+            "kill_after_messages",
+            &["got 0", "from 1 to"],
+        ),
+        (
+            "reset_client_after_messages = -1",
+            "reset_client_after_messages",
+            &["got -1"],
+        ),
+        (
+            "drop_to_function = 2.0",
+            "drop_to_function",
+            &["got 2", "from 0 (never) to 1"],
+        ),
+        (
+            "duplicate_to_function = -1.0",
+            "duplicate_to_function",
+            &["got -1", "probability"],
+        ),
         ("seed = -4", "seed", &["got -4", "from 0 to"]),
     ];
     for (line, key, says) in cases {
         let text = format!("{ECHO}[functions.faults]\n{line}\n");
         match fixture.parse(&text) {
-            Err(ConfigError::Invalid { path, field, message }) => {
+            Err(ConfigError::Invalid {
+                path,
+                field,
+                message,
+            }) => {
                 assert_eq!(path, fixture.source(), "{text}");
                 assert_eq!(field, format!("functions.\"echo\".faults.{key}"), "{text}");
                 for want in *says {
                     assert!(message.contains(want), "{text}\n{message:?} lacks {want:?}");
                 }
-                let shown = ConfigError::Invalid { path, field, message }.to_string();
+                let shown = ConfigError::Invalid {
+                    path,
+                    field,
+                    message,
+                }
+                .to_string();
                 assert!(shown.contains("scfsim.toml"), "{shown}");
             }
             other => panic!("expected Invalid for {line}, got {other:?}"),

@@ -213,9 +213,8 @@ impl FaultPlan {
             446 => "nothing listened on port 9000 within the init timeout",
             _ => "the instance went over its memory size while starting",
         };
-        let message = format!(
-            "{what} (injected fault: start_failure = {status}; no instance was started)"
-        );
+        let message =
+            format!("{what} (injected fault: start_failure = {status}; no instance was started)");
         let detail = message.clone();
         let reason = match status {
             405 => EndReason::BootstrapExited { detail },
@@ -306,7 +305,11 @@ impl FaultPlan {
                 self.timeline.fault(toward, || {
                     format!("injected fault: message {n} toward the function dropped (drop_to_function)")
                 });
-            } else if self.faults.duplicate_to_function.is_some_and(|p| duplicate < p) {
+            } else if self
+                .faults
+                .duplicate_to_function
+                .is_some_and(|p| duplicate < p)
+            {
                 state.duplicated += 1;
                 copies = 2;
                 self.timeline.fault(toward, || {
@@ -401,10 +404,16 @@ mod tests {
         let b = FaultPlan::new(f.clone(), "f", &second, Recorder::default()).expect("plan");
         let (ca, cb) = (choices(&a, 64), choices(&b, 64));
         assert_eq!(ca, cb);
-        assert!(ca.contains(&0) && ca.contains(&1) && ca.contains(&2), "{ca:?}");
+        assert!(
+            ca.contains(&0) && ca.contains(&1) && ca.contains(&2),
+            "{ca:?}"
+        );
         let next = FaultPlan::new(f, "f", &first, Recorder::default()).expect("plan");
         assert_ne!(choices(&next, 64), ca, "connection 1 draws from seed 12");
-        assert!(a.injected().iter().any(|s| s.starts_with("drop_to_function(p=0.5, seed=11: ")));
+        assert!(a
+            .injected()
+            .iter()
+            .any(|s| s.starts_with("drop_to_function(p=0.5, seed=11: ")));
         assert!(next.injected().iter().any(|s| s.contains("seed=12")));
     }
 
@@ -447,13 +456,22 @@ mod tests {
             );
         }
         assert_eq!(plan.injected(), ["delay_to_client(20ms)"]);
-        assert!(FaultPlan::new(Faults::default(), "f", &SeedCounters::default(), Recorder::default()).is_none());
+        assert!(FaultPlan::new(
+            Faults::default(),
+            "f",
+            &SeedCounters::default(),
+            Recorder::default()
+        )
+        .is_none());
     }
 
     #[test]
     fn headers_are_refused_unless_allowed_and_then_need_the_token() {
         let mut headers = HeaderMap::new();
-        headers.insert(FAULTS_HEADER, r#"{"kill_after_messages": 2}"#.parse().unwrap());
+        headers.insert(
+            FAULTS_HEADER,
+            r#"{"kill_after_messages": 2}"#.parse().unwrap(),
+        );
         let mut gw = GatewayConfig::default();
         let status = |r: Result<Option<Faults>, Box<http::Response<Body>>>| match r {
             Ok(_) => 200,
@@ -467,13 +485,19 @@ mod tests {
         assert_eq!(status(from_headers(&headers, &gw)), 403);
         headers.insert(TOKEN_HEADER, "s3cret".parse().unwrap());
         assert_eq!(status(from_headers(&headers, &gw)), 200);
-        headers.insert(FAULTS_HEADER, r#"{"kill_after_messages": 0}"#.parse().unwrap());
+        headers.insert(
+            FAULTS_HEADER,
+            r#"{"kill_after_messages": 0}"#.parse().unwrap(),
+        );
         let Err(bad) = from_headers(&headers, &gw) else {
             panic!("0 messages accepted")
         };
         assert_eq!(bad.status(), 400);
         let body = String::from_utf8_lossy(bad.body()).into_owned();
-        assert!(body.contains("kill_after_messages") && body.contains("got 0"), "{body}");
+        assert!(
+            body.contains("kill_after_messages") && body.contains("got 0"),
+            "{body}"
+        );
         assert!(from_headers(&HeaderMap::new(), &GatewayConfig::default())
             .expect("no header")
             .is_none());

@@ -414,7 +414,10 @@ impl Invocation {
             steering,
             &running,
         );
-        let kill_after = self.faults.as_ref().and_then(|p| Some((p, p.kill_after()?)));
+        let kill_after = self
+            .faults
+            .as_ref()
+            .and_then(|p| Some((p, p.kill_after()?)));
         let reason = match kill_after {
             None => proxied.await,
             Some((plan, after)) => {

@@ -308,9 +308,10 @@ impl Checker<'_> {
         }
         let outcome = raw.outcome.map(|o| self.outcome(o)).transpose()?;
         let faults = match &raw.faults {
-            Some(faults) => Some(scfsim_config::Faults::check(faults).map_err(|bad| {
-                self.invalid(format!("faults.{}", bad.key), bad.problem.0)
-            })?),
+            Some(faults) => Some(
+                scfsim_config::Faults::check(faults)
+                    .map_err(|bad| self.invalid(format!("faults.{}", bad.key), bad.problem.0))?,
+            ),
             None => None,
         };
         if steps.is_empty() && outcome.is_none() {

@@ -69,9 +69,8 @@ impl Checker<'_> {
         };
 
         let faults = match &raw.faults {
-            Some(faults) => crate::Faults::check(faults).map_err(|bad| {
-                self.invalid(at(&format!("faults.{}", bad.key)), bad.problem)
-            })?,
+            Some(faults) => crate::Faults::check(faults)
+                .map_err(|bad| self.invalid(at(&format!("faults.{}", bad.key)), bad.problem))?,
             None => crate::Faults::default(),
         };
 

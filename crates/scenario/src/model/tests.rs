@@ -213,7 +213,9 @@ seed = 4
     assert_eq!(faults.delay_to_client, Some(Duration::from_millis(50)));
     assert_eq!(faults.kill_after_messages, Some(2));
     assert_eq!(faults.seed, Some(4));
-    assert!(ok("path = \"/echo\"\n[[steps]]\nsend = \"a\"\n").faults.is_none());
+    assert!(ok("path = \"/echo\"\n[[steps]]\nsend = \"a\"\n")
+        .faults
+        .is_none());
 
     let shown = err("path = \"/echo\"\n[[steps]]\nsend = \"a\"\n[faults]\nstart_failure = 500\n");
     assert!(shown.contains("faults.start_failure: got 500"), "{shown}");

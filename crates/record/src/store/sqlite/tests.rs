@@ -386,7 +386,10 @@ fn timelines_round_trip_through_the_database_and_the_oldest_are_pruned() {
     let first = timeline_of(&invs[0], 4);
     store.finish(invs[0].clone()).unwrap();
     store.save_frames(first.clone()).unwrap();
-    assert_eq!(store.frames(invs[0].request_id).unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.frames(invs[0].request_id).unwrap(),
+        Some(first.clone())
+    );
     assert!(store.flush(PATIENCE));
     // From the database now: the payloads as text and base64 again, the rest from JSON.
     assert_eq!(store.frames(invs[0].request_id).unwrap(), Some(first));
@@ -401,7 +404,10 @@ fn timelines_round_trip_through_the_database_and_the_oldest_are_pruned() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(store.frames(invs[2].request_id).unwrap().is_some());
-    assert!(store.find(invs[0].request_id).unwrap().is_some(), "records stay");
+    assert!(
+        store.find(invs[0].request_id).unwrap().is_some(),
+        "records stay"
+    );
 }
 
 #[test]
