@@ -176,7 +176,7 @@ pub fn scenario_from_timeline(
             let _ = writeln!(
                 out,
                 "{} = {}",
-                quote(&percent_decode(k)),
+                key(&percent_decode(k)),
                 quote(&percent_decode(v))
             );
         }
@@ -184,7 +184,7 @@ pub fn scenario_from_timeline(
     if !headers.is_empty() {
         let _ = writeln!(out, "\n[headers]");
         for (name, value) in &headers {
-            let _ = writeln!(out, "{} = {}", quote(name), quote(value));
+            let _ = writeln!(out, "{} = {}", key(name), quote(value));
         }
     }
 
@@ -333,6 +333,18 @@ fn bytes(e: &Event) -> Result<Vec<u8>, RecordError> {
 /// A TOML basic string.
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
+}
+
+/// A TOML key: bare when it may be, else quoted.
+fn key(s: &str) -> String {
+    let bare = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        s.to_owned()
+    } else {
+        quote(s)
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
