@@ -145,6 +145,11 @@ async fn each_start_failure_gives_the_real_failures_http_error_status_and_end_re
         assert_eq!(record["end_reason"], end_reason, "{record:#}");
         assert_eq!(record["outcome"], "failure", "{record:#}");
         assert_eq!(record["http_status"], 502, "{record:#}");
+        assert_eq!(
+            record["close_code"],
+            Value::Null,
+            "never upgraded: {record:#}"
+        );
         assert_eq!(record["request_id"], body["request_id"]);
         assert_eq!(faults(&record), [format!("start_failure({status})")]);
         if let Some((real_http, real_headers, real_body, real_record)) = real.get(&status) {

@@ -49,36 +49,46 @@ pub struct RawFaults {
 /// as strings such as "200ms"), so that its JSON parses back through [`RawFaults`].
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct Faults {
+    /// Extra real time before the gateway connects to a started instance.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "optional_duration"
     )]
     pub start_delay: Option<Duration>,
+    /// The start fails with this platform status (one of [`START_FAILURES`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_failure: Option<u16>,
+    /// Real time each text/binary message toward the function waits.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "optional_duration"
     )]
     pub delay_to_function: Option<Duration>,
+    /// Real time each text/binary message toward the client waits.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "optional_duration"
     )]
     pub delay_to_client: Option<Duration>,
+    /// Messages (both ways) after which the client's TCP connection is reset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_client_after_messages: Option<u32>,
+    /// Real time after the client's upgrade at which the instance is killed.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "optional_duration"
     )]
     pub kill_after: Option<Duration>,
+    /// Messages (both ways) after which the instance is killed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kill_after_messages: Option<u32>,
+    /// Probability (0 to 1) that a message toward the function is dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_to_function: Option<f64>,
+    /// Probability (0 to 1) that a message toward the function is sent twice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate_to_function: Option<f64>,
+    /// Seed of the drop/duplicate choices; `None`: a random one per connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
 }

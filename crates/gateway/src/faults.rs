@@ -227,6 +227,12 @@ impl FaultPlan {
         Some((reason, message))
     }
 
+    /// True when the start was failed on purpose: there was never a WebSocket connection.
+    pub(crate) fn failed_start(&self) -> bool {
+        let prefix = "start_failure(";
+        self.state().injected.iter().any(|f| f.starts_with(prefix))
+    }
+
     /// Extra time before the gateway connects to the started instance.
     pub(crate) fn start_delay(&self) -> Option<Duration> {
         let delay = self.faults.start_delay?;
@@ -330,10 +336,10 @@ impl FaultPlan {
             state.messages += 1;
             state.messages
         };
-        if self.faults.kill_after_messages == Some(messages as u32) {
+        if self.faults.kill_after_messages.map(u64::from) == Some(messages) {
             self.kill(format!("after {}", messages_text(messages)));
         }
-        if self.faults.reset_client_after_messages == Some(messages as u32) {
+        if self.faults.reset_client_after_messages.map(u64::from) == Some(messages) {
             self.note(format!("reset_client(after {})", messages_text(messages)));
             self.reset_fired.store(true, Ordering::Relaxed);
             return AfterForward::ResetClient;

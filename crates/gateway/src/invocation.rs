@@ -913,6 +913,12 @@ impl Invocation {
             self.record.injected_faults = plan.injected();
         }
         self.record.finish(&reason, OffsetDateTime::now_utc());
+        if self.faults.as_ref().is_some_and(FaultPlan::failed_start) {
+            // An injected 434 borrows the reason of a running instance's memory kill, whose
+            // close frame this connection, never upgraded, did not get.
+            self.record.close_code = None;
+            self.record.close_reason = None;
+        }
         let time_scale = self.gateway.config.time_scale;
         if time_scale != 1.0 {
             // duration_ms is real time; the platform's clock ran time_scale times faster.
