@@ -436,6 +436,61 @@ async fn keep_invocations_prunes_old_timelines_and_keeps_their_records() {
     }
 }
 
+#[tokio::test]
+async fn limits_that_end_a_connection_are_on_its_timeline() {
+    let scfsim = Scfsim::start(vec![
+        Function::fixture("small", &["echo"]).set("limits", "{ max_message_bytes = 16 }"),
+        Function::fixture("idle", &["echo"]).set("idle_timeout", "\"1s\""),
+    ])
+    .await;
+    // Over the size limit: the client's message is refused, the connection ends (406).
+    let mut client = scfsim.connect("/small").await;
+    client.send_text(&"x".repeat(100)).await;
+    client.expect_close().await;
+    let t = timeline(&scfsim, &client.request_id).await;
+    let limit = &events(&t)[position(&t, "the size limit", |e| e["kind"] == "limit")];
+    assert_eq!(limit["direction"], "to_function", "{t:#}");
+    assert!(
+        limit["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("message_too_large"),
+        "{t:#}"
+    );
+    assert!(
+        events(&t).iter().any(|e| e["kind"] == "close"
+            && e["sent_by"] == "gateway"
+            && e["direction"] == "to_client"),
+        "the close scfsim sent the client: {t:#}"
+    );
+
+    // Silent past the idle timeout: a limit event, then scfsim closes both sides with 1001.
+    let mut client = scfsim.connect("/idle").await;
+    assert_eq!(client.expect_close().await.0, 1001);
+    let t = timeline(&scfsim, &client.request_id).await;
+    let limit = &events(&t)[position(&t, "the idle timeout", |e| e["kind"] == "limit")];
+    assert!(
+        limit["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("idle_timeout"),
+        "{t:#}"
+    );
+    let closes: Vec<_> = events(&t)
+        .iter()
+        .filter(|e| e["kind"] == "close" && e["sent_by"] == "gateway")
+        .collect();
+    assert!(
+        closes
+            .iter()
+            .any(|e| e["direction"] == "to_client" && e["close_code"] == 1001)
+            && closes
+                .iter()
+                .any(|e| e["direction"] == "to_function" && e["close_code"] == 1001),
+        "{t:#}"
+    );
+}
+
 // ---- scfsim record + scfsim test ---------------------------------------------------------------
 
 /// One session against `/echo`: text, binary, a ping, a pause, and the client's close.

@@ -407,3 +407,72 @@ async fn steering_an_unknown_instance_is_404_and_a_bad_request_400() {
         assert_eq!(resp.status(), status, "DELETE {query}");
     }
 }
+
+#[tokio::test]
+async fn a_stored_timeline_is_served_as_json_and_as_events_and_unknown_ids_are_404() {
+    use scfsim_record::{Direction, EventKind, FrameEvent, Opcode, Timeline};
+    let f = fixture();
+    let inv = finished("echo", close(1000), (1, 1));
+    let mut event = FrameEvent::new(EventKind::Message, inv.started_at, 1.0, "x".into());
+    event.direction = Some(Direction::ToFunction);
+    event.opcode = Some(Opcode::Binary);
+    event.size = 2;
+    event.set_payload(Opcode::Binary, &[7, 8]);
+    let timeline = Timeline {
+        request_id: inv.request_id,
+        function: "echo".into(),
+        live: false,
+        dropped: 0,
+        events: vec![event],
+    };
+    f.store.finish(inv.clone()).unwrap();
+    f.store.save_frames(timeline).unwrap();
+
+    let path = format!("/api/invocations/{}/frames", inv.request_id);
+    let resp = send(&f.app, "GET", &path).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json: Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    assert_eq!(json["live"], false);
+    assert_eq!(json["events"][0]["binary_base64"], "Bwg=");
+    assert_eq!(json["events"][0]["direction"], "to_function");
+
+    let resp = send(&f.app, "GET", &format!("{path}?stream=true")).await;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut events = resp.into_body().into_data_stream().eventsource();
+    let frame = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.event, "frame");
+    let end = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.event, "end");
+    assert!(tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .unwrap()
+        .is_none());
+
+    // A record without a timeline, and no record at all.
+    let bare = finished("echo", close(1000), (0, 0));
+    f.store.finish(bare.clone()).unwrap();
+    let resp = send(
+        &f.app,
+        "GET",
+        &format!("/api/invocations/{}/frames", bare.request_id),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(body_text(resp).await.contains("keep_invocations"));
+    let resp = send(
+        &f.app,
+        "GET",
+        &format!("/api/invocations/{}/frames", Uuid::new_v4()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(body_text(resp).await.contains("no invocation"));
+}

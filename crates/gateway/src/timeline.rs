@@ -60,7 +60,11 @@ struct Captured {
     truncated: bool,
     close: Option<(u16, String)>,
     sent_by: Option<Party>,
+    /// Empty for a message: its detail is made from its fields when read, so that the data
+    /// path allocates nothing but the payload's copy.
     detail: String,
+    /// A message's addition to its detail.
+    note: &'static str,
     handshake: Option<Box<HandshakeFacts>>,
 }
 
@@ -86,6 +90,7 @@ impl Captured {
             close: None,
             sent_by: None,
             detail,
+            note: "",
             handshake: None,
         }
     }
@@ -155,20 +160,36 @@ impl Capture {
 
     /// The whole timeline so far.
     pub fn timeline(&self) -> Timeline {
-        let (events, ended) = self.events_from(0);
-        let dropped = self.state.lock().unwrap_or_else(|p| p.into_inner()).dropped;
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         Timeline {
             request_id: self.request_id,
             function: self.function.clone(),
-            live: !ended,
-            dropped,
-            events,
+            live: !state.ended,
+            dropped: state.dropped,
+            events: state
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| self.render(i, e))
+                .collect(),
         }
     }
 
     fn render(&self, seq: usize, e: &Captured) -> FrameEvent {
         let at = self.started_at + e.after;
-        let mut out = FrameEvent::new(e.kind, at, e.after.as_secs_f64() * 1000.0, e.detail.clone());
+        let detail = match (e.kind, e.opcode) {
+            (EventKind::Message, Some(opcode)) => {
+                let by = match e.sent_by {
+                    _ if e.injected => "the admin API",
+                    Some(Party::Client) => "client",
+                    Some(Party::Function) => "function",
+                    _ => "scfsim",
+                };
+                format!("{by} sent {} ({} bytes){}", opcode.as_str(), e.size, e.note)
+            }
+            _ => e.detail.clone(),
+        };
+        let mut out = FrameEvent::new(e.kind, at, e.after.as_secs_f64() * 1000.0, detail);
         out.seq = seq as u64;
         out.direction = e.direction;
         out.opcode = e.opcode;
@@ -239,18 +260,29 @@ impl Recorder {
         }
     }
 
+    /// An event that is a line of text (and maybe a direction): a phase, a limit, or a fault
+    /// injected on purpose (`EventKind::Fault`). `detail` runs only when the timeline is on.
+    pub(crate) fn note(
+        &self,
+        kind: EventKind,
+        direction: Option<Direction>,
+        detail: impl FnOnce() -> String,
+    ) {
+        self.push(|| {
+            let mut e = Captured::new(kind, detail());
+            e.direction = direction;
+            e
+        });
+    }
+
     /// A start phase, or the end.
     pub(crate) fn phase(&self, detail: impl FnOnce() -> String) {
-        self.push(|| Captured::new(EventKind::Phase, detail()));
+        self.note(EventKind::Phase, None, detail);
     }
 
     /// A limit that acted.
     pub(crate) fn limit(&self, direction: Option<Direction>, detail: impl FnOnce() -> String) {
-        self.push(|| {
-            let mut e = Captured::new(EventKind::Limit, detail());
-            e.direction = direction;
-            e
-        });
+        self.note(EventKind::Limit, direction, detail);
     }
 
     /// A fault injected on purpose (`crate::faults`), toward one side or none.
@@ -281,7 +313,7 @@ impl Recorder {
 
     /// A message read from `from` (or injected toward the other side); `note` adds to the
     /// detail (a pong that is not passed on, say).
-    pub(crate) fn message(&self, from: Side, msg: &Message, injected: bool, note: &str) {
+    pub(crate) fn message(&self, from: Side, msg: &Message, injected: bool, note: &'static str) {
         let Some(capture) = &self.0 else {
             return;
         };
@@ -293,15 +325,8 @@ impl Recorder {
             Message::Close(_) | Message::Frame(_) => return,
         };
         let kept = data.len().min(capture.payload_bytes);
-        let by = if injected {
-            "the admin API"
-        } else {
-            side_name(from)
-        };
-        let mut e = Captured::new(
-            EventKind::Message,
-            format!("{by} sent {} ({} bytes){note}", opcode.as_str(), data.len()),
-        );
+        let mut e = Captured::new(EventKind::Message, String::new());
+        e.note = note;
         e.direction = Some(direction_from(from));
         e.opcode = Some(opcode);
         e.size = data.len() as u64;
@@ -504,6 +529,9 @@ mod tests {
         assert!(!text.truncated);
         assert!(text.injected);
         assert_eq!(text.sent_by, Some(Party::Gateway));
+        // Made when read, not on the data path.
+        assert_eq!(bin.detail, "function sent binary (6 bytes)");
+        assert_eq!(text.detail, "the admin API sent text (3 bytes)");
     }
 
     #[test]

@@ -207,10 +207,10 @@ pub fn scenario_from_timeline(
             ("message", Some(opcode)) if e.injected => {
                 let _ = writeln!(
                     out,
-                    "\n# event {}: {} {} injected through the admin API {}; not replayed",
+                    "\n# event {}: a {} message injected through the admin API {}; not \
+                     replayed",
                     e.seq,
                     opcode,
-                    if from_client { "message" } else { "message" },
                     if from_client {
                         "toward the function"
                     } else {
