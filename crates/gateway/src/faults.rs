@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use scfsim_config::{format_duration, Faults, GatewayConfig, RawFaults};
-use scfsim_record::{Direction, EndReason, Side};
+use scfsim_record::{Direction, EndReason, EventKind, Side};
 
 use crate::responses::{json_error, Body};
 use crate::timeline::Recorder;
@@ -197,7 +197,7 @@ impl FaultPlan {
     fn note(&self, what: String) {
         tracing::info!(fault = %what, "injected fault");
         self.timeline
-            .fault(None, || format!("injected fault: {what}"));
+            .note(EventKind::Fault, None, || format!("injected fault: {what}"));
         self.state().injected.push(what);
     }
 
@@ -291,7 +291,7 @@ impl FaultPlan {
             state.injected.push(what);
         }
         if let Some(delay) = delay {
-            self.timeline.fault(toward, || {
+            self.timeline.note(EventKind::Fault, toward, || {
                 format!(
                     "injected fault: the message waits {} (delay_{direction})",
                     format_duration(delay)
@@ -308,7 +308,7 @@ impl FaultPlan {
             if self.faults.drop_to_function.is_some_and(|p| drop < p) {
                 state.dropped += 1;
                 copies = 0;
-                self.timeline.fault(toward, || {
+                self.timeline.note(EventKind::Fault, toward, || {
                     format!("injected fault: message {n} toward the function dropped (drop_to_function)")
                 });
             } else if self
@@ -318,7 +318,7 @@ impl FaultPlan {
             {
                 state.duplicated += 1;
                 copies = 2;
-                self.timeline.fault(toward, || {
+                self.timeline.note(EventKind::Fault, toward, || {
                     format!(
                         "injected fault: message {n} toward the function sent twice \
                          (duplicate_to_function)"

@@ -285,15 +285,6 @@ impl Recorder {
         self.note(EventKind::Limit, direction, detail);
     }
 
-    /// A fault injected on purpose (`crate::faults`), toward one side or none.
-    pub(crate) fn fault(&self, direction: Option<Direction>, detail: impl FnOnce() -> String) {
-        self.push(|| {
-            let mut e = Captured::new(EventKind::Fault, detail());
-            e.direction = direction;
-            e
-        });
-    }
-
     /// A handshake step; `sent_by` is who sent it.
     pub(crate) fn handshake(
         &self,
