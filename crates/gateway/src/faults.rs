@@ -299,7 +299,15 @@ impl FaultPlan {
             });
         }
         let mut copies = 1;
-        if from == Side::Client {
+        if from == Side::Function && state.killed {
+            // Read after the kill: written by the instance in the instant between the message
+            // that triggered the kill and its death. Lost with it, so that what the client sees
+            // does not depend on that race.
+            copies = 0;
+            self.timeline.note(EventKind::Fault, toward, || {
+                "injected fault: a message of the killed instance, not passed on".into()
+            });
+        } else if from == Side::Client {
             state.toward_function += 1;
             let n = state.toward_function;
             // Both drawn for every message, so one key's choices do not depend on the other's.
