@@ -559,6 +559,11 @@ mod test {
         config.gateway.listen = loopback;
         config.gateway.admin_listen = loopback;
         config.gateway.tls_listen = None;
+        // A scenario's [faults] reach the gateway in a request header, which it takes only
+        // when told to; this scfsim is the test's own.
+        if scenarios.iter().any(|s| s.faults.is_some()) {
+            config.gateway.fault_headers = true;
+        }
         for scenario in scenarios {
             let path = scenario.path.render(1);
             if config.route(&path).is_none() {

@@ -15,12 +15,14 @@
 //! - `raw`: the file as written (serde structs, `deny_unknown_fields`).
 //! - `validate`, `names`: raw -> typed, with the platform's ranges and scfsim's own rules.
 //! - `model`: the typed config and routing ([`Config::route`]).
+//! - `faults`: `[functions.faults]`, shared with scenario files and the `X-Scfsim-Faults` header.
 //! - `duration`: "500ms" / "15s" / "1m30s" parsing and [`format_duration`].
 
 use std::path::Path;
 
 mod duration;
 mod error;
+mod faults;
 mod model;
 mod names;
 mod raw;
@@ -28,6 +30,7 @@ mod validate;
 
 pub use duration::{format_duration, RawDuration};
 pub use error::{BadValue, ConfigError};
+pub use faults::{BadFault, Faults, RawFaults, START_FAILURES};
 pub use model::{
     scaled, Config, FunctionConfig, GatewayConfig, ImageConfig, Isolation, Limits, Platform,
     RateLimitAction, TimelineConfig,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::duration::serialize_as_string;
+use crate::Faults;
 
 /// A validated config file.
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +122,9 @@ pub struct GatewayConfig {
     /// `max_records`).
     #[serde(serialize_with = "serialize_optional_duration")]
     pub max_record_age: Option<Duration>,
+    /// The gateway accepts faults for one connection in its `X-Scfsim-Faults` request header
+    /// (with the admin token in `X-Scfsim-Token` when there is one); refused with 403 otherwise.
+    pub fault_headers: bool,
 }
 
 /// `gateway.isolation`: how instances are kept apart.
@@ -170,6 +174,7 @@ impl Default for GatewayConfig {
             max_records: 100_000,
             max_logged_invocations: 10_000,
             max_record_age: None,
+            fault_headers: false,
         }
     }
 }
@@ -265,6 +270,9 @@ pub struct FunctionConfig {
     /// Debug mode: each instance's runtime waits for a debugger on a port of its own, and its
     /// init, idle and execution timers do not fire.
     pub debug: bool,
+    /// `[functions.faults]`: injected into every connection; empty = none.
+    #[serde(skip_serializing_if = "Faults::is_empty")]
+    pub faults: Faults,
 }
 
 /// An image function's container: `image`, `command` and `args` as written.

@@ -95,6 +95,10 @@ pub(crate) struct RawGateway {
     pub max_logged_invocations: Option<i64>,
     /// Records older than this are deleted ("30d" is not a unit: write "720h"); none by default.
     pub max_record_age: Option<RawDuration>,
+    /// Accept the `X-Scfsim-Faults` header (faults for one connection, e.g. from `scfsim test`
+    /// against this running scfsim). Off by default.
+    #[serde(default)]
+    pub fault_headers: bool,
 }
 
 /// `[limits]` and `[functions.limits]`: integers stay `i64` (TOML's integer) so that negative
@@ -150,4 +154,6 @@ pub(crate) struct RawFunction {
     /// Debug mode: each instance's runtime waits for a debugger (`scfsim serve --debug NAME`).
     #[serde(default)]
     pub debug: bool,
+    /// `[functions.faults]`: faults injected into every connection of this function.
+    pub faults: Option<crate::RawFaults>,
 }

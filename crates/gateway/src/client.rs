@@ -50,6 +50,14 @@ impl ClientStream {
         }
     }
 
+    /// Makes the coming close of this socket a TCP reset (RST) instead of an orderly FIN: the
+    /// injected fault `reset_client_after_messages`.
+    pub(crate) fn reset_on_close(&self) {
+        if let Err(err) = socket2::SockRef::from(self.tcp()).set_linger(Some(Duration::ZERO)) {
+            tracing::warn!(%err, "cannot make the client's socket close with a reset");
+        }
+    }
+
     /// What `X-Client-Proto` says.
     pub(crate) fn proto(&self) -> &'static str {
         match self {

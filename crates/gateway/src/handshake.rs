@@ -95,6 +95,8 @@ fn dropped_upstream(name: &HeaderName) -> bool {
             | "x-real-ip"
             | "x-client-proto"
     ) || name.as_str().starts_with("x-scf-")
+        // scfsim's own controls (`crate::faults`): for the gateway, never for the function.
+        || name.as_str().starts_with("x-scfsim-")
 }
 
 /// The request scfsim sends to the instance: the client's path, query and headers, minus what

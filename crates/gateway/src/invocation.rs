@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::client::ClientConn;
 use crate::debug::DebugSession;
+use crate::faults::FaultPlan;
 use crate::handshake::{switching_protocols, upstream_request, GatewayHeaders};
 use crate::limits::{Permit, Refusal};
 use crate::live::{LiveInstance, LiveInstances, Traffic};
@@ -66,6 +67,8 @@ pub(crate) struct Invocation {
     record: Record,
     /// Debug mode: the forwarder to the instance's debugger, until the teardown is done.
     debug: Option<DebugSession>,
+    /// Faults injected into this connection, if any.
+    faults: Option<FaultPlan>,
     /// The frame timeline (a no-op when `[timeline] enabled = false`).
     timeline: Recorder,
     /// Unlists the timeline from the live registry, also if the teardown never runs.
@@ -244,9 +247,25 @@ impl Invocation {
             request_id,
             record,
             debug: None,
+            faults: None,
             timeline,
             _listed: listed,
         }
+    }
+
+    /// Arms the function's `[functions.faults]`, overridden key by key by `requested` (the
+    /// request's `X-Scfsim-Faults` header).
+    pub(crate) fn inject(&mut self, requested: Option<scfsim_config::Faults>) {
+        let faults = match requested {
+            Some(requested) => self.function.faults.overridden_by(&requested),
+            None => self.function.faults.clone(),
+        };
+        self.faults = FaultPlan::new(
+            faults,
+            &self.function.name,
+            &self.gateway.fault_seeds,
+            self.timeline.clone(),
+        );
     }
 
     /// The init timeout in force: none that fires in debug mode (a person may be stepping
@@ -319,18 +338,26 @@ impl Invocation {
         let pid = ready.instance.pid();
         tracing::Span::current().record("pid", pid);
         self.record.instance_pid = Some(pid);
-        self.record.startup_ms = Some(ready.startup.as_millis() as u64);
         self.timeline.phase(|| {
             format!(
-                "instance ready: pid {pid} listening on port 9000 after {} ms (startup_ms)",
+                "instance ready: pid {pid} listening on port 9000 after {} ms",
                 ready.startup.as_millis()
             )
         });
-        tracing::debug!(startup_ms = self.record.startup_ms, "instance listening");
         let mut running = Running {
             instance: ready.instance,
             registration: None,
         };
+        let startup = match self.slow_start(ready.startup, &client, &cancel).await {
+            Ok(startup) => startup,
+            Err(ended) => return ended.instance(running).client(client),
+        };
+        self.record.startup_ms = Some(startup.as_millis() as u64);
+        tracing::debug!(startup_ms = self.record.startup_ms, "instance listening");
+        if let Some(plan) = &self.faults {
+            let docker = self.gateway.launcher.isolation() == scfsim_pool::Isolation::Docker;
+            plan.instance(pid, !docker);
+        }
 
         let config = ws_config(&self.function);
         let (function_ws, accepted) =
@@ -378,18 +405,75 @@ impl Invocation {
         }
         connected.connected();
         client.watch_for_dead_peer(self.function.idle_timeout);
-        let reason = self
-            .proxy(
-                client,
-                function_ws,
-                config,
-                &traffic,
-                &cancel,
-                steering,
-                &running,
-            )
-            .await;
+        let proxied = self.proxy(
+            client,
+            function_ws,
+            config,
+            &traffic,
+            &cancel,
+            steering,
+            &running,
+        );
+        let kill_after = self
+            .faults
+            .as_ref()
+            .and_then(|p| Some((p, p.kill_after()?)));
+        let reason = match kill_after {
+            None => proxied.await,
+            Some((plan, after)) => {
+                tokio::pin!(proxied);
+                tokio::select! {
+                    reason = &mut proxied => reason,
+                    () = tokio::time::sleep(after) => {
+                        // Killed, not ended: the proxy notices the instance's socket drop as
+                        // it would a real exit.
+                        plan.kill(format!("after {}", scfsim_config::format_duration(after)));
+                        proxied.await
+                    }
+                }
+            }
+        };
         Ended::new(reason).instance(running)
+    }
+
+    /// The injected `start_delay`: the instance listens, but the gateway connects only this much
+    /// later (counted in `startup_ms`). A start that then outlasts the init timeout fails as a
+    /// real one would (446) once the init timeout has passed. Returns the startup time.
+    async fn slow_start(
+        &self,
+        startup: std::time::Duration,
+        client: &ClientConn,
+        cancel: &CancellationToken,
+    ) -> Result<std::time::Duration, Ended> {
+        let Some(delay) = self.faults.as_ref().and_then(|p| p.start_delay()) else {
+            return Ok(startup);
+        };
+        let init_timeout = self.init_timeout();
+        let too_slow = startup + delay > init_timeout;
+        let wait = if too_slow {
+            init_timeout.saturating_sub(startup)
+        } else {
+            delay
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return Err(self.interrupted()),
+            _ = client.gone() => return Err(Ended::new(EndReason::ClientDropped)),
+        }
+        if too_slow {
+            let detail = format!(
+                "nothing listened on port 9000 within the init timeout of {} (injected fault: \
+                 start_delay = {})",
+                scfsim_config::format_duration(self.function.init_timeout),
+                scfsim_config::format_duration(delay)
+            );
+            let reason = EndReason::NotListening {
+                detail: detail.clone(),
+            };
+            let answer = Answer::error(StatusCode::BAD_GATEWAY, self.request_id, detail, &reason);
+            return Err(Ended::new(reason).answer(answer));
+        }
+        Ok(startup + delay)
     }
 
     /// Opens the host port forwarded to the instance's debugger.
@@ -435,6 +519,14 @@ impl Invocation {
         client: &ClientConn,
         cancel: &CancellationToken,
     ) -> Result<scfsim_pool::Ready, Ended> {
+        let injected = self.faults.as_ref();
+        if let Some((reason, message)) =
+            injected.and_then(|p| p.start_failure(self.function.memory_mb))
+        {
+            tracing::warn!("instance failed to start: {message}");
+            let answer = Answer::error(StatusCode::BAD_GATEWAY, self.request_id, message, &reason);
+            return Err(Ended::new(reason).answer(answer));
+        }
         let mut env = crate::env::instance_env(
             &self.function,
             &self.gateway.identity,
@@ -738,7 +830,7 @@ impl Invocation {
             request: scaled_rates(self.function.limits, time_scale),
             memory_mb: self.function.memory_mb,
         };
-        proxy::run(
+        let reason = proxy::run(
             (&mut client_tx, &mut client_rx),
             (&mut function_tx, &mut function_rx),
             timers,
@@ -747,8 +839,16 @@ impl Invocation {
             cancel,
             steering,
             &|| running.instance.memory_exceeded(),
+            self.faults.as_ref(),
         )
-        .await
+        .await;
+        if self.faults.as_ref().is_some_and(FaultPlan::reset_client) {
+            // The client's socket closes when its halves are dropped, right after this.
+            if let Ok(client_ws) = client_tx.reunite(client_rx) {
+                client_ws.get_ref().reset_on_close();
+            }
+        }
+        reason
     }
 
     /// The one way out: answer the client if it was not upgraded, stop the instance, record.
@@ -809,7 +909,16 @@ impl Invocation {
             }
             self.save_logs(&remains.output);
         }
+        if let Some(plan) = &self.faults {
+            self.record.injected_faults = plan.injected();
+        }
         self.record.finish(&reason, OffsetDateTime::now_utc());
+        if self.faults.as_ref().is_some_and(FaultPlan::failed_start) {
+            // An injected 434 borrows the reason of a running instance's memory kill, whose
+            // close frame this connection, never upgraded, did not get.
+            self.record.close_code = None;
+            self.record.close_reason = None;
+        }
         let time_scale = self.gateway.config.time_scale;
         if time_scale != 1.0 {
             // duration_ms is real time; the platform's clock ran time_scale times faster.

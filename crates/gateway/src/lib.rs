@@ -14,10 +14,12 @@
 //! - `live`: the registry of open connections that the admin API shows.
 //! - `timeline`: each invocation's frame timeline, captured on the data path.
 //! - `responses`: the HTTP answers given instead of an upgrade.
+//! - `faults`: faults injected on purpose, one `FaultPlan` per connection.
 
 pub mod client;
 mod debug;
 mod env;
+mod faults;
 mod handshake;
 mod invocation;
 mod limits;
@@ -163,6 +165,8 @@ pub struct Gateway {
     tasks: TaskTracker,
     /// How long a stopped instance gets between SIGTERM and SIGKILL.
     stop_grace: Duration,
+    /// Seeded connections per function, so injected faults draw reproducibly.
+    fault_seeds: faults::SeedCounters,
 }
 
 impl Gateway {
@@ -183,6 +187,7 @@ impl Gateway {
             shutdown,
             tasks: TaskTracker::new(),
             stop_grace: Duration::from_secs(2),
+            fault_seeds: faults::SeedCounters::default(),
         })
     }
 

@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::faults::{AfterForward, FaultPlan};
 use crate::limits::RequestRate;
 use crate::live::Traffic;
 use crate::steer::{AdminClose, Injection, Payload, SteeringEnds};
@@ -86,6 +87,8 @@ enum DirectionEnd {
     RateLimited(String),
     /// Writing to the destination failed: the other direction knows why.
     DestinationFailed,
+    /// An injected fault resets the client's TCP connection.
+    ClientReset,
 }
 
 /// Pings forwarded in one direction, so that the answering pong (already given to the pinger by
@@ -202,6 +205,8 @@ struct Direction<'a> {
     opposite: &'a OutstandingPings,
     /// Messages injected through the admin API toward this direction's destination.
     injected: Option<tokio::sync::mpsc::Receiver<Injection>>,
+    /// Faults injected on purpose (`crate::faults`), if any.
+    faults: Option<&'a FaultPlan>,
 }
 
 /// The next message a direction forwards, and who waits for it if it was injected.
@@ -310,11 +315,29 @@ impl Direction<'_> {
                     .injected_messages
                     .fetch_add(1, Ordering::Relaxed);
             }
-            if destination.send(msg).await.is_err() {
+            let faults = self.faults.filter(|_| data_len.is_some());
+            let copies = match faults.map(|f| f.before_forward(self.from)) {
+                Some(forward) => {
+                    if let Some(delay) = forward.delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    forward.copies
+                }
+                None => 1,
+            };
+            for _ in 1..copies {
+                if destination.send(msg.clone()).await.is_err() {
+                    return DirectionEnd::DestinationFailed;
+                }
+            }
+            if copies > 0 && destination.send(msg).await.is_err() {
                 return DirectionEnd::DestinationFailed;
             }
             if let Some(written) = written {
                 let _ = written.send(());
+            }
+            if faults.is_some_and(|f| f.after_forward() == AfterForward::ResetClient) {
+                return DirectionEnd::ClientReset;
             }
         }
     }
@@ -370,9 +393,8 @@ impl Event {
                 EndReason::FunctionClosed { code, reason }
             }
             // A direction whose destination failed reports the destination's side as broken.
-            Event::Client(D::Dropped(_)) | Event::Function(D::DestinationFailed) => {
-                EndReason::ClientDropped
-            }
+            Event::Client(D::Dropped(_) | D::ClientReset)
+            | Event::Function(D::DestinationFailed | D::ClientReset) => EndReason::ClientDropped,
             Event::Function(D::Dropped(detail)) => EndReason::InstanceExited { detail },
             Event::Client(D::DestinationFailed) => EndReason::InstanceExited {
                 detail: "writing to it failed".into(),
@@ -445,6 +467,7 @@ pub(crate) async fn run<CR, CW, FR, FW>(
     interrupt: &CancellationToken,
     steering: SteeringEnds,
     memory_exceeded: &(dyn Fn() -> bool + Sync),
+    faults: Option<&FaultPlan>,
 ) -> EndReason
 where
     CR: Stream<Item = Result<Message, WsError>> + Unpin,
@@ -463,6 +486,7 @@ where
         forwarded: &to_function,
         opposite: &to_client,
         injected: Some(steering.to_function),
+        faults,
     };
     let mut downstream = Direction {
         from: Side::Function,
@@ -471,6 +495,7 @@ where
         forwarded: &to_client,
         opposite: &to_function,
         injected: Some(steering.to_client),
+        faults,
     };
     traffic.touch();
     let execution_deadline = Instant::now() + scaled(timers.execution, timers.time_scale);

@@ -17,8 +17,13 @@ use crate::responses::{json_error, text, Body};
 use crate::Gateway;
 use tokio_rustls::TlsAcceptor;
 
-/// A request for a function, and its quota slot or why there is none.
-type Routed<'a> = (&'a FunctionConfig, Result<Permit, Refusal>);
+/// A request for a function, the faults its header asks for, and its quota slot or why there is
+/// none.
+type Routed<'a> = (
+    &'a FunctionConfig,
+    Option<scfsim_config::Faults>,
+    Result<Permit, Refusal>,
+);
 
 impl Gateway {
     /// Accepts connections on `listener` until the shutdown token is cancelled.
@@ -86,8 +91,9 @@ impl Gateway {
                 let mut client = client;
                 let _ = client.respond(*resp).await;
             }
-            Ok((function, admission)) => {
-                let invocation = Invocation::new(self.clone(), function.clone(), req, peer);
+            Ok((function, faults, admission)) => {
+                let mut invocation = Invocation::new(self.clone(), function.clone(), req, peer);
+                invocation.inject(faults);
                 let span = tracing::info_span!(
                     "invocation",
                     request_id = %invocation.request_id(),
@@ -132,6 +138,7 @@ impl Gateway {
             }
             return Err(Box::new(resp));
         }
-        Ok((function, self.quotas.acquire(&function.name)))
+        let faults = crate::faults::from_headers(req.headers(), &self.config.gateway)?;
+        Ok((function, faults, self.quotas.acquire(&function.name)))
     }
 }

@@ -74,6 +74,12 @@ pub struct Invocation {
     /// `duration_ms` in platform time (`duration_ms * time_scale`); absent at real time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_duration_ms: Option<u64>,
+    /// Faults injected on purpose that acted on this invocation (`[functions.faults]`, a
+    /// scenario's `[faults]`), each as `name(details)`, e.g. `"delay_to_function(200ms)"`;
+    /// empty when none did. A status caused by an injected fault is listed here, so that it is
+    /// never taken for a real one.
+    #[serde(default)]
+    pub injected_faults: Vec<String>,
 }
 
 impl Invocation {
@@ -106,6 +112,7 @@ impl Invocation {
             path: None,
             time_scale: None,
             platform_duration_ms: None,
+            injected_faults: Vec::new(),
         }
     }
 

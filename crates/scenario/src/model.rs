@@ -75,6 +75,8 @@ pub struct Scenario {
     pub steps: Vec<Step>,
     /// The invocation record expected of each connection.
     pub outcome: Option<OutcomeExpectation>,
+    /// `[faults]`: injected into each connection (sent in the `X-Scfsim-Faults` header).
+    pub faults: Option<scfsim_config::Faults>,
 }
 
 /// One step, with where it is in the file.
@@ -191,6 +193,8 @@ pub struct OutcomeExpectation {
     pub close_reason: Option<String>,
     /// (field, value) of the counters given.
     pub counts: Vec<(&'static str, u64)>,
+    /// The record's `injected_faults`, exactly.
+    pub injected_faults: Option<Vec<String>>,
     /// How long the record may take to complete after the connection ended.
     pub within: Duration,
 }
@@ -303,6 +307,13 @@ impl Checker<'_> {
             });
         }
         let outcome = raw.outcome.map(|o| self.outcome(o)).transpose()?;
+        let faults = match &raw.faults {
+            Some(faults) => Some(
+                scfsim_config::Faults::check(faults)
+                    .map_err(|bad| self.invalid(format!("faults.{}", bad.key), bad.problem.0))?,
+            ),
+            None => None,
+        };
         if steps.is_empty() && outcome.is_none() {
             return Err(self.invalid(
                 "steps",
@@ -328,6 +339,7 @@ impl Checker<'_> {
             connections,
             timeout,
             steps,
+            faults: faults.filter(|f| !f.is_empty()),
             outcome,
         })
     }
@@ -693,6 +705,7 @@ impl Checker<'_> {
             close_code,
             close_reason: raw.close_reason,
             counts,
+            injected_faults: raw.injected_faults,
             within: self.duration(
                 &field("within"),
                 raw.within.as_ref(),

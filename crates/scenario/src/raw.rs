@@ -32,6 +32,8 @@ pub(crate) struct RawScenario {
     pub steps: Vec<toml::Spanned<toml::Table>>,
     /// The invocation's record, checked after the connection ends.
     pub outcome: Option<RawOutcome>,
+    /// `[faults]`: injected into each connection, with the keys of `[functions.faults]`.
+    pub faults: Option<scfsim_config::RawFaults>,
 }
 
 /// One `[[steps]]` table: exactly one action key, plus the modifiers that action takes.
@@ -74,6 +76,8 @@ pub(crate) struct RawOutcome {
     pub bytes_in: Option<i64>,
     pub bytes_out: Option<i64>,
     pub throttled_messages: Option<i64>,
+    /// The record's `injected_faults`, exactly (`[]`: none).
+    pub injected_faults: Option<Vec<String>>,
     /// How long to wait for the record to be complete after the connection ended.
     pub within: Option<RawDuration>,
 }

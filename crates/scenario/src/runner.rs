@@ -220,6 +220,19 @@ fn request(scenario: &Scenario, n: u32, target: &Target) -> Result<http::Request
             .map_err(|e| Problem::new(format!("header {key:?} = {value:?}: {e}")))?;
         headers.append(name, value);
     }
+    if let Some(faults) = &scenario.faults {
+        // The gateway takes them only when its config has `[gateway] fault_headers = true`
+        // (and the admin token, when it has one); otherwise the connect fails with its 403.
+        let json = serde_json::to_string(faults).unwrap_or_default();
+        let value = http::HeaderValue::from_str(&json)
+            .map_err(|e| Problem::new(format!("[faults] as a header: {e}")))?;
+        headers.insert("x-scfsim-faults", value);
+        if let Some(token) = &target.admin_token {
+            let value = http::HeaderValue::from_str(token)
+                .map_err(|e| Problem::new(format!("the admin token as a header: {e}")))?;
+            headers.insert("x-scfsim-token", value);
+        }
+    }
     if !scenario.subprotocols.is_empty() {
         let offered = scenario.subprotocols.join(", ");
         let value = http::HeaderValue::from_str(&offered)
@@ -508,6 +521,9 @@ async fn check_outcome(
     }
     for (name, v) in &outcome.counts {
         want.push((name, (*v).into()));
+    }
+    if let Some(faults) = &outcome.injected_faults {
+        want.push(("injected_faults", faults.clone().into()));
     }
     let differing: Vec<&(&str, serde_json::Value)> = want
         .iter()

@@ -68,7 +68,14 @@ impl Checker<'_> {
             None => default_limits,
         };
 
+        let faults = match &raw.faults {
+            Some(faults) => crate::Faults::check(faults)
+                .map_err(|bad| self.invalid(at(&format!("faults.{}", bad.key)), bad.problem))?,
+            None => crate::Faults::default(),
+        };
+
         Ok(FunctionConfig {
+            faults,
             bootstrap,
             code_dir,
             image,

@@ -121,6 +121,7 @@ impl Checker<'_> {
                 )?),
                 None => None,
             },
+            fault_headers: raw.fault_headers,
         })
     }
 

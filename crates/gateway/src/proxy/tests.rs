@@ -106,6 +106,7 @@ impl Proxy {
                     &interrupt,
                     ends,
                     &exceeded,
+                    None,
                 )
                 .await
             }

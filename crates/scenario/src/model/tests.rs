@@ -197,3 +197,31 @@ fn files_are_read_relative_to_the_scenario() {
     assert_eq!(s.steps[1].action.key(), "expect_file");
     assert_eq!(s.name, "s.toml");
 }
+
+#[test]
+fn faults_are_read_and_bad_ones_named_by_key() {
+    let s = ok(r#"
+path = "/echo"
+[[steps]]
+send = "a"
+[faults]
+delay_to_client = "50ms"
+kill_after_messages = 2
+seed = 4
+"#);
+    let faults = s.faults.expect("faults");
+    assert_eq!(faults.delay_to_client, Some(Duration::from_millis(50)));
+    assert_eq!(faults.kill_after_messages, Some(2));
+    assert_eq!(faults.seed, Some(4));
+    assert!(ok("path = \"/echo\"\n[[steps]]\nsend = \"a\"\n")
+        .faults
+        .is_none());
+
+    let shown = err("path = \"/echo\"\n[[steps]]\nsend = \"a\"\n[faults]\nstart_failure = 500\n");
+    assert!(shown.contains("faults.start_failure: got 500"), "{shown}");
+    assert!(shown.contains("405"), "{shown}");
+    let shown = err("path = \"/echo\"\n[[steps]]\nsend = \"a\"\n[faults]\ndrop_to_function = 3\n");
+    assert!(shown.contains("faults.drop_to_function: got 3"), "{shown}");
+    let shown = err("path = \"/echo\"\n[[steps]]\nsend = \"a\"\n[faults]\nkill = \"1s\"\n");
+    assert!(shown.contains("kill"), "{shown}");
+}

@@ -19,7 +19,8 @@ use crate::timeline::{Direction, FrameEvent, Timeline};
 pub(crate) const APPLICATION_ID: i64 = 0x5343_4653;
 /// `PRAGMA user_version` this scfsim writes. An older scfsim refuses a higher one.
 /// 2 (scfsim with the frame timeline): `frames.event` and `frame_saves`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3 (scfsim with faults on purpose): `invocations.injected_faults`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const CREATE: &str = r#"
 CREATE TABLE invocations (
@@ -50,6 +51,7 @@ CREATE TABLE invocations (
     error              TEXT,
     client_addr        TEXT,
     path               TEXT,
+    injected_faults    TEXT NOT NULL DEFAULT '[]', -- JSON list of strings (version 3)
     -- The whole record as the API shows it (JSON), including fields newer than these columns.
     record             TEXT NOT NULL
 );
@@ -208,12 +210,29 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), RecordEr
         });
     }
     set_wal(conn, path)?;
-    if version < 2 {
-        let tx = conn.transaction().map_err(unusable)?;
-        tx.execute_batch(UPGRADE_TO_2).map_err(unusable)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(unusable)?;
-        tx.commit().map_err(unusable)?;
+    migrate(conn, version).map_err(unusable)
+}
+
+/// From schema 2 to 3: the faults injected on purpose (a JSON list of strings).
+const UPGRADE_TO_3: &str =
+    "ALTER TABLE invocations ADD COLUMN injected_faults TEXT NOT NULL DEFAULT '[]';";
+
+/// What each version adds to the one before it, in order: `MIGRATIONS[i]` turns version `i + 1`
+/// into version `i + 2`. `CREATE` is always the newest layout.
+const MIGRATIONS: &[&str] = &[UPGRADE_TO_2, UPGRADE_TO_3];
+
+/// Brings a database of an older `version` (at least 1) up to [`SCHEMA_VERSION`], each step in
+/// a transaction of its own with its `user_version`, so an interrupted upgrade resumes.
+fn migrate(conn: &mut Connection, version: i64) -> rusqlite::Result<()> {
+    for (from, step) in (1..SCHEMA_VERSION).zip(MIGRATIONS) {
+        if version > from {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", from + 1)?;
+        tx.commit()?;
+        tracing::info!(from, to = from + 1, "upgraded the record database");
     }
     Ok(())
 }
@@ -235,9 +254,9 @@ pub(crate) const UPSERT: &str = "INSERT INTO invocations (seq, request_id, funct
     outcome, end_reason, close_code, close_reason, closed_by, started_at, started_us, ended_at,
     duration_ms, startup_ms, messages_in, messages_out, bytes_in, bytes_out, throttled_messages,
     instance_pid, instance_exit_code, instance_signal, http_status, error, client_addr, path,
-    record)
+    record, injected_faults)
   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)
+    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
   ON CONFLICT (request_id) DO UPDATE SET function = excluded.function,
     status_code = excluded.status_code, outcome = excluded.outcome,
     end_reason = excluded.end_reason, close_code = excluded.close_code,
@@ -250,7 +269,7 @@ pub(crate) const UPSERT: &str = "INSERT INTO invocations (seq, request_id, funct
     instance_pid = excluded.instance_pid, instance_exit_code = excluded.instance_exit_code,
     instance_signal = excluded.instance_signal, http_status = excluded.http_status,
     error = excluded.error, client_addr = excluded.client_addr, path = excluded.path,
-    record = excluded.record";
+    record = excluded.record, injected_faults = excluded.injected_faults";
 
 fn text<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
     v.as_ref().and_then(|v| match serde_json::to_value(v) {
@@ -301,6 +320,7 @@ pub(crate) fn upsert(
         inv.client_addr,
         inv.path,
         record,
+        serde_json::to_string(&inv.injected_faults).unwrap_or_else(|_| "[]".into()),
     ])?;
     Ok(())
 }

@@ -302,6 +302,51 @@ fn an_old_journal_and_its_logs_are_imported_once_and_kept_aside() {
     assert_eq!((report.imported, report.loaded), (0, 2));
 }
 
+#[test]
+fn a_version_2_database_gains_the_injected_faults_column_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = done_at(t(0));
+    {
+        let (store, _) = SqliteStore::open(dir.path()).unwrap();
+        store.finish(old.clone()).unwrap();
+        assert!(store.flush(PATIENCE));
+    }
+    // The layout of version 2: no injected_faults column.
+    let db = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    db.execute_batch("ALTER TABLE invocations DROP COLUMN injected_faults;")
+        .unwrap();
+    db.pragma_update(None, "user_version", 2).unwrap();
+    drop(db);
+
+    let (store, report) = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(report.loaded, 1);
+    assert_eq!(store.get(old.request_id), Some(old.clone()));
+    let mut faulty = done_at(t(1));
+    faulty.injected_faults = vec!["delay_to_client(200ms)".into()];
+    store.finish(faulty.clone()).unwrap();
+    assert!(store.flush(PATIENCE));
+    drop(store);
+
+    let db = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let column = |id: Uuid| -> String {
+        db.query_row(
+            "SELECT injected_faults FROM invocations WHERE request_id = ?1",
+            [id.hyphenated().to_string()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(column(old.request_id), "[]");
+    assert_eq!(column(faulty.request_id), r#"["delay_to_client(200ms)"]"#);
+    drop(db);
+    let (store, _) = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.get(faulty.request_id), Some(faulty));
+}
+
 fn timeline_of(inv: &Invocation, events: usize) -> crate::timeline::Timeline {
     use crate::timeline::{Direction, EventKind, FrameEvent, Opcode};
     let events = (0..events)
@@ -379,6 +424,7 @@ fn a_schema_1_database_gets_the_timeline_tables() {
     db.execute_batch(
         "DROP TABLE frame_saves; DROP TRIGGER invocations_cascade;
          ALTER TABLE frames DROP COLUMN event;
+         ALTER TABLE invocations DROP COLUMN injected_faults;
          CREATE TRIGGER invocations_cascade AFTER DELETE ON invocations BEGIN
              DELETE FROM instance_logs WHERE request_id = old.request_id;
              DELETE FROM log_saves WHERE request_id = old.request_id;
