@@ -17,6 +17,9 @@ use scfsim_e2e::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "containers/second_engine.rs"]
+mod second_engine;
+
 /// The test image: the fixture (a multi-mode WebSocket server) on Debian's slim image, started
 /// as `scfsim-fixture echo` unless the function's command or args say otherwise.
 const FIXTURE_IMAGE: &str = "scfsim-e2e-fixture:latest";
@@ -635,4 +638,91 @@ async fn scfsim_check_accepts_image_functions_and_rejects_mixed_ones() {
         "{}",
         output_text(&mixed)
     );
+}
+
+/// `DOCKER_HOST=tcp://` with TLS, as the Docker CLI reads it, against a second engine with
+/// certificates made here: a client whose `ca.pem` is another CA's is refused when `serve`
+/// starts (it sets the engine up then), naming `DOCKER_CERT_PATH`; with the right one an image
+/// function echoes through the port the engine publishes, and its container, on that engine
+/// only, is removed after.
+#[tokio::test]
+async fn the_tcp_engine_path_with_tls() {
+    let image = fixture_image();
+    let engine = second_engine::SecondEngine::start();
+    let config = image_function("echo", image, &[]);
+
+    // The wrong CA: scfsim serve ends at once with the reason.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("scfsim.toml");
+    std::fs::write(&path, &config).expect("config");
+    let refused = scfsim_e2e::run_bounded(
+        Command::new(scfsim_e2e::scfsim_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .envs(engine.env(&engine.wrong_ca_certs)),
+        PATIENCE,
+    );
+    assert!(
+        refused.status.is_some_and(|s| !s.success()),
+        "serve with a wrong CA: {refused}"
+    );
+    let wrong = engine.wrong_ca_certs.display().to_string();
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("DOCKER_CERT_PATH={wrong}"))
+            && refused.stderr.contains("TLS"),
+        "the error names the certificates: {refused}"
+    );
+
+    engine.load(image);
+    let (scfsim, _dir) = serve(&config, engine.env(&engine.client_certs)).await;
+    assert!(
+        scfsim.log().contains("port 9000 published on 127.0.0.1"),
+        "{}",
+        scfsim.log()
+    );
+    let mut client = scfsim.connect("/echo").await;
+    client.send_text("over tcp and tls").await;
+    client.expect_text("over tcp and tls").await;
+    client.send_binary(vec![9, 0, 255]).await;
+    client.expect_binary(&[9, 0, 255]).await;
+    let label = format!("io.scfsim.request-id={}", client.request_id);
+    let remote = engine.containers_labelled(&label);
+    assert_eq!(remote.len(), 1, "on the second engine: {remote:?}");
+    assert!(
+        container_of(&client.request_id).is_empty(),
+        "nothing on the machine's engine"
+    );
+    let ports = engine.docker(&["port", &remote[0], "9000/tcp"]);
+    assert!(
+        ports.success() && !ports.stdout.trim().is_empty(),
+        "port 9000 published: {ports}"
+    );
+    client.close(1000, "bye").await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    assert_eq!(record["end_reason"], "client_closed", "{record:#}");
+    assert_eq!(record["messages_in"], 2, "{record:#}");
+    // Readiness came from the container's own sockets, not from the fallback that waits.
+    assert!(!scfsim.log().contains("has no `cat`"), "{}", scfsim.log());
+    eventually(
+        "the container removed from the second engine",
+        PATIENCE,
+        || async {
+            let left = engine.containers_labelled(&label);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still there: {left:?}"))
+            }
+        },
+    )
+    .await;
+    drop(scfsim);
+    drop(engine);
 }

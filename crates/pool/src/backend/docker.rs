@@ -100,9 +100,20 @@ pub(crate) const LABEL_FUNCTION: &str = "io.scfsim.function";
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// A published port on a remote engine accepts before the server in the container listens
-/// (the engine's userland proxy); it then closes the connection at once. A connection that
-/// stays open this long reached the server.
-const PUBLISHED_PORT_SETTLE: Duration = Duration::from_millis(20);
+/// (the engine's userland proxy accepts, dials the container, and closes the connection when
+/// that is refused), so an accepted connection says nothing. Whether the server listens is
+/// read from the container's own `/proc/net/tcp{,6}` through the engine ([`Docker::listens`]);
+/// this bounds one such look.
+const LISTEN_PROBE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// In an image without `cat`, where the container's sockets cannot be read: a connection to
+/// the published port counts once it stayed open this long, the engine's proxy having had the
+/// time to find nothing listening. Load can make the proxy slower than this: only a fallback.
+const PROXY_HOLD: Duration = Duration::from_millis(250);
+
+/// Port 9000 in `/proc/net/tcp`'s hexadecimal notation, and the LISTEN state.
+const PROC_NET_PORT: &str = ":2328";
+const PROC_NET_LISTEN: &str = "0A";
 
 /// Per-request timeout of the engine client, in seconds (streams are not bounded by it).
 const ENGINE_TIMEOUT: u64 = 120;
@@ -114,7 +125,7 @@ enum Endpoint {
     /// [`NETWORK`].
     Local,
     /// `tcp://HOST:PORT`: port 9000 is published on the engine's host.
-    Remote { host: String },
+    Remote { host: String, tls: bool },
 }
 
 /// The engine named by the environment, as the Docker CLI reads it.
@@ -160,14 +171,20 @@ pub(crate) fn engine_from_env() -> Result<EngineAddress, PoolError> {
         .trim_end_matches(']')
         .to_string();
     let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
-    let client = if tls {
+    if tls {
         let dir = match std::env::var("DOCKER_CERT_PATH") {
             Ok(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => std::env::var("HOME")
                 .map(|home| Path::new(&home).join(".docker"))
                 .unwrap_or_else(|_| PathBuf::from(".docker")),
         };
-        bollard::Docker::connect_with_ssl(
+        // Every message about this engine names the certificates, which are the usual
+        // suspect when it does not answer.
+        let shown = format!(
+            "{address} over TLS with ca.pem, cert.pem, key.pem from DOCKER_CERT_PATH={}",
+            dir.display()
+        );
+        let client = bollard::Docker::connect_with_ssl(
             &address,
             &dir.join("key.pem"),
             &dir.join("cert.pem"),
@@ -175,15 +192,24 @@ pub(crate) fn engine_from_env() -> Result<EngineAddress, PoolError> {
             ENGINE_TIMEOUT,
             version,
         )
-        .map_err(|e| failed("reading its TLS certificates (DOCKER_CERT_PATH)", e))?
-    } else {
-        bollard::Docker::connect_with_http(&address, ENGINE_TIMEOUT, version)
-            .map_err(|e| failed("connecting over TCP", e))?
-    };
+        .map_err(|e| PoolError::Engine {
+            engine: shown.clone(),
+            what: "reading its TLS certificates (set DOCKER_CERT_PATH to the directory with \
+                   ca.pem, cert.pem and key.pem)",
+            source: e.into(),
+        })?;
+        return Ok(EngineAddress {
+            client,
+            address: shown,
+            endpoint: Endpoint::Remote { host, tls: true },
+        });
+    }
+    let client = bollard::Docker::connect_with_http(&address, ENGINE_TIMEOUT, version)
+        .map_err(|e| failed("connecting over TCP", e))?;
     Ok(EngineAddress {
         client,
         address,
-        endpoint: Endpoint::Remote { host },
+        endpoint: Endpoint::Remote { host, tls: false },
     })
 }
 
@@ -196,12 +222,26 @@ impl EngineAddress {
             what,
             source: source.into(),
         };
-        let client = self.client.clone().negotiate_version().await.map_err(|e| {
-            failed(
-                "no answer (is dockerd running? scripts/docker-engine.sh starts one)",
-                e,
-            )
-        })?;
+        let no_answer = match self.endpoint {
+            Endpoint::Remote { tls: true, .. } => {
+                "no answer over TLS (is dockerd listening there with --tlsverify, and do ca.pem, \
+                 cert.pem and key.pem in DOCKER_CERT_PATH belong to it: ca.pem the CA that \
+                 signed its certificate, cert.pem a client certificate it trusts?)"
+            }
+            Endpoint::Remote { tls: false, .. } => {
+                "no answer (is dockerd listening there? An engine that wants TLS needs \
+                 DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)"
+            }
+            Endpoint::Local => {
+                "no answer (is dockerd running? scripts/docker-engine.sh starts one)"
+            }
+        };
+        let client = self
+            .client
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(|e| failed(no_answer, e))?;
         client.ping().await.map_err(|e| failed("ping", e))?;
         self.client = client;
         Ok(())
@@ -235,6 +275,8 @@ pub(crate) struct Docker {
     details: Vec<String>,
     /// Images known to be on the engine.
     present: Mutex<HashSet<String>>,
+    /// Images whose containers cannot show their sockets (no `cat`): see [`PROXY_HOLD`].
+    no_cat: Mutex<HashSet<String>>,
     /// The OOM flags of this run's live containers, set from the engine's events.
     oom_flags: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     events: Option<JoinHandle<()>>,
@@ -327,6 +369,7 @@ impl Docker {
             netns: None,
             details: Vec::new(),
             present: Mutex::new(HashSet::new()),
+            no_cat: Mutex::new(HashSet::new()),
             oom_flags: Arc::new(Mutex::new(HashMap::new())),
             events: None,
         })
@@ -418,7 +461,7 @@ impl Docker {
     /// "running" after the connection was made means the address or port was still this
     /// container's when it was made: no other container could have had it then. (A dead
     /// container's address that is still its own reaches nothing, or the engine's proxy of a
-    /// port, which closes at once: [`PUBLISHED_PORT_SETTLE`].)
+    /// port, which is not asked before the container's sockets say its server listens.)
     async fn still_running(&self, id: &str, pid: u32) -> io::Result<bool> {
         match self.engine.inspect_container(id, None).await {
             Ok(inspected) => {
@@ -432,6 +475,80 @@ impl Docker {
             }) => Ok(false),
             Err(e) => Err(io::Error::other(e)),
         }
+    }
+
+    /// Whether a server listens on port 9000 inside container `id`, read from its own
+    /// `/proc/net/tcp` and `/proc/net/tcp6` (`cat` run in it through the engine); `None` where
+    /// that cannot be read (the image has no `cat`). Any failure of the look is "not yet": the
+    /// launcher asks again until the container ends or `init_timeout` passes.
+    async fn listens(&self, id: &str, image: &str) -> Option<bool> {
+        if self
+            .no_cat
+            .lock()
+            .expect("image set poisoned")
+            .contains(image)
+        {
+            return None;
+        }
+        let look = async {
+            let exec = self
+                .engine
+                .create_exec(
+                    id,
+                    bollard::models::ExecConfig {
+                        cmd: Some(vec![
+                            "cat".into(),
+                            "/proc/net/tcp".into(),
+                            "/proc/net/tcp6".into(),
+                        ]),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let mut text = Vec::new();
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } =
+                self.engine.start_exec(&exec.id, None).await?
+            {
+                while let Some(chunk) = output.next().await {
+                    if let bollard::container::LogOutput::StdOut { message } = chunk? {
+                        text.extend_from_slice(&message);
+                    }
+                }
+            }
+            let code = self.engine.inspect_exec(&exec.id).await?.exit_code;
+            Ok::<_, EngineError>((code, text))
+        };
+        match tokio::time::timeout(LISTEN_PROBE_PATIENCE, look).await {
+            Ok(Ok((Some(0), text))) => {
+                Some(listening_on_instance_port(&String::from_utf8_lossy(&text)))
+            }
+            // 126/127, or the engine's error: the runtime could not exec `cat` (a container
+            // that is not running fails before, with another error).
+            Ok(Ok((Some(126 | 127), _))) => self.without_cat(image),
+            Ok(Err(err)) if is_exec_failure(&err.to_string()) => self.without_cat(image),
+            Ok(Ok(_)) => Some(false),
+            Ok(Err(err)) => {
+                tracing::debug!(container = %id, %err, "reading the container's sockets");
+                Some(false)
+            }
+            Err(_) => Some(false),
+        }
+    }
+
+    /// Remembers that containers of `image` cannot show their sockets.
+    fn without_cat(&self, image: &str) -> Option<bool> {
+        tracing::info!(
+            image,
+            "the image has no `cat`: port 9000 counts as listening once a connection to its \
+             published port stayed open {PROXY_HOLD:?}"
+        );
+        self.no_cat
+            .lock()
+            .expect("image set poisoned")
+            .insert(image.to_string());
+        None
     }
 
     /// How port 9000 of the just started container is reached: inside its network namespace
@@ -856,6 +973,16 @@ fn container_netns(pid: u32, container_id: &str) -> io::Result<OwnedFd> {
     open("ns/net")
 }
 
+/// Whether `/proc/net/tcp{,6}` text lists a socket listening on port 9000 (any address).
+fn listening_on_instance_port(proc_net_tcp: &str) -> bool {
+    proc_net_tcp.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1).unwrap_or("");
+        let state = fields.nth(1).unwrap_or("");
+        local.ends_with(PROC_NET_PORT) && state == PROC_NET_LISTEN
+    })
+}
+
 /// The runtime's words for a command it could not execute.
 fn is_exec_failure(message: &str) -> bool {
     [
@@ -977,7 +1104,7 @@ impl Backend for Docker {
                 self.network_name
             ),
             Endpoint::Local => format!("each on the network {}", self.network_name),
-            Endpoint::Remote { host } => format!("port 9000 published on {host}"),
+            Endpoint::Remote { host, .. } => format!("port 9000 published on {host}"),
         };
         format!(
             "container instances ({}): a new container per connection on the Docker engine \
@@ -1124,7 +1251,7 @@ impl Backend for Docker {
                 .filter(|ip| !ip.is_empty())
                 .and_then(|ip| ip.parse().ok())
                 .map(|ip| SocketAddr::new(ip, INSTANCE_PORT)),
-            Endpoint::Remote { host } => settings
+            Endpoint::Remote { host, .. } => settings
                 .ports
                 .and_then(|mut p| p.remove(&format!("{INSTANCE_PORT}/tcp")))
                 .flatten()
@@ -1173,10 +1300,19 @@ impl Backend for Docker {
             // It ended before it had an address: `exited` tells.
             Reach::Gone => return Err(io::ErrorKind::ConnectionRefused.into()),
         };
+        let hold = if published {
+            match self.listens(&instance.container.id, &instance.image).await {
+                Some(true) => false,
+                Some(false) => return Err(io::ErrorKind::ConnectionRefused.into()),
+                None => true,
+            }
+        } else {
+            false
+        };
         let stream = TcpStream::connect(address).await?;
-        if published {
+        if hold {
             let mut byte = [0u8; 1];
-            match tokio::time::timeout(PUBLISHED_PORT_SETTLE, stream.peek(&mut byte)).await {
+            match tokio::time::timeout(PROXY_HOLD, stream.peek(&mut byte)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(io::ErrorKind::ConnectionRefused.into()),
                 _ => {}
             }
@@ -1483,5 +1619,41 @@ mod tests {
             "the probe of a's address counted a connection to b"
         );
         docker.reap(a).await;
+    }
+}
+
+#[cfg(test)]
+mod proc_net_tests {
+    use super::listening_on_instance_port;
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when \
+                          retrnsmt   uid  timeout inode\n";
+
+    #[test]
+    fn a_listening_socket_on_port_9000_is_found_in_either_table() {
+        let v4 = format!(
+            "{HEADER}   0: 00000000:2328 00000000:0000 0A 00000000:00000000 00:00000000 \
+             00000000     0        0 3440541 1 0 100 0 0 10 0\n"
+        );
+        assert!(listening_on_instance_port(&v4));
+        let v6 = format!(
+            "{HEADER}   0: 00000000000000000000000000000000:2328 \
+             00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 \
+             0 0 1 1 0 100 0 0 10 0\n"
+        );
+        assert!(listening_on_instance_port(&v6));
+    }
+
+    #[test]
+    fn other_ports_and_states_are_not_listening_on_9000() {
+        // Port 9000 as the remote end (a client of another server), port 0x23280 is not a
+        // port, and 9000 in TIME_WAIT (06) after the server closed.
+        let text = format!(
+            "{HEADER}   0: 0100007F:9C40 0100007F:2328 01 0:0 0:0 0 0 0 1\n   \
+             1: 00000000:1F90 00000000:0000 0A 0:0 0:0 0 0 0 2\n   \
+             2: 0100007F:2328 0100007F:9C41 06 0:0 0:0 0 0 0 0\n"
+        );
+        assert!(!listening_on_instance_port(&text));
+        assert!(!listening_on_instance_port(""));
     }
 }
