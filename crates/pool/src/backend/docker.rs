@@ -277,9 +277,20 @@ pub(crate) struct Docker {
     present: Mutex<HashSet<String>>,
     /// Images whose containers cannot show their sockets (no `cat`): see [`PROXY_HOLD`].
     no_cat: Mutex<HashSet<String>>,
+    /// When scfsim itself runs in a container of its (local) engine, e.g. compose with the
+    /// engine's socket mounted: that container's bind mounts, (path in it, path on the
+    /// engine's host), longest first. A code directory is mounted into an instance by its
+    /// path on the engine's host.
+    own_mounts: Option<OwnMounts>,
     /// The OOM flags of this run's live containers, set from the engine's events.
     oom_flags: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     events: Option<JoinHandle<()>>,
+}
+
+/// scfsim's own container (see [`Docker::own_mounts`]).
+struct OwnMounts {
+    id: String,
+    binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// A created container, not started yet.
@@ -370,6 +381,7 @@ impl Docker {
             details: Vec::new(),
             present: Mutex::new(HashSet::new()),
             no_cat: Mutex::new(HashSet::new()),
+            own_mounts: None,
             oom_flags: Arc::new(Mutex::new(HashMap::new())),
             events: None,
         })
@@ -605,8 +617,95 @@ impl Docker {
                     with_sources(&err)
                 )),
             }
+            if let Some(id) = own_container_id() {
+                self.join_as_sibling(&id).await?;
+            }
         }
         Ok(())
+    }
+
+    /// When scfsim runs in container `id` of its own engine (the engine's socket mounted into
+    /// it): instances are its siblings. It joins scfsim's network to reach their port 9000 at
+    /// their addresses (their processes are not visible from inside it), and notes its bind
+    /// mounts, through which code directories are found on the engine's host. A container of
+    /// another engine (the id unknown to this one) changes nothing.
+    async fn join_as_sibling(&mut self, id: &str) -> Result<(), PoolError> {
+        let me = match self.engine.inspect_container(id, None).await {
+            Ok(me) => me,
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(()),
+            Err(e) => return Err(self.engine_failed("inspecting scfsim's own container", e)),
+        };
+        let network = self.network.clone().unwrap_or_default();
+        let joined = me
+            .network_settings
+            .and_then(|s| s.networks)
+            .is_some_and(|n| {
+                n.values()
+                    .any(|e| e.network_id.as_deref() == Some(network.as_str()))
+            });
+        if !joined {
+            use bollard::models::NetworkConnectRequest;
+            let request = NetworkConnectRequest {
+                container: id.to_string(),
+                endpoint_config: None,
+            };
+            self.engine
+                .connect_network(&network, request)
+                .await
+                .map_err(|e| self.engine_failed("joining scfsim's own container to its network", e))?;
+        }
+        let mut binds: Vec<(PathBuf, PathBuf)> = me
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.typ.as_deref() == Some("bind"))
+            .filter_map(|m| Some((PathBuf::from(m.destination?), PathBuf::from(m.source?))))
+            .collect();
+        binds.sort_by_key(|(inside, _)| std::cmp::Reverse(inside.as_os_str().len()));
+        self.details.push(format!(
+            "containers: scfsim runs in container {} of this engine: instances are its siblings \
+             on {} (which it joined); a code_dir must be in one of its bind mounts ({}), and is \
+             mounted from the engine host's path",
+            &id[..12.min(id.len())],
+            self.network_name,
+            binds
+                .iter()
+                .map(|(inside, host)| format!("{} = {}", inside.display(), host.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.own_mounts = Some(OwnMounts {
+            id: id.to_string(),
+            binds,
+        });
+        Ok(())
+    }
+
+    /// Where the engine finds `code_dir`: the path itself, or, when scfsim runs in a container
+    /// of the engine, the engine host's path of the bind mount it is in.
+    fn code_dir_on_engine(&self, code_dir: &Path) -> Result<PathBuf, StartFailureKind> {
+        let Some(own) = &self.own_mounts else {
+            return Ok(code_dir.to_path_buf());
+        };
+        // The config's copy may reach the code through symbolic links (the image's entrypoint
+        // links the config directory's entries); the engine needs the real path.
+        let real = std::fs::canonicalize(code_dir).unwrap_or_else(|_| code_dir.to_path_buf());
+        own.binds
+            .iter()
+            .find_map(|(inside, host)| Some(host.join(real.strip_prefix(inside).ok()?)))
+            .ok_or_else(|| StartFailureKind::Internal {
+                what: format!(
+                    "code_dir {} is not in a bind mount of scfsim's container {}, so the Docker \
+                     engine cannot mount it into the instance: bind-mount the directory into \
+                     scfsim's container (docker-compose.docker.yml mounts ./examples and \
+                     ./config)",
+                    real.display(),
+                    &own.id[..12.min(own.id.len())]
+                ),
+                source: None,
+            })
     }
 
     /// Removes the containers an earlier scfsim with this data directory on this machine left
@@ -690,8 +789,13 @@ impl Docker {
         Ok(())
     }
 
-    /// The container of `spec`: image, command, environment, limits, labels.
-    fn container_config(&self, spec: &InstanceSpec) -> (ContainerCreateBody, Vec<String>) {
+    /// The container of `spec`: image, command, environment, limits, labels; a code
+    /// function's code directory mounted from `code_dir` (the path the engine finds it at).
+    fn container_config(
+        &self,
+        spec: &InstanceSpec,
+        code_dir: &Path,
+    ) -> (ContainerCreateBody, Vec<String>) {
         let mut env: Vec<String> = Vec::with_capacity(spec.env.len() + 1);
         for (key, value) in &spec.env {
             let value = match key.as_str() {
@@ -757,7 +861,7 @@ impl Docker {
                 body.image = Some(self.runtime_image.clone());
                 body.entrypoint = Some(vec![bootstrap.clone()]);
                 body.working_dir = Some(CODE_ROOT.into());
-                host.binds = Some(vec![format!("{}:{CODE_ROOT}:ro", spec.code_dir.display())]);
+                host.binds = Some(vec![format!("{}:{CODE_ROOT}:ro", code_dir.display())]);
                 vec![bootstrap]
             }
         };
@@ -794,7 +898,13 @@ impl Docker {
         self.ensure_image(image, spec.init_timeout)
             .await
             .map_err(StartFailure::before_spawn)?;
-        let (body, command) = self.container_config(spec);
+        let code_dir = match spec.image {
+            Some(_) => spec.code_dir.clone(),
+            None => self
+                .code_dir_on_engine(&spec.code_dir)
+                .map_err(StartFailure::before_spawn)?,
+        };
+        let (body, command) = self.container_config(spec, &code_dir);
         let mut options = CreateContainerOptionsBuilder::new();
         if !spec.request_id.is_empty() {
             options = options.name(&format!("scfsim-{}", spec.request_id));
@@ -943,6 +1053,22 @@ impl Drop for Container {
             });
         }
     }
+}
+
+/// The id of the container this process runs in, if any: Docker bind-mounts the container's
+/// own `/etc/hostname` from `…/containers/ID/hostname` of its data root.
+fn own_container_id() -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        if mount_point != "/etc/hostname" {
+            return None;
+        }
+        let id = root.split("/containers/").nth(1)?.split('/').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
 }
 
 /// The network namespace of container `container_id`, through its init process `pid`.
