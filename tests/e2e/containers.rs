@@ -134,14 +134,12 @@ async fn serve(config: &str, env: Vec<(String, String)>) -> (Scfsim, tempfile::T
 
 /// Ids of the containers (running or not) with this label.
 fn containers_labelled(label: &str) -> Vec<String> {
-    let out = docker(&[
-        "ps",
-        "--all",
-        "--quiet",
-        "--no-trunc",
-        "--filter",
-        &format!("label={label}"),
-    ]);
+    containers_filtered(&format!("label={label}"))
+}
+
+/// Ids of the containers (running or not) that `docker ps --filter FILTER` lists.
+fn containers_filtered(filter: &str) -> Vec<String> {
+    let out = docker(&["ps", "--all", "--quiet", "--no-trunc", "--filter", filter]);
     assert!(out.status.success(), "docker ps: {}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -149,8 +147,10 @@ fn containers_labelled(label: &str) -> Vec<String> {
         .collect()
 }
 
+/// The container of a request: named `scfsim-REQUEST_ID` (a stocked container gets the name
+/// when it starts; only one created for its request also has the request id as a label).
 fn container_of(request_id: &str) -> Vec<String> {
-    containers_labelled(&format!("io.scfsim.request-id={request_id}"))
+    containers_filtered(&format!("name=scfsim-{request_id}"))
 }
 
 /// The HTTP status and body of an upgrade that scfsim refuses.
@@ -322,20 +322,7 @@ async fn an_image_that_never_listens_is_446() {
     assert_eq!(record["status_code"], 446, "{record:#}");
     assert_eq!(record["end_reason"], "not_listening", "{record:#}");
     // Its container is gone too.
-    let run_containers = containers_labelled("io.scfsim.function=deaf");
-    let ours: Vec<_> = run_containers
-        .iter()
-        .filter(|id| {
-            let out = docker(&[
-                "inspect",
-                "-f",
-                "{{index .Config.Labels \"io.scfsim.request-id\"}}",
-                id,
-            ]);
-            String::from_utf8_lossy(&out.stdout).trim()
-                == record["request_id"].as_str().unwrap_or("")
-        })
-        .collect();
+    let ours = container_of(record["request_id"].as_str().unwrap_or("no request id"));
     assert!(ours.is_empty(), "left behind: {ours:?}");
 }
 
@@ -691,8 +678,8 @@ async fn the_tcp_engine_path_with_tls() {
     client.expect_text("over tcp and tls").await;
     client.send_binary(vec![9, 0, 255]).await;
     client.expect_binary(&[9, 0, 255]).await;
-    let label = format!("io.scfsim.request-id={}", client.request_id);
-    let remote = engine.containers_labelled(&label);
+    let label = format!("name=scfsim-{}", client.request_id);
+    let remote = engine.containers_filtered(&label);
     assert_eq!(remote.len(), 1, "on the second engine: {remote:?}");
     assert!(
         container_of(&client.request_id).is_empty(),
@@ -714,7 +701,7 @@ async fn the_tcp_engine_path_with_tls() {
         "the container removed from the second engine",
         PATIENCE,
         || async {
-            let left = engine.containers_labelled(&label);
+            let left = engine.containers_filtered(&label);
             if left.is_empty() {
                 Ok(())
             } else {
@@ -725,4 +712,102 @@ async fn the_tcp_engine_path_with_tls() {
     .await;
     drop(scfsim);
     drop(engine);
+}
+
+/// The run id scfsim's startup log names (`containers: run RUN`).
+fn run_of(scfsim: &Scfsim) -> String {
+    let log = scfsim.log();
+    log.split("containers: run ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `containers: run` line in the log:\n{log}"))
+        .to_string()
+}
+
+/// `container_stock`: containers created ahead of demand (bounded by max_instances), taken by
+/// a connection that only starts one, refilled after, and removed when scfsim stops.
+#[tokio::test]
+async fn a_stock_of_created_containers_is_taken_refilled_and_removed_at_shutdown() {
+    let image = fixture_image();
+    let config = image_function(
+        "stocked",
+        image,
+        &[
+            ("container_stock", "3".into()),
+            ("max_instances", "2".into()),
+        ],
+    );
+    let (scfsim, _dir) = serve(&config, vec![]).await;
+    let run = format!("io.scfsim.run={}", run_of(&scfsim));
+    let stock = || {
+        let created = containers_filtered("status=created");
+        let mut ours = containers_labelled(&run);
+        ours.retain(|id| created.contains(id));
+        ours.sort();
+        ours
+    };
+
+    // The first connection's container is made for it; the stock fills behind it, to
+    // max_instances (2), not container_stock (3).
+    let mut first = scfsim.connect("/stocked").await;
+    first.send_text("one").await;
+    first.expect_text("one").await;
+    let before: Vec<String> = eventually("the stock filled", PATIENCE, || async {
+        let now = stock();
+        if now.len() == 2 {
+            Ok(now)
+        } else {
+            Err(format!("stock: {now:?}"))
+        }
+    })
+    .await;
+    first.close(1000, "").await;
+    scfsim.record(&first.request_id).await;
+
+    // The next connection starts one of them: a container that existed before it connected.
+    let mut second = scfsim.connect("/stocked").await;
+    second.send_text("two").await;
+    second.expect_text("two").await;
+    let used = container_of(&second.request_id);
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert!(
+        before.contains(&used[0]),
+        "the connection's container {} was not in the stock {before:?}",
+        used[0]
+    );
+    let state = docker(&["inspect", "-f", "{{.State.Status}}", &used[0]]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "running");
+
+    // Refilled, never beyond max_instances.
+    let after: Vec<String> = eventually("the stock refilled", PATIENCE, || async {
+        let now = stock();
+        assert!(now.len() <= 2, "stock beyond max_instances: {now:?}");
+        if now.len() == 2 && !now.contains(&used[0]) {
+            Ok(now)
+        } else {
+            Err(format!("stock: {now:?}"))
+        }
+    })
+    .await;
+    assert!(!after.contains(&used[0]));
+    second.close(1000, "").await;
+    let record = scfsim.record(&second.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    let lines = scfsim.log_lines(&second.request_id).await;
+    assert!(
+        lines.iter().any(|l| l.contains("fixture: listening")),
+        "the stocked container's output is kept under the request id: {lines:?}"
+    );
+
+    // Stopping scfsim removes its stock with everything else.
+    drop(scfsim);
+    eventually("no container of the run left", PATIENCE, || async {
+        let left = containers_labelled(&run);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
+    })
+    .await;
 }

@@ -388,6 +388,7 @@ impl Invocation {
             function: self.function.name.clone(),
             request_id: self.request_id.to_string(),
             max_instances: self.function.max_instances,
+            container_stock: self.function.container_stock,
         };
         tokio::select! {
             started = self.gateway.launcher.start(&spec) => {

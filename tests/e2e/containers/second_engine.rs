@@ -252,16 +252,9 @@ impl SecondEngine {
         );
     }
 
-    /// Ids of this engine's containers (running or not) with this label.
-    pub fn containers_labelled(&self, label: &str) -> Vec<String> {
-        let out = self.docker(&[
-            "ps",
-            "--all",
-            "--quiet",
-            "--no-trunc",
-            "--filter",
-            &format!("label={label}"),
-        ]);
+    /// Ids of this engine's containers (running or not) that `docker ps --filter FILTER` lists.
+    pub fn containers_filtered(&self, filter: &str) -> Vec<String> {
+        let out = self.docker(&["ps", "--all", "--quiet", "--no-trunc", "--filter", filter]);
         assert!(out.success(), "docker ps: {}", out.stderr);
         out.stdout.lines().map(str::to_string).collect()
     }

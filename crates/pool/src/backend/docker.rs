@@ -277,6 +277,13 @@ pub(crate) struct Docker {
     present: Mutex<HashSet<String>>,
     /// Images whose containers cannot show their sockets (no `cat`): see [`PROXY_HOLD`].
     no_cat: Mutex<HashSet<String>>,
+    /// Containers created ahead of demand, per function (`container_stock`). They carry this
+    /// run's labels (so the reaper and a later scfsim's leftover removal find them) but no
+    /// request id: a label cannot change after create, so a stocked container gets its
+    /// request's name, `scfsim-REQUEST_ID`, when it starts.
+    stock: Arc<Mutex<HashMap<String, FunctionStock>>>,
+    /// Stock containers made so far: their names.
+    stocked: std::sync::atomic::AtomicU64,
     /// When scfsim itself runs in a container of its (local) engine, e.g. compose with the
     /// engine's socket mounted: that container's bind mounts, (path in it, path on the
     /// engine's host), longest first. A code directory is mounted into an instance by its
@@ -297,6 +304,18 @@ struct OwnMounts {
 pub(crate) struct Prepared {
     container: Container,
     command: Vec<String>,
+    /// A stocked container's name for its request, given when it starts.
+    rename: Option<String>,
+}
+
+/// One function's containers created ahead of demand.
+#[derive(Default)]
+struct FunctionStock {
+    /// What they were created from (see [`Docker::take_stocked`]).
+    fingerprint: String,
+    ready: Vec<Container>,
+    /// Being created.
+    creating: u32,
 }
 
 /// One container: removed when dropped unless [`Container::remove`] ran.
@@ -381,6 +400,8 @@ impl Docker {
             details: Vec::new(),
             present: Mutex::new(HashSet::new()),
             no_cat: Mutex::new(HashSet::new()),
+            stock: Arc::new(Mutex::new(HashMap::new())),
+            stocked: std::sync::atomic::AtomicU64::new(0),
             own_mounts: None,
             oom_flags: Arc::new(Mutex::new(HashMap::new())),
             events: None,
@@ -654,7 +675,9 @@ impl Docker {
             self.engine
                 .connect_network(&network, request)
                 .await
-                .map_err(|e| self.engine_failed("joining scfsim's own container to its network", e))?;
+                .map_err(|e| {
+                    self.engine_failed("joining scfsim's own container to its network", e)
+                })?;
         }
         let mut binds: Vec<(PathBuf, PathBuf)> = me
             .mounts
@@ -807,15 +830,12 @@ impl Docker {
         if let Some(host) = &self.host_address {
             env.push(format!("SCFSIM_HOST={host}"));
         }
-        let mut labels = HashMap::from([
+        let labels = HashMap::from([
             (LABEL_RUN.to_string(), self.run.clone()),
             (LABEL_OWNER.to_string(), self.owner.clone()),
             (LABEL_PROCESS.to_string(), self.process.clone()),
             (LABEL_FUNCTION.to_string(), spec.function.clone()),
         ]);
-        if !spec.request_id.is_empty() {
-            labels.insert(LABEL_REQUEST.to_string(), spec.request_id.clone());
-        }
         let memory = spec.memory_mb.map(|mb| i64::from(mb) << 20);
         let mut host = HostConfig {
             readonly_rootfs: Some(true),
@@ -889,8 +909,12 @@ impl Docker {
         (body, command)
     }
 
-    /// Creates the container and attaches to its output before it starts.
-    async fn create(&self, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
+    /// The image of `spec` on the engine, and the container to create for it (without the
+    /// request id: see [`Docker::create`]) with the command it runs.
+    async fn plan(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Result<(ContainerCreateBody, Vec<String>), StartFailure> {
         let image = spec
             .image
             .as_ref()
@@ -904,64 +928,205 @@ impl Docker {
                 .code_dir_on_engine(&spec.code_dir)
                 .map_err(StartFailure::before_spawn)?,
         };
-        let (body, command) = self.container_config(spec, &code_dir);
-        let mut options = CreateContainerOptionsBuilder::new();
+        Ok(self.container_config(spec, &code_dir))
+    }
+
+    /// Creates the container of `spec` for its request (named and labelled with the request
+    /// id) and attaches to its output before it starts.
+    async fn create(
+        &self,
+        spec: &InstanceSpec,
+        mut body: ContainerCreateBody,
+        command: Vec<String>,
+    ) -> Result<Prepared, StartFailure> {
+        let mut name = None;
         if !spec.request_id.is_empty() {
-            options = options.name(&format!("scfsim-{}", spec.request_id));
+            if let Some(labels) = body.labels.as_mut() {
+                labels.insert(LABEL_REQUEST.to_string(), spec.request_id.clone());
+            }
+            name = Some(format!("scfsim-{}", spec.request_id));
         }
-        let created = match self
-            .engine
-            .create_container(Some(options.build()), body)
-            .await
-        {
-            Ok(created) => created,
-            Err(EngineError::DockerResponseServerError {
-                status_code: 404,
-                message,
-            }) => {
+        let image = body.image.clone().unwrap_or_default();
+        match create_container(&self.engine, &self.oom_flags, body, name).await {
+            Ok(container) => Ok(Prepared {
+                container,
+                command,
+                rename: None,
+            }),
+            Err(Refused::ImageMissing(message)) => {
                 // Removed from the engine since it was seen: pulled next time.
                 self.present
                     .lock()
                     .expect("image set poisoned")
-                    .remove(image);
-                return Err(StartFailure::before_spawn(StartFailureKind::ImagePull {
-                    image: image.to_string(),
+                    .remove(&image);
+                Err(StartFailure::before_spawn(StartFailureKind::ImagePull {
+                    image,
                     source: message.into(),
-                }));
+                }))
             }
-            Err(e) => {
-                return Err(StartFailure::before_spawn(StartFailureKind::internal(
-                    "creating the instance's container",
-                    e,
-                )))
-            }
-        };
-        let oom = Arc::new(AtomicBool::new(false));
-        self.oom_flags
-            .lock()
-            .expect("oom flags poisoned")
-            .insert(created.id.clone(), oom.clone());
-        let mut container = Container {
-            engine: self.engine.clone(),
-            id: created.id,
-            output: OutputLog::default(),
-            readers: Vec::new(),
-            output_done: watch::channel(false).1,
-            oom,
-            oom_flags: Arc::downgrade(&self.oom_flags),
-            removed: false,
-        };
-        if let Err(e) = container.attach().await {
-            let output = container.remove().await;
-            return Err(StartFailure {
-                kind: StartFailureKind::internal("attaching to the container's output", e),
+            Err(Refused::Other {
+                what,
+                source,
+                output,
+            }) => Err(StartFailure {
+                kind: StartFailureKind::internal(what, source),
                 pid: None,
                 exit: None,
                 output,
+            }),
+        }
+    }
+
+    /// A container of `spec` from its function's stock, if one is ready, renamed for the
+    /// request when it starts; the stock refilled in the background. `None`: none ready (or no
+    /// stock for this function).
+    fn take_stocked(
+        &self,
+        spec: &InstanceSpec,
+        body: &ContainerCreateBody,
+        command: &[String],
+    ) -> Option<Prepared> {
+        // A debug-mode instance is made for its debugger; never stocked.
+        let target = match spec.debug {
+            Some(_) => 0,
+            None => spec.container_stock.min(spec.max_instances),
+        };
+        if target == 0 {
+            return None;
+        }
+        // What the containers are made from (the rest of their configuration is scfsim's
+        // own), as text: a changed function does not get containers made for the old one.
+        let fingerprint = format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            spec.image, spec.env, spec.memory_mb, spec.code_dir, spec.bootstrap
+        );
+        let (taken, stale) = {
+            let mut stock = self.stock.lock().expect("stock poisoned");
+            let function = stock.entry(spec.function.clone()).or_default();
+            let stale = if function.fingerprint != fingerprint {
+                function.fingerprint = fingerprint.clone();
+                std::mem::take(&mut function.ready)
+            } else {
+                Vec::new()
+            };
+            (function.ready.pop(), stale)
+        };
+        // Dropped outside the lock: each removes its container in the background.
+        drop(stale);
+        self.refill(&spec.function, body, fingerprint, target);
+        let container = taken?;
+        Some(Prepared {
+            container,
+            command: command.to_vec(),
+            rename: (!spec.request_id.is_empty()).then(|| format!("scfsim-{}", spec.request_id)),
+        })
+    }
+
+    /// Creates what `function`'s stock lacks to hold `target` containers of `body`, each in a
+    /// task of its own: no connection waits for them.
+    fn refill(&self, function: &str, body: &ContainerCreateBody, fingerprint: String, target: u32) {
+        let missing = {
+            let mut stock = self.stock.lock().expect("stock poisoned");
+            let entry = stock.entry(function.to_string()).or_default();
+            let have = entry.ready.len() as u32 + entry.creating;
+            let missing = target.saturating_sub(have);
+            entry.creating += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let n = self.stocked.fetch_add(1, Ordering::Relaxed);
+            let name = format!("scfsim-stock-{}-{n}", self.run);
+            let (engine, oom_flags, stock) = (
+                self.engine.clone(),
+                self.oom_flags.clone(),
+                Arc::downgrade(&self.stock),
+            );
+            let (body, fingerprint, function) =
+                (body.clone(), fingerprint.clone(), function.to_string());
+            tokio::spawn(async move {
+                let made = create_container(&engine, &oom_flags, body, Some(name)).await;
+                let Some(stock) = stock.upgrade() else {
+                    return; // scfsim is ending: a made container drops (and goes) here.
+                };
+                let mut stock = stock.lock().expect("stock poisoned");
+                let entry = stock.entry(function).or_default();
+                entry.creating = entry.creating.saturating_sub(1);
+                match made {
+                    Ok(container) if entry.fingerprint == fingerprint => {
+                        entry.ready.push(container)
+                    }
+                    // Made for a function that changed meanwhile: dropped, so removed.
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(%err, "creating a stock container"),
+                }
             });
         }
-        Ok(Prepared { container, command })
     }
+}
+
+/// Why the engine did not create a container.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("the image is not on the engine: {0}")]
+    ImageMissing(String),
+    #[error("{what}: {source}")]
+    Other {
+        what: &'static str,
+        source: EngineError,
+        output: CapturedOutput,
+    },
+}
+
+/// Creates a container of `body` (named `name`, else as the engine chooses) and attaches to its
+/// output before it starts.
+async fn create_container(
+    engine: &bollard::Docker,
+    oom_flags: &Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    body: ContainerCreateBody,
+    name: Option<String>,
+) -> Result<Container, Refused> {
+    let mut options = CreateContainerOptionsBuilder::new();
+    if let Some(name) = &name {
+        options = options.name(name);
+    }
+    let created = match engine.create_container(Some(options.build()), body).await {
+        Ok(created) => created,
+        Err(EngineError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        }) => return Err(Refused::ImageMissing(message)),
+        Err(source) => {
+            return Err(Refused::Other {
+                what: "creating the instance's container",
+                source,
+                output: CapturedOutput::default(),
+            })
+        }
+    };
+    let oom = Arc::new(AtomicBool::new(false));
+    oom_flags
+        .lock()
+        .expect("oom flags poisoned")
+        .insert(created.id.clone(), oom.clone());
+    let mut container = Container {
+        engine: engine.clone(),
+        id: created.id,
+        output: OutputLog::default(),
+        readers: Vec::new(),
+        output_done: watch::channel(false).1,
+        oom,
+        oom_flags: Arc::downgrade(oom_flags),
+        removed: false,
+    };
+    if let Err(source) = container.attach().await {
+        let output = container.remove().await;
+        return Err(Refused::Other {
+            what: "attaching to the container's output",
+            source,
+            output,
+        });
+    }
+    Ok(container)
 }
 
 impl Container {
@@ -1295,7 +1460,11 @@ impl Backend for Docker {
     }
 
     async fn prepare(&self, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
-        self.create(spec).await
+        let (body, command) = self.plan(spec).await?;
+        match self.take_stocked(spec, &body, &command) {
+            Some(prepared) => Ok(prepared),
+            None => self.create(spec, body, command).await,
+        }
     }
 
     async fn start(
@@ -1307,14 +1476,30 @@ impl Backend for Docker {
         let Prepared {
             mut container,
             command,
+            rename,
         } = prepared;
         let image = spec
             .image
             .as_ref()
             .map_or(self.runtime_image.clone(), |i| i.image.clone());
-        let started =
-            tokio::time::timeout_at(deadline, self.engine.start_container(&container.id, None))
-                .await;
+        // A stocked container gets its request's name as it starts, in parallel.
+        let renamed = async {
+            match &rename {
+                Some(name) => {
+                    let options =
+                        bollard::query_parameters::RenameContainerOptions { name: name.clone() };
+                    self.engine.rename_container(&container.id, options).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (started, renamed) = tokio::join!(
+            tokio::time::timeout_at(deadline, self.engine.start_container(&container.id, None)),
+            renamed
+        );
+        if let Err(err) = renamed {
+            tracing::warn!(container = %container.id, "naming a stock container for its request: {err}");
+        }
         let kind = match started {
             Ok(Ok(())) => None,
             // The engine could not exec the command: the function's command or args (or
