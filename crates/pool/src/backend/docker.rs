@@ -1716,7 +1716,54 @@ impl Drop for Docker {
         if let Some(events) = &self.events {
             events.abort();
         }
+        // The stock is removed here and now, not by tasks of a runtime that is ending, nor only
+        // by the reaper: in a container (compose), the reaper dies with scfsim's container.
+        let ids: Vec<String> = self
+            .stock
+            .lock()
+            .map(|mut stock| {
+                stock
+                    .drain()
+                    .flat_map(|(_, function)| function.ready)
+                    .map(|mut container| {
+                        container.removed = true;
+                        container.id.clone()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            remove_now(ids, STOCK_REMOVAL);
+        }
     }
+}
+
+/// How long scfsim's end may wait for its stock containers' removal.
+const STOCK_REMOVAL: Duration = Duration::from_secs(10);
+
+/// Removes containers `ids` from a thread of its own (with a runtime and an engine client of its
+/// own: the caller may be a runtime that is ending), waiting at most `bound`.
+fn remove_now(ids: Vec<String>, bound: Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(async {
+                let Ok(mut engine) = engine_from_env() else {
+                    return;
+                };
+                if engine.negotiate().await.is_err() {
+                    return;
+                }
+                let removals = ids.iter().map(|id| remove(&engine.client, id));
+                futures_util::future::join_all(removals).await;
+            });
+        }
+        let _ = done.send(());
+    });
+    let _ = finished.recv_timeout(bound);
 }
 
 /// Needs root and a local Docker engine with scfsim's runtime image
