@@ -62,6 +62,12 @@ impl Checker<'_> {
         let container_stock = match raw.container_stock {
             // 0 is allowed: no stock.
             Some(0) => 0,
+            Some(v) if v < 0 => {
+                return Err(self.invalid(
+                    at("container_stock"),
+                    format!("got {v}; must be 0 (no stock) or more"),
+                ))
+            }
             Some(v) => self.count_u32(&at("container_stock"), v, None)?,
             None => CONTAINER_STOCK_DEFAULT,
         };
