@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the container setup without a Docker engine:
-#   1. docker-compose.yml against the Compose Specification's JSON schema (the copy vendored in
+#   1. docker-compose.yml and docker-compose.docker.yml against the Compose Specification's JSON schema (the copy vendored in
 #      check-jsonschema as `vendor.compose-spec`: no download at check time);
-#   2. every local path it references (build context, Dockerfile, bind-mount sources) and every
+#   2. every local path they reference (build context, Dockerfile, bind-mount sources) and every
 #      path the Dockerfile COPYs from the build context exists, and none is excluded by
 #      .dockerignore;
 #   3. the Dockerfile with hadolint, and scripts/docker-*.sh and this script with shellcheck.
@@ -27,11 +27,13 @@ fi
 cd "$root"
 status=0
 
-echo "== docker-compose.yml: Compose Specification schema"
-"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml || status=1
+compose_files=(docker-compose.yml docker-compose.docker.yml)
+echo "== ${compose_files[*]}: Compose Specification schema"
+"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec "${compose_files[@]}" || status=1
 
-echo "== docker-compose.yml and Dockerfile: referenced paths"
-"$venv/bin/python" - <<'EOF' || status=1
+for compose_file in "${compose_files[@]}"; do
+echo "== $compose_file and Dockerfile: referenced paths"
+COMPOSE_FILE_CHECKED="$compose_file" "$venv/bin/python" - <<'EOF' || status=1
 import fnmatch
 import os
 import shlex
@@ -82,7 +84,7 @@ def ignored(path, patterns):
     return out
 
 
-compose = YAML(typ="safe").load(open("docker-compose.yml"))
+compose = YAML(typ="safe").load(open(os.environ["COMPOSE_FILE_CHECKED"]))
 for name, service in (compose.get("services") or {}).items():
     build = service.get("build")
     if build is not None:
@@ -131,6 +133,7 @@ if errors:
     sys.exit(1)
 print("ok: every referenced path exists")
 EOF
+done
 
 echo "== Dockerfile: hadolint"
 "$venv/bin/hadolint" Dockerfile && echo "ok" || status=1

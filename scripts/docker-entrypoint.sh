@@ -71,7 +71,18 @@ for arg in "$@"; do
     esac
 done
 
-if [ "$1" = serve ]; then
+# With --isolation docker (docker-compose.docker.yml) instances are the engine's containers:
+# scfsim makes no cgroups here, and the container has no SYS_ADMIN to remount them.
+isolation=
+previous=
+for arg in "$@"; do
+    case "$previous/$arg" in
+    --isolation/*) isolation="$arg" ;;
+    */--isolation=*) isolation="${arg#--isolation=}" ;;
+    esac
+    previous="$arg"
+done
+if [ "$1" = serve ] && [ "$isolation" != docker ]; then
     writable_cgroups
 fi
 

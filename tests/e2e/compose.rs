@@ -76,6 +76,8 @@ fn compose_tool() -> Vec<String> {
 /// One Compose project of this test's own; `down -v` when dropped.
 struct Project {
     tool: Vec<String>,
+    /// The compose file, relative to the repository's root.
+    file: &'static str,
     name: String,
     root: PathBuf,
     ws_port: u16,
@@ -84,7 +86,7 @@ struct Project {
 }
 
 impl Project {
-    fn new(tool: Vec<String>) -> Project {
+    fn new(tool: Vec<String>, file: &'static str, variant: Variant) -> Project {
         let name = format!(
             "scfsim-e2e-{}-{}",
             std::process::id(),
@@ -92,9 +94,10 @@ impl Project {
         );
         let root = repo_root();
         let config = tempfile::tempdir().expect("temp config dir");
-        write_config(config.path(), &root);
+        write_config(config.path(), &root, variant);
         Project {
             tool,
+            file,
             name,
             root,
             ws_port: scfsim_e2e::free_port(),
@@ -106,7 +109,7 @@ impl Project {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.tool[0]);
         cmd.args(&self.tool[1..])
-            .args(["-f", "docker-compose.yml", "-p", &self.name])
+            .args(["-f", self.file, "-p", &self.name])
             .args(args)
             .current_dir(&self.root)
             .env("SCFSIM_WS_PORT", self.ws_port.to_string())
@@ -282,9 +285,18 @@ async fn docker(args: &[&str]) -> BoundedOutput {
         .expect("command runner")
 }
 
+/// Which compose file's instances a config is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// docker-compose.yml: instances in namespaces and cgroups of scfsim's container.
+    Namespaces,
+    /// docker-compose.docker.yml: instances as sibling containers (scfsim-runtime:bookworm).
+    Siblings,
+}
+
 /// The repository's config/scfsim.toml and one more function, `/hog`: it prints its memory
 /// cgroup's limit, then allocates 400 MiB over its memory_mb of 128.
-fn write_config(dir: &Path, root: &Path) {
+fn write_config(dir: &Path, root: &Path, variant: Variant) {
     let mut toml =
         std::fs::read_to_string(root.join("config/scfsim.toml")).expect("config/scfsim.toml");
     toml.push_str(
@@ -308,10 +320,34 @@ fi
 (sleep 0.5; exec python3 -c "a = b'x' * (400 * 1024 * 1024); import time; time.sleep(60)") &
 cd /srv/scfsim/examples/echo && exec python3 server.py
 "#;
+    // In its own container, the hog's memory cgroup is the container's, and the echo server is
+    // a copy in its code directory (only the code directory is mounted into it).
+    let sibling_bootstrap = r#"#!/bin/bash
+echo "memory.limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"
+(sleep 0.5; exec python3 -c "a = b'x' * (400 * 1024 * 1024); import time; time.sleep(60)") &
+exec python3 server.py
+"#;
+    let bootstrap = match variant {
+        Variant::Namespaces => bootstrap,
+        Variant::Siblings => {
+            std::fs::copy(root.join("examples/echo/server.py"), hog.join("server.py"))
+                .expect("copy the echo server");
+            sibling_bootstrap
+        }
+    };
     let path = hog.join("scf_bootstrap");
     std::fs::write(&path, bootstrap).expect("write hog bootstrap");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// How long `up --build` may take: [`BUILD_BOUND`], or SCFSIM_E2E_COMPOSE_BUILD_TIMEOUT.
+fn build_bound() -> Duration {
+    std::env::var("SCFSIM_E2E_COMPOSE_BUILD_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(BUILD_BOUND)
 }
 
 /// Echo one text message, close 1000.
@@ -353,12 +389,8 @@ fn start_time(stat: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
     let tool = compose_tool();
-    let project = Project::new(tool);
-    let build_bound = std::env::var("SCFSIM_E2E_COMPOSE_BUILD_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(BUILD_BOUND);
+    let project = Project::new(tool, "docker-compose.yml", Variant::Namespaces);
+    let build_bound = build_bound();
 
     eprintln!(
         "compose: `{}` project {} (ws 127.0.0.1:{}, admin 127.0.0.1:{}): up --build",
@@ -556,4 +588,165 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
             "process {pid} of the container is still running after down: {stat}"
         );
     }
+}
+
+/// Removes the sibling containers of one scfsim run when dropped (a failed test's leftovers;
+/// a passing test has checked there are none).
+struct SiblingsOf(String);
+
+impl Drop for SiblingsOf {
+    fn drop(&mut self) {
+        let label = format!("label=io.scfsim.run={}", self.0);
+        let listed = run_bounded(
+            Command::new("docker").args(["ps", "-aq", "--filter", &label]),
+            COMMAND_BOUND,
+        );
+        for id in listed.stdout.split_whitespace() {
+            let _ = run_bounded(Command::new("docker").args(["rm", "-f", id]), COMMAND_BOUND);
+        }
+    }
+}
+
+/// docker-compose.docker.yml: scfsim without privileges, its instances sibling containers on
+/// the host's engine through the mounted socket.
+///
+/// 1. `up --build`: healthy, with no added capability and no seccomp/AppArmor change, and
+///    `isolation = "docker"` in force;
+/// 2. `/echo` and `/python` echo (code from the mounted examples, mounted by the engine from
+///    the host's path), each in a container of its own on the host's engine with memory_mb as
+///    its limit; 200 from the admin API;
+/// 3. over memory_mb: 434, the engine's limit seen inside;
+/// 4. `down -v` with an instance running: 1001 to the client, and no container of scfsim's run
+///    is left on the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_compose_without_privileges_runs_instances_as_sibling_containers() {
+    let tool = compose_tool();
+    let runtime = docker(&["image", "inspect", "scfsim-runtime:bookworm"]).await;
+    assert!(
+        runtime.success(),
+        "the runtime image scfsim-runtime:bookworm is not on the engine: \
+         scripts/docker-runtime-images.sh makes it\n{runtime}"
+    );
+    let project = Project::new(tool, "docker-compose.docker.yml", Variant::Siblings);
+    eprintln!(
+        "compose (siblings): `{}` project {} (ws 127.0.0.1:{}, admin 127.0.0.1:{}): up --build",
+        project.tool.join(" "),
+        project.name,
+        project.ws_port,
+        project.admin_port
+    );
+    let up = project.run(&["up", "--build", "-d"], build_bound()).await;
+    if !up.success() {
+        panic!(
+            "`{} -f docker-compose.docker.yml up --build -d` failed. Where no image registry \
+             is reachable, run scripts/docker-build-here.sh first.\n{up}\ncontainer log:\n{}",
+            project.tool.join(" "),
+            project.logs().await
+        );
+    }
+    project.wait_ready().await;
+    project.wait_healthy().await;
+
+    // 1. No privileges.
+    let container = project.container().await;
+    let privileges = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.Privileged}} {{json .HostConfig.CapAdd}} {{json .HostConfig.SecurityOpt}}",
+        &container,
+    ])
+    .await;
+    assert_eq!(
+        privileges.stdout.trim(),
+        "false null null",
+        "scfsim's container has privileges\n{privileges}"
+    );
+    let logs = project.logs().await;
+    assert!(
+        logs.contains("instance isolation: docker") || logs.contains("container instances"),
+        "scfsim in the container does not run instances as containers:\n{logs}"
+    );
+    let run = logs
+        .split("containers: run ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `containers: run` line in the log:\n{logs}"))
+        .to_string();
+    let _siblings = SiblingsOf(run.clone());
+    let run_label = format!("label=io.scfsim.run={run}");
+
+    // 2. Echo, each instance a sibling container with the engine's memory limit.
+    for path in ["/echo", "/python"] {
+        let mut client = project.connect(path).await;
+        client.send_text(&format!("hello {path}")).await;
+        client.expect_text(&format!("hello {path}")).await;
+        let label = format!("label=io.scfsim.request-id={}", client.request_id);
+        let sibling = docker(&["ps", "-q", "--filter", &label, "--filter", &run_label]).await;
+        let ids: Vec<&str> = sibling.stdout.split_whitespace().collect();
+        assert_eq!(ids.len(), 1, "{path}: one sibling container\n{sibling}");
+        if path == "/echo" {
+            let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", ids[0]]).await;
+            assert_eq!(
+                memory.stdout.trim(),
+                "134217728",
+                "{path}: memory_mb\n{memory}"
+            );
+        }
+        client.close(1000, "").await;
+        let record = project.record(&client.request_id).await;
+        assert_eq!(record["status_code"], 200, "{path}: {record:#}");
+    }
+
+    // 3. Over memory_mb: the engine's OOM kill, 434.
+    eprintln!("compose (siblings): memory_mb");
+    let mut hog = project.connect("/hog").await;
+    let (code, reason) = hog.expect_close().await;
+    assert_eq!((code, reason.contains("memory")), (1011, true), "{reason}");
+    let record = project.record(&hog.request_id).await;
+    assert_eq!(record["status_code"], 434, "{record:#}");
+    assert_eq!(record["end_reason"], "memory_limit", "{record:#}");
+    let hog_logs = project
+        .get(&format!("/api/invocations/{}/logs", hog.request_id))
+        .await
+        .expect("the hog's log");
+    let lines: Vec<&str> = hog_logs["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|l| l["line"].as_str())
+        .collect();
+    assert!(
+        lines.contains(&format!("memory.limit={}", 128 * 1024 * 1024).as_str()),
+        "the hog's container limit is not its memory_mb: {lines:?}"
+    );
+
+    // 4. Down with an instance running: no sibling left.
+    eprintln!("compose (siblings): down with an instance running");
+    let mut last = project.connect("/echo").await;
+    last.send_text("before down").await;
+    last.expect_text("before down").await;
+    let running = docker(&["ps", "-q", "--filter", &run_label]).await;
+    assert_eq!(
+        running.stdout.split_whitespace().count(),
+        1,
+        "the open connection's sibling\n{running}"
+    );
+    project
+        .ok(
+            &["down", "-v", "--remove-orphans", "-t", "30"],
+            COMMAND_BOUND,
+        )
+        .await;
+    let (code, _) = last.expect_close().await;
+    assert_eq!(code, 1001);
+    let left = docker(&["ps", "-aq", "--filter", &run_label]).await;
+    assert!(left.success(), "{left}");
+    assert_eq!(
+        left.stdout.trim(),
+        "",
+        "a sibling container of run {run} is left after down"
+    );
+    let label = format!("label=com.docker.compose.project={}", project.name);
+    let project_containers = docker(&["ps", "-aq", "--filter", &label]).await;
+    assert_eq!(project_containers.stdout.trim(), "", "{project_containers}");
 }

@@ -17,6 +17,9 @@ use scfsim_e2e::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "containers/second_engine.rs"]
+mod second_engine;
+
 /// The test image: the fixture (a multi-mode WebSocket server) on Debian's slim image, started
 /// as `scfsim-fixture echo` unless the function's command or args say otherwise.
 const FIXTURE_IMAGE: &str = "scfsim-e2e-fixture:latest";
@@ -131,14 +134,12 @@ async fn serve(config: &str, env: Vec<(String, String)>) -> (Scfsim, tempfile::T
 
 /// Ids of the containers (running or not) with this label.
 fn containers_labelled(label: &str) -> Vec<String> {
-    let out = docker(&[
-        "ps",
-        "--all",
-        "--quiet",
-        "--no-trunc",
-        "--filter",
-        &format!("label={label}"),
-    ]);
+    containers_filtered(&format!("label={label}"))
+}
+
+/// Ids of the containers (running or not) that `docker ps --filter FILTER` lists.
+fn containers_filtered(filter: &str) -> Vec<String> {
+    let out = docker(&["ps", "--all", "--quiet", "--no-trunc", "--filter", filter]);
     assert!(out.status.success(), "docker ps: {}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -146,8 +147,10 @@ fn containers_labelled(label: &str) -> Vec<String> {
         .collect()
 }
 
+/// The container of a request: named `scfsim-REQUEST_ID` (a stocked container gets the name
+/// when it starts; only one created for its request also has the request id as a label).
 fn container_of(request_id: &str) -> Vec<String> {
-    containers_labelled(&format!("io.scfsim.request-id={request_id}"))
+    containers_filtered(&format!("name=scfsim-{request_id}"))
 }
 
 /// The HTTP status and body of an upgrade that scfsim refuses.
@@ -319,20 +322,7 @@ async fn an_image_that_never_listens_is_446() {
     assert_eq!(record["status_code"], 446, "{record:#}");
     assert_eq!(record["end_reason"], "not_listening", "{record:#}");
     // Its container is gone too.
-    let run_containers = containers_labelled("io.scfsim.function=deaf");
-    let ours: Vec<_> = run_containers
-        .iter()
-        .filter(|id| {
-            let out = docker(&[
-                "inspect",
-                "-f",
-                "{{index .Config.Labels \"io.scfsim.request-id\"}}",
-                id,
-            ]);
-            String::from_utf8_lossy(&out.stdout).trim()
-                == record["request_id"].as_str().unwrap_or("")
-        })
-        .collect();
+    let ours = container_of(record["request_id"].as_str().unwrap_or("no request id"));
     assert!(ours.is_empty(), "left behind: {ours:?}");
 }
 
@@ -635,4 +625,189 @@ async fn scfsim_check_accepts_image_functions_and_rejects_mixed_ones() {
         "{}",
         output_text(&mixed)
     );
+}
+
+/// `DOCKER_HOST=tcp://` with TLS, as the Docker CLI reads it, against a second engine with
+/// certificates made here: a client whose `ca.pem` is another CA's is refused when `serve`
+/// starts (it sets the engine up then), naming `DOCKER_CERT_PATH`; with the right one an image
+/// function echoes through the port the engine publishes, and its container, on that engine
+/// only, is removed after.
+#[tokio::test]
+async fn the_tcp_engine_path_with_tls() {
+    let image = fixture_image();
+    let engine = second_engine::SecondEngine::start();
+    let config = image_function("echo", image, &[]);
+
+    // The wrong CA: scfsim serve ends at once with the reason.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("scfsim.toml");
+    std::fs::write(&path, &config).expect("config");
+    let refused = scfsim_e2e::run_bounded(
+        Command::new(scfsim_e2e::scfsim_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .envs(engine.env(&engine.wrong_ca_certs)),
+        PATIENCE,
+    );
+    assert!(
+        refused.status.is_some_and(|s| !s.success()),
+        "serve with a wrong CA: {refused}"
+    );
+    let wrong = engine.wrong_ca_certs.display().to_string();
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("DOCKER_CERT_PATH={wrong}"))
+            && refused.stderr.contains("TLS"),
+        "the error names the certificates: {refused}"
+    );
+
+    engine.load(image);
+    let (scfsim, _dir) = serve(&config, engine.env(&engine.client_certs)).await;
+    assert!(
+        scfsim.log().contains("port 9000 published on 127.0.0.1"),
+        "{}",
+        scfsim.log()
+    );
+    let mut client = scfsim.connect("/echo").await;
+    client.send_text("over tcp and tls").await;
+    client.expect_text("over tcp and tls").await;
+    client.send_binary(vec![9, 0, 255]).await;
+    client.expect_binary(&[9, 0, 255]).await;
+    let label = format!("name=scfsim-{}", client.request_id);
+    let remote = engine.containers_filtered(&label);
+    assert_eq!(remote.len(), 1, "on the second engine: {remote:?}");
+    assert!(
+        container_of(&client.request_id).is_empty(),
+        "nothing on the machine's engine"
+    );
+    let ports = engine.docker(&["port", &remote[0], "9000/tcp"]);
+    assert!(
+        ports.success() && !ports.stdout.trim().is_empty(),
+        "port 9000 published: {ports}"
+    );
+    client.close(1000, "bye").await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    assert_eq!(record["end_reason"], "client_closed", "{record:#}");
+    assert_eq!(record["messages_in"], 2, "{record:#}");
+    // Readiness came from the container's own sockets, not from the fallback that waits.
+    assert!(!scfsim.log().contains("has no `cat`"), "{}", scfsim.log());
+    eventually(
+        "the container removed from the second engine",
+        PATIENCE,
+        || async {
+            let left = engine.containers_filtered(&label);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still there: {left:?}"))
+            }
+        },
+    )
+    .await;
+    drop(scfsim);
+    drop(engine);
+}
+
+/// The run id scfsim's startup log names (`containers: run RUN`).
+fn run_of(scfsim: &Scfsim) -> String {
+    let log = scfsim.log();
+    log.split("containers: run ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `containers: run` line in the log:\n{log}"))
+        .to_string()
+}
+
+/// `container_stock`: containers created ahead of demand (bounded by max_instances), taken by
+/// a connection that only starts one, refilled after, and removed when scfsim stops.
+#[tokio::test]
+async fn a_stock_of_created_containers_is_taken_refilled_and_removed_at_shutdown() {
+    let image = fixture_image();
+    let config = image_function(
+        "stocked",
+        image,
+        &[
+            ("container_stock", "3".into()),
+            ("max_instances", "2".into()),
+        ],
+    );
+    let (scfsim, _dir) = serve(&config, vec![]).await;
+    let run = format!("io.scfsim.run={}", run_of(&scfsim));
+    let stock = || {
+        let created = containers_filtered("status=created");
+        let mut ours = containers_labelled(&run);
+        ours.retain(|id| created.contains(id));
+        ours.sort();
+        ours
+    };
+
+    // The first connection's container is made for it; the stock fills behind it, to
+    // max_instances (2), not container_stock (3).
+    let mut first = scfsim.connect("/stocked").await;
+    first.send_text("one").await;
+    first.expect_text("one").await;
+    let before: Vec<String> = eventually("the stock filled", PATIENCE, || async {
+        let now = stock();
+        if now.len() == 2 {
+            Ok(now)
+        } else {
+            Err(format!("stock: {now:?}"))
+        }
+    })
+    .await;
+    first.close(1000, "").await;
+    scfsim.record(&first.request_id).await;
+
+    // The next connection starts one of them: a container that existed before it connected.
+    let mut second = scfsim.connect("/stocked").await;
+    second.send_text("two").await;
+    second.expect_text("two").await;
+    let used = container_of(&second.request_id);
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert!(
+        before.contains(&used[0]),
+        "the connection's container {} was not in the stock {before:?}",
+        used[0]
+    );
+    let state = docker(&["inspect", "-f", "{{.State.Status}}", &used[0]]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "running");
+
+    // Refilled, never beyond max_instances.
+    let after: Vec<String> = eventually("the stock refilled", PATIENCE, || async {
+        let now = stock();
+        assert!(now.len() <= 2, "stock beyond max_instances: {now:?}");
+        if now.len() == 2 && !now.contains(&used[0]) {
+            Ok(now)
+        } else {
+            Err(format!("stock: {now:?}"))
+        }
+    })
+    .await;
+    assert!(!after.contains(&used[0]));
+    second.close(1000, "").await;
+    let record = scfsim.record(&second.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    let lines = scfsim.log_lines(&second.request_id).await;
+    assert!(
+        lines.iter().any(|l| l.contains("fixture: listening")),
+        "the stocked container's output is kept under the request id: {lines:?}"
+    );
+
+    // Stopping scfsim removes its stock with everything else.
+    drop(scfsim);
+    eventually("no container of the run left", PATIENCE, || async {
+        let left = containers_labelled(&run);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
+    })
+    .await;
 }

@@ -6,12 +6,15 @@
 //! - `connect`: a new connection (and instance) per client against the floor (the benchmark
 //!   spawning the same bootstrap itself) and websocketd.
 //! - `hold`: many simultaneous connections through scfsim; memory per connection.
+//! - `docker`: connect → first echo to an image function through scfsim, with and without a
+//!   stock of created containers, against the engine's own create + start + connect.
 //! - `suite`: all of them at standard sizes, then the goals of issue #7.
 //!
 //! Each scenario prints a markdown table and one JSON line (a line starting with `{`).
 
 mod client;
 mod connect;
+mod docker;
 mod echo;
 mod env;
 mod hold;
@@ -100,6 +103,26 @@ enum Command {
         /// Connections being opened at once.
         #[arg(long, short = 'c', default_value_t = 32)]
         concurrency: usize,
+    },
+    /// An image function (a new container per connection) through scfsim, without and with a
+    /// stock of created containers, against the engine's floor (create + start the same image
+    /// and connect to its port 9000). Needs the Docker engine and the image.
+    Docker {
+        /// An image whose server echoes on port 9000 (the e2e tests build
+        /// scfsim-e2e-fixture:latest).
+        #[arg(long, default_value = "scfsim-e2e-fixture:latest")]
+        image: String,
+        #[arg(long, short = 'n', default_value_t = 40)]
+        connections: usize,
+        #[arg(long, short = 'c', value_delimiter = ',', default_value = "1,8")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        #[arg(long, default_value_t = 4)]
+        warmup: usize,
+        /// `container_stock` of the stocked function.
+        #[arg(long, default_value_t = 8)]
+        stock: u32,
     },
     /// Every scenario at its standard size, then the goals.
     Suite {
@@ -237,6 +260,27 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
                 targets,
             };
             vec![connect::run(&env, &opts).await?]
+        }
+        Command::Docker {
+            image,
+            connections,
+            concurrency,
+            rounds,
+            warmup,
+            stock,
+        } => {
+            docker::run(
+                &tools,
+                &docker::Opts {
+                    image,
+                    connections,
+                    concurrency,
+                    rounds,
+                    warmup,
+                    stock,
+                },
+            )
+            .await?
         }
         Command::Hold {
             connections,

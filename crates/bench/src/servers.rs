@@ -14,7 +14,7 @@ use tempfile::TempDir;
 /// Keep scfsim's and nginx's temporary directories (config, data, logs) for inspection.
 pub static KEEP_DIRS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn temp_dir(prefix: &str) -> Result<TempDir> {
+pub fn temp_dir(prefix: &str) -> Result<TempDir> {
     let keep = KEEP_DIRS.load(std::sync::atomic::Ordering::Relaxed);
     let dir = tempfile::Builder::new()
         .prefix(prefix)
@@ -173,15 +173,8 @@ impl Scfsim {
         let code_dir = dir.path().join("functions/echo");
         std::fs::create_dir_all(&code_dir)?;
         let bootstrap = write_bootstrap(&code_dir, &tools.fixture)?;
-        let config = format!(
-            "relaxed_limits = true\n\n\
-             [gateway]\n\
-             data_dir = \"data\"\n\
-             max_total_instances = {max}\n\n\
-             [limits]\n\
-             rate_limit_action = \"off\"\n\
-             max_message_bytes = 262144\n\n\
-             [[functions]]\n\
+        let function = format!(
+            "[[functions]]\n\
              name = \"echo\"\n\
              path = \"/echo\"\n\
              code_dir = {code_dir:?}\n\
@@ -191,6 +184,27 @@ impl Scfsim {
             max = settings.max_instances,
             idle = settings.idle_timeout,
             code_dir = code_dir.display().to_string(),
+        );
+        Scfsim::serve(tools, dir, bootstrap, settings.max_instances, &function)
+    }
+
+    /// `scfsim serve` of these `[[functions]]` tables (`bootstrap` is only remembered).
+    pub fn serve(
+        tools: &Tools,
+        dir: TempDir,
+        bootstrap: PathBuf,
+        max_total_instances: u32,
+        functions: &str,
+    ) -> Result<Scfsim> {
+        let config = format!(
+            "relaxed_limits = true\n\n\
+             [gateway]\n\
+             data_dir = \"data\"\n\
+             max_total_instances = {max_total_instances}\n\n\
+             [limits]\n\
+             rate_limit_action = \"off\"\n\
+             max_message_bytes = 262144\n\n\
+             {functions}"
         );
         let config_path = dir.path().join("scfsim.toml");
         std::fs::write(&config_path, config)?;

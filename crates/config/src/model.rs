@@ -261,6 +261,9 @@ pub struct FunctionConfig {
     pub init_timeout: Duration,
     /// Concurrency quota (432 beyond it).
     pub max_instances: u32,
+    /// Container instances (image functions, `isolation = "docker"`): how many containers are
+    /// kept created, not started, ahead of demand; at most `max_instances`. 0: none.
+    pub container_stock: u32,
     /// Instance memory size (434 above it).
     pub memory_mb: u32,
     /// The function's own environment variables (built-ins are added by the pool).

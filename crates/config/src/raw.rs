@@ -144,6 +144,8 @@ pub(crate) struct RawFunction {
     pub init_timeout: Option<RawDuration>,
     /// Concurrency quota: at most this many live instances.
     pub max_instances: Option<i64>,
+    /// Containers created ahead of demand (container instances only).
+    pub container_stock: Option<i64>,
     /// Instance memory size in MB.
     pub memory_mb: Option<i64>,
     /// The function's own environment variables.

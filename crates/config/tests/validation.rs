@@ -195,6 +195,12 @@ fn cases() -> Vec<Case> {
             "functions.\"echo\".max_instances",
             &["at most 4294967295"],
         ),
+        always(
+            "",
+            "container_stock = -1",
+            "functions.\"echo\".container_stock",
+            &["got -1;", "0 (no stock) or more"],
+        ),
         always("", "memory_mb = 0", MEMORY, &["got 0;", "at least 1"]),
         always("", "memory_mb = -128", MEMORY, &["got -128;", "at least 1"]),
         always(

@@ -554,6 +554,7 @@ impl Invocation {
             function: self.function.name.clone(),
             request_id: self.request_id.to_string(),
             max_instances: self.function.max_instances,
+            container_stock: self.function.container_stock,
         };
         self.timeline.phase(|| {
             let what = match &self.function.image {

@@ -45,6 +45,9 @@ pub struct InstanceSpec {
     pub request_id: String,
     /// The function's concurrency quota: bounds what a backend prepares ahead for it.
     pub max_instances: u32,
+    /// How many containers a container backend keeps created ahead of demand for the function
+    /// (at most `max_instances`).
+    pub container_stock: u32,
     /// The whole environment; nothing of scfsim's own leaks in.
     pub env: Vec<(String, String)>,
     /// How long the bootstrap has to start listening on port 9000.

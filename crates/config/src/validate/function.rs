@@ -17,6 +17,7 @@ const EXECUTION_PLATFORM_MAX: Duration = Duration::from_secs(86_400);
 const INIT_DEFAULT: Duration = Duration::from_secs(60);
 const INIT_PLATFORM: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(300));
 const MAX_INSTANCES_DEFAULT: u32 = 100;
+const CONTAINER_STOCK_DEFAULT: u32 = 2;
 const MEMORY_DEFAULT: u32 = 128;
 const BOOTSTRAP_DEFAULT: &str = "scf_bootstrap";
 
@@ -58,6 +59,18 @@ impl Checker<'_> {
             Some(v) => self.count_u32(&at("max_instances"), v, None)?,
             None => MAX_INSTANCES_DEFAULT,
         };
+        let container_stock = match raw.container_stock {
+            // 0 is allowed: no stock.
+            Some(0) => 0,
+            Some(v) if v < 0 => {
+                return Err(self.invalid(
+                    at("container_stock"),
+                    format!("got {v}; must be 0 (no stock) or more"),
+                ))
+            }
+            Some(v) => self.count_u32(&at("container_stock"), v, None)?,
+            None => CONTAINER_STOCK_DEFAULT,
+        };
         let memory_mb = match raw.memory_mb {
             Some(v) => self.memory_mb(&at("memory_mb"), v)?,
             None => MEMORY_DEFAULT,
@@ -85,6 +98,7 @@ impl Checker<'_> {
             execution_timeout,
             init_timeout,
             max_instances,
+            container_stock,
             memory_mb,
             env: raw.env,
             limits,

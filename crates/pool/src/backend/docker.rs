@@ -100,9 +100,20 @@ pub(crate) const LABEL_FUNCTION: &str = "io.scfsim.function";
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// A published port on a remote engine accepts before the server in the container listens
-/// (the engine's userland proxy); it then closes the connection at once. A connection that
-/// stays open this long reached the server.
-const PUBLISHED_PORT_SETTLE: Duration = Duration::from_millis(20);
+/// (the engine's userland proxy accepts, dials the container, and closes the connection when
+/// that is refused), so an accepted connection says nothing. Whether the server listens is
+/// read from the container's own `/proc/net/tcp{,6}` through the engine ([`Docker::listens`]);
+/// this bounds one such look.
+const LISTEN_PROBE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// In an image without `cat`, where the container's sockets cannot be read: a connection to
+/// the published port counts once it stayed open this long, the engine's proxy having had the
+/// time to find nothing listening. Load can make the proxy slower than this: only a fallback.
+const PROXY_HOLD: Duration = Duration::from_millis(250);
+
+/// Port 9000 in `/proc/net/tcp`'s hexadecimal notation, and the LISTEN state.
+const PROC_NET_PORT: &str = ":2328";
+const PROC_NET_LISTEN: &str = "0A";
 
 /// Per-request timeout of the engine client, in seconds (streams are not bounded by it).
 const ENGINE_TIMEOUT: u64 = 120;
@@ -114,7 +125,7 @@ enum Endpoint {
     /// [`NETWORK`].
     Local,
     /// `tcp://HOST:PORT`: port 9000 is published on the engine's host.
-    Remote { host: String },
+    Remote { host: String, tls: bool },
 }
 
 /// The engine named by the environment, as the Docker CLI reads it.
@@ -160,14 +171,20 @@ pub(crate) fn engine_from_env() -> Result<EngineAddress, PoolError> {
         .trim_end_matches(']')
         .to_string();
     let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
-    let client = if tls {
+    if tls {
         let dir = match std::env::var("DOCKER_CERT_PATH") {
             Ok(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => std::env::var("HOME")
                 .map(|home| Path::new(&home).join(".docker"))
                 .unwrap_or_else(|_| PathBuf::from(".docker")),
         };
-        bollard::Docker::connect_with_ssl(
+        // Every message about this engine names the certificates, which are the usual
+        // suspect when it does not answer.
+        let shown = format!(
+            "{address} over TLS with ca.pem, cert.pem, key.pem from DOCKER_CERT_PATH={}",
+            dir.display()
+        );
+        let client = bollard::Docker::connect_with_ssl(
             &address,
             &dir.join("key.pem"),
             &dir.join("cert.pem"),
@@ -175,15 +192,24 @@ pub(crate) fn engine_from_env() -> Result<EngineAddress, PoolError> {
             ENGINE_TIMEOUT,
             version,
         )
-        .map_err(|e| failed("reading its TLS certificates (DOCKER_CERT_PATH)", e))?
-    } else {
-        bollard::Docker::connect_with_http(&address, ENGINE_TIMEOUT, version)
-            .map_err(|e| failed("connecting over TCP", e))?
-    };
+        .map_err(|e| PoolError::Engine {
+            engine: shown.clone(),
+            what: "reading its TLS certificates (set DOCKER_CERT_PATH to the directory with \
+                   ca.pem, cert.pem and key.pem)",
+            source: e.into(),
+        })?;
+        return Ok(EngineAddress {
+            client,
+            address: shown,
+            endpoint: Endpoint::Remote { host, tls: true },
+        });
+    }
+    let client = bollard::Docker::connect_with_http(&address, ENGINE_TIMEOUT, version)
+        .map_err(|e| failed("connecting over TCP", e))?;
     Ok(EngineAddress {
         client,
         address,
-        endpoint: Endpoint::Remote { host },
+        endpoint: Endpoint::Remote { host, tls: false },
     })
 }
 
@@ -196,12 +222,26 @@ impl EngineAddress {
             what,
             source: source.into(),
         };
-        let client = self.client.clone().negotiate_version().await.map_err(|e| {
-            failed(
-                "no answer (is dockerd running? scripts/docker-engine.sh starts one)",
-                e,
-            )
-        })?;
+        let no_answer = match self.endpoint {
+            Endpoint::Remote { tls: true, .. } => {
+                "no answer over TLS (is dockerd listening there with --tlsverify, and do ca.pem, \
+                 cert.pem and key.pem in DOCKER_CERT_PATH belong to it: ca.pem the CA that \
+                 signed its certificate, cert.pem a client certificate it trusts?)"
+            }
+            Endpoint::Remote { tls: false, .. } => {
+                "no answer (is dockerd listening there? An engine that wants TLS needs \
+                 DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)"
+            }
+            Endpoint::Local => {
+                "no answer (is dockerd running? scripts/docker-engine.sh starts one)"
+            }
+        };
+        let client = self
+            .client
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(|e| failed(no_answer, e))?;
         client.ping().await.map_err(|e| failed("ping", e))?;
         self.client = client;
         Ok(())
@@ -235,15 +275,47 @@ pub(crate) struct Docker {
     details: Vec<String>,
     /// Images known to be on the engine.
     present: Mutex<HashSet<String>>,
+    /// Images whose containers cannot show their sockets (no `cat`): see [`PROXY_HOLD`].
+    no_cat: Mutex<HashSet<String>>,
+    /// Containers created ahead of demand, per function (`container_stock`). They carry this
+    /// run's labels (so the reaper and a later scfsim's leftover removal find them) but no
+    /// request id: a label cannot change after create, so a stocked container gets its
+    /// request's name, `scfsim-REQUEST_ID`, when it starts.
+    stock: Arc<Mutex<HashMap<String, FunctionStock>>>,
+    /// Stock containers made so far: their names.
+    stocked: std::sync::atomic::AtomicU64,
+    /// When scfsim itself runs in a container of its (local) engine, e.g. compose with the
+    /// engine's socket mounted: that container's bind mounts, (path in it, path on the
+    /// engine's host), longest first. A code directory is mounted into an instance by its
+    /// path on the engine's host.
+    own_mounts: Option<OwnMounts>,
     /// The OOM flags of this run's live containers, set from the engine's events.
     oom_flags: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     events: Option<JoinHandle<()>>,
+}
+
+/// scfsim's own container (see [`Docker::own_mounts`]).
+struct OwnMounts {
+    id: String,
+    binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// A created container, not started yet.
 pub(crate) struct Prepared {
     container: Container,
     command: Vec<String>,
+    /// A stocked container's name for its request, given when it starts.
+    rename: Option<String>,
+}
+
+/// One function's containers created ahead of demand.
+#[derive(Default)]
+struct FunctionStock {
+    /// What they were created from (see [`Docker::take_stocked`]).
+    fingerprint: String,
+    ready: Vec<Container>,
+    /// Being created.
+    creating: u32,
 }
 
 /// One container: removed when dropped unless [`Container::remove`] ran.
@@ -327,6 +399,10 @@ impl Docker {
             netns: None,
             details: Vec::new(),
             present: Mutex::new(HashSet::new()),
+            no_cat: Mutex::new(HashSet::new()),
+            stock: Arc::new(Mutex::new(HashMap::new())),
+            stocked: std::sync::atomic::AtomicU64::new(0),
+            own_mounts: None,
             oom_flags: Arc::new(Mutex::new(HashMap::new())),
             events: None,
         })
@@ -418,7 +494,7 @@ impl Docker {
     /// "running" after the connection was made means the address or port was still this
     /// container's when it was made: no other container could have had it then. (A dead
     /// container's address that is still its own reaches nothing, or the engine's proxy of a
-    /// port, which closes at once: [`PUBLISHED_PORT_SETTLE`].)
+    /// port, which is not asked before the container's sockets say its server listens.)
     async fn still_running(&self, id: &str, pid: u32) -> io::Result<bool> {
         match self.engine.inspect_container(id, None).await {
             Ok(inspected) => {
@@ -432,6 +508,80 @@ impl Docker {
             }) => Ok(false),
             Err(e) => Err(io::Error::other(e)),
         }
+    }
+
+    /// Whether a server listens on port 9000 inside container `id`, read from its own
+    /// `/proc/net/tcp` and `/proc/net/tcp6` (`cat` run in it through the engine); `None` where
+    /// that cannot be read (the image has no `cat`). Any failure of the look is "not yet": the
+    /// launcher asks again until the container ends or `init_timeout` passes.
+    async fn listens(&self, id: &str, image: &str) -> Option<bool> {
+        if self
+            .no_cat
+            .lock()
+            .expect("image set poisoned")
+            .contains(image)
+        {
+            return None;
+        }
+        let look = async {
+            let exec = self
+                .engine
+                .create_exec(
+                    id,
+                    bollard::models::ExecConfig {
+                        cmd: Some(vec![
+                            "cat".into(),
+                            "/proc/net/tcp".into(),
+                            "/proc/net/tcp6".into(),
+                        ]),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let mut text = Vec::new();
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } =
+                self.engine.start_exec(&exec.id, None).await?
+            {
+                while let Some(chunk) = output.next().await {
+                    if let bollard::container::LogOutput::StdOut { message } = chunk? {
+                        text.extend_from_slice(&message);
+                    }
+                }
+            }
+            let code = self.engine.inspect_exec(&exec.id).await?.exit_code;
+            Ok::<_, EngineError>((code, text))
+        };
+        match tokio::time::timeout(LISTEN_PROBE_PATIENCE, look).await {
+            Ok(Ok((Some(0), text))) => {
+                Some(listening_on_instance_port(&String::from_utf8_lossy(&text)))
+            }
+            // 126/127, or the engine's error: the runtime could not exec `cat` (a container
+            // that is not running fails before, with another error).
+            Ok(Ok((Some(126 | 127), _))) => self.without_cat(image),
+            Ok(Err(err)) if is_exec_failure(&err.to_string()) => self.without_cat(image),
+            Ok(Ok(_)) => Some(false),
+            Ok(Err(err)) => {
+                tracing::debug!(container = %id, %err, "reading the container's sockets");
+                Some(false)
+            }
+            Err(_) => Some(false),
+        }
+    }
+
+    /// Remembers that containers of `image` cannot show their sockets.
+    fn without_cat(&self, image: &str) -> Option<bool> {
+        tracing::info!(
+            image,
+            "the image has no `cat`: port 9000 counts as listening once a connection to its \
+             published port stayed open {PROXY_HOLD:?}"
+        );
+        self.no_cat
+            .lock()
+            .expect("image set poisoned")
+            .insert(image.to_string());
+        None
     }
 
     /// How port 9000 of the just started container is reached: inside its network namespace
@@ -488,8 +638,97 @@ impl Docker {
                     with_sources(&err)
                 )),
             }
+            if let Some(id) = own_container_id() {
+                self.join_as_sibling(&id).await?;
+            }
         }
         Ok(())
+    }
+
+    /// When scfsim runs in container `id` of its own engine (the engine's socket mounted into
+    /// it): instances are its siblings. It joins scfsim's network to reach their port 9000 at
+    /// their addresses (their processes are not visible from inside it), and notes its bind
+    /// mounts, through which code directories are found on the engine's host. A container of
+    /// another engine (the id unknown to this one) changes nothing.
+    async fn join_as_sibling(&mut self, id: &str) -> Result<(), PoolError> {
+        let me = match self.engine.inspect_container(id, None).await {
+            Ok(me) => me,
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(()),
+            Err(e) => return Err(self.engine_failed("inspecting scfsim's own container", e)),
+        };
+        let network = self.network.clone().unwrap_or_default();
+        let joined = me
+            .network_settings
+            .and_then(|s| s.networks)
+            .is_some_and(|n| {
+                n.values()
+                    .any(|e| e.network_id.as_deref() == Some(network.as_str()))
+            });
+        if !joined {
+            use bollard::models::NetworkConnectRequest;
+            let request = NetworkConnectRequest {
+                container: id.to_string(),
+                endpoint_config: None,
+            };
+            self.engine
+                .connect_network(&network, request)
+                .await
+                .map_err(|e| {
+                    self.engine_failed("joining scfsim's own container to its network", e)
+                })?;
+        }
+        let mut binds: Vec<(PathBuf, PathBuf)> = me
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.typ.as_deref() == Some("bind"))
+            .filter_map(|m| Some((PathBuf::from(m.destination?), PathBuf::from(m.source?))))
+            .collect();
+        binds.sort_by_key(|(inside, _)| std::cmp::Reverse(inside.as_os_str().len()));
+        self.details.push(format!(
+            "containers: scfsim runs in container {} of this engine: instances are its siblings \
+             on {} (which it joined); a code_dir must be in one of its bind mounts ({}), and is \
+             mounted from the engine host's path",
+            &id[..12.min(id.len())],
+            self.network_name,
+            binds
+                .iter()
+                .map(|(inside, host)| format!("{} = {}", inside.display(), host.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.own_mounts = Some(OwnMounts {
+            id: id.to_string(),
+            binds,
+        });
+        Ok(())
+    }
+
+    /// Where the engine finds `code_dir`: the path itself, or, when scfsim runs in a container
+    /// of the engine, the engine host's path of the bind mount it is in.
+    fn code_dir_on_engine(&self, code_dir: &Path) -> Result<PathBuf, StartFailureKind> {
+        let Some(own) = &self.own_mounts else {
+            return Ok(code_dir.to_path_buf());
+        };
+        // The config's copy may reach the code through symbolic links (the image's entrypoint
+        // links the config directory's entries); the engine needs the real path.
+        let real = std::fs::canonicalize(code_dir).unwrap_or_else(|_| code_dir.to_path_buf());
+        own.binds
+            .iter()
+            .find_map(|(inside, host)| Some(host.join(real.strip_prefix(inside).ok()?)))
+            .ok_or_else(|| StartFailureKind::Internal {
+                what: format!(
+                    "code_dir {} is not in a bind mount of scfsim's container {}, so the Docker \
+                     engine cannot mount it into the instance: bind-mount the directory into \
+                     scfsim's container (docker-compose.docker.yml mounts ./examples and \
+                     ./config)",
+                    real.display(),
+                    &own.id[..12.min(own.id.len())]
+                ),
+                source: None,
+            })
     }
 
     /// Removes the containers an earlier scfsim with this data directory on this machine left
@@ -573,8 +812,13 @@ impl Docker {
         Ok(())
     }
 
-    /// The container of `spec`: image, command, environment, limits, labels.
-    fn container_config(&self, spec: &InstanceSpec) -> (ContainerCreateBody, Vec<String>) {
+    /// The container of `spec`: image, command, environment, limits, labels; a code
+    /// function's code directory mounted from `code_dir` (the path the engine finds it at).
+    fn container_config(
+        &self,
+        spec: &InstanceSpec,
+        code_dir: &Path,
+    ) -> (ContainerCreateBody, Vec<String>) {
         let mut env: Vec<String> = Vec::with_capacity(spec.env.len() + 1);
         for (key, value) in &spec.env {
             let value = match key.as_str() {
@@ -586,15 +830,12 @@ impl Docker {
         if let Some(host) = &self.host_address {
             env.push(format!("SCFSIM_HOST={host}"));
         }
-        let mut labels = HashMap::from([
+        let labels = HashMap::from([
             (LABEL_RUN.to_string(), self.run.clone()),
             (LABEL_OWNER.to_string(), self.owner.clone()),
             (LABEL_PROCESS.to_string(), self.process.clone()),
             (LABEL_FUNCTION.to_string(), spec.function.clone()),
         ]);
-        if !spec.request_id.is_empty() {
-            labels.insert(LABEL_REQUEST.to_string(), spec.request_id.clone());
-        }
         let memory = spec.memory_mb.map(|mb| i64::from(mb) << 20);
         let mut host = HostConfig {
             readonly_rootfs: Some(true),
@@ -640,7 +881,7 @@ impl Docker {
                 body.image = Some(self.runtime_image.clone());
                 body.entrypoint = Some(vec![bootstrap.clone()]);
                 body.working_dir = Some(CODE_ROOT.into());
-                host.binds = Some(vec![format!("{}:{CODE_ROOT}:ro", spec.code_dir.display())]);
+                host.binds = Some(vec![format!("{}:{CODE_ROOT}:ro", code_dir.display())]);
                 vec![bootstrap]
             }
         };
@@ -668,8 +909,12 @@ impl Docker {
         (body, command)
     }
 
-    /// Creates the container and attaches to its output before it starts.
-    async fn create(&self, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
+    /// The image of `spec` on the engine, and the container to create for it (without the
+    /// request id: see [`Docker::create`]) with the command it runs.
+    async fn plan(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Result<(ContainerCreateBody, Vec<String>), StartFailure> {
         let image = spec
             .image
             .as_ref()
@@ -677,64 +922,211 @@ impl Docker {
         self.ensure_image(image, spec.init_timeout)
             .await
             .map_err(StartFailure::before_spawn)?;
-        let (body, command) = self.container_config(spec);
-        let mut options = CreateContainerOptionsBuilder::new();
+        let code_dir = match spec.image {
+            Some(_) => spec.code_dir.clone(),
+            None => self
+                .code_dir_on_engine(&spec.code_dir)
+                .map_err(StartFailure::before_spawn)?,
+        };
+        Ok(self.container_config(spec, &code_dir))
+    }
+
+    /// Creates the container of `spec` for its request (named and labelled with the request
+    /// id) and attaches to its output before it starts.
+    async fn create(
+        &self,
+        spec: &InstanceSpec,
+        mut body: ContainerCreateBody,
+        command: Vec<String>,
+    ) -> Result<Prepared, StartFailure> {
+        let mut name = None;
         if !spec.request_id.is_empty() {
-            options = options.name(&format!("scfsim-{}", spec.request_id));
+            if let Some(labels) = body.labels.as_mut() {
+                labels.insert(LABEL_REQUEST.to_string(), spec.request_id.clone());
+            }
+            name = Some(format!("scfsim-{}", spec.request_id));
         }
-        let created = match self
-            .engine
-            .create_container(Some(options.build()), body)
-            .await
-        {
-            Ok(created) => created,
-            Err(EngineError::DockerResponseServerError {
-                status_code: 404,
-                message,
-            }) => {
+        let image = body.image.clone().unwrap_or_default();
+        match create_container(&self.engine, &self.oom_flags, body, name).await {
+            Ok(container) => Ok(Prepared {
+                container,
+                command,
+                rename: None,
+            }),
+            Err(Refused::ImageMissing(message)) => {
                 // Removed from the engine since it was seen: pulled next time.
                 self.present
                     .lock()
                     .expect("image set poisoned")
-                    .remove(image);
-                return Err(StartFailure::before_spawn(StartFailureKind::ImagePull {
-                    image: image.to_string(),
+                    .remove(&image);
+                Err(StartFailure::before_spawn(StartFailureKind::ImagePull {
+                    image,
                     source: message.into(),
-                }));
+                }))
             }
-            Err(e) => {
-                return Err(StartFailure::before_spawn(StartFailureKind::internal(
-                    "creating the instance's container",
-                    e,
-                )))
-            }
-        };
-        let oom = Arc::new(AtomicBool::new(false));
-        self.oom_flags
-            .lock()
-            .expect("oom flags poisoned")
-            .insert(created.id.clone(), oom.clone());
-        let mut container = Container {
-            engine: self.engine.clone(),
-            id: created.id,
-            output: OutputLog::default(),
-            readers: Vec::new(),
-            output_done: watch::channel(false).1,
-            oom,
-            oom_flags: Arc::downgrade(&self.oom_flags),
-            removed: false,
-        };
-        if let Err(e) = container.attach().await {
-            let output = container.remove().await;
-            return Err(StartFailure {
-                kind: StartFailureKind::internal("attaching to the container's output", e),
+            Err(Refused::Other {
+                what,
+                source,
+                output,
+            }) => Err(StartFailure {
+                kind: StartFailureKind::internal(what, source),
                 pid: None,
                 exit: None,
                 output,
+            }),
+        }
+    }
+
+    /// A container of `spec` from its function's stock, if one is ready, renamed for the
+    /// request when it starts; the stock refilled in the background. `None`: none ready (or no
+    /// stock for this function).
+    fn take_stocked(
+        &self,
+        spec: &InstanceSpec,
+        body: &ContainerCreateBody,
+        command: &[String],
+    ) -> Option<Prepared> {
+        // A debug-mode instance is made for its debugger; never stocked.
+        let target = match spec.debug {
+            Some(_) => 0,
+            None => spec.container_stock.min(spec.max_instances),
+        };
+        if target == 0 {
+            return None;
+        }
+        // What the containers are made from (the rest of their configuration is scfsim's
+        // own), as text: a changed function does not get containers made for the old one.
+        let fingerprint = format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            spec.image, spec.env, spec.memory_mb, spec.code_dir, spec.bootstrap
+        );
+        let (taken, stale) = {
+            let mut stock = self.stock.lock().expect("stock poisoned");
+            let function = stock.entry(spec.function.clone()).or_default();
+            let stale = if function.fingerprint != fingerprint {
+                function.fingerprint = fingerprint.clone();
+                std::mem::take(&mut function.ready)
+            } else {
+                Vec::new()
+            };
+            (function.ready.pop(), stale)
+        };
+        // Dropped outside the lock: each removes its container in the background.
+        drop(stale);
+        self.refill(&spec.function, body, fingerprint, target);
+        let container = taken?;
+        Some(Prepared {
+            container,
+            command: command.to_vec(),
+            rename: (!spec.request_id.is_empty()).then(|| format!("scfsim-{}", spec.request_id)),
+        })
+    }
+
+    /// Creates what `function`'s stock lacks to hold `target` containers of `body`, each in a
+    /// task of its own: no connection waits for them.
+    fn refill(&self, function: &str, body: &ContainerCreateBody, fingerprint: String, target: u32) {
+        let missing = {
+            let mut stock = self.stock.lock().expect("stock poisoned");
+            let entry = stock.entry(function.to_string()).or_default();
+            let have = entry.ready.len() as u32 + entry.creating;
+            let missing = target.saturating_sub(have);
+            entry.creating += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let n = self.stocked.fetch_add(1, Ordering::Relaxed);
+            let name = format!("scfsim-stock-{}-{n}", self.run);
+            let (engine, oom_flags, stock) = (
+                self.engine.clone(),
+                self.oom_flags.clone(),
+                Arc::downgrade(&self.stock),
+            );
+            let (body, fingerprint, function) =
+                (body.clone(), fingerprint.clone(), function.to_string());
+            tokio::spawn(async move {
+                let made = create_container(&engine, &oom_flags, body, Some(name)).await;
+                let Some(stock) = stock.upgrade() else {
+                    return; // scfsim is ending: a made container drops (and goes) here.
+                };
+                let mut stock = stock.lock().expect("stock poisoned");
+                let entry = stock.entry(function).or_default();
+                entry.creating = entry.creating.saturating_sub(1);
+                match made {
+                    Ok(container) if entry.fingerprint == fingerprint => {
+                        entry.ready.push(container)
+                    }
+                    // Made for a function that changed meanwhile: dropped, so removed.
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(%err, "creating a stock container"),
+                }
             });
         }
-        Ok(Prepared { container, command })
     }
+}
+
+/// Why the engine did not create a container.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("the image is not on the engine: {0}")]
+    ImageMissing(String),
+    #[error("{what}: {source}")]
+    Other {
+        what: &'static str,
+        source: EngineError,
+        output: CapturedOutput,
+    },
+}
+
+/// Creates a container of `body` (named `name`, else as the engine chooses) and attaches to its
+/// output before it starts.
+async fn create_container(
+    engine: &bollard::Docker,
+    oom_flags: &Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    body: ContainerCreateBody,
+    name: Option<String>,
+) -> Result<Container, Refused> {
+    let mut options = CreateContainerOptionsBuilder::new();
+    if let Some(name) = &name {
+        options = options.name(name);
+    }
+    let created = match engine.create_container(Some(options.build()), body).await {
+        Ok(created) => created,
+        Err(EngineError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        }) => return Err(Refused::ImageMissing(message)),
+        Err(source) => {
+            return Err(Refused::Other {
+                what: "creating the instance's container",
+                source,
+                output: CapturedOutput::default(),
+            })
+        }
+    };
+    let oom = Arc::new(AtomicBool::new(false));
+    oom_flags
+        .lock()
+        .expect("oom flags poisoned")
+        .insert(created.id.clone(), oom.clone());
+    let mut container = Container {
+        engine: engine.clone(),
+        id: created.id,
+        output: OutputLog::default(),
+        readers: Vec::new(),
+        output_done: watch::channel(false).1,
+        oom,
+        oom_flags: Arc::downgrade(oom_flags),
+        removed: false,
+    };
+    if let Err(source) = container.attach().await {
+        let output = container.remove().await;
+        return Err(Refused::Other {
+            what: "attaching to the container's output",
+            source,
+            output,
+        });
+    }
+    Ok(container)
 }
 
 impl Container {
@@ -828,6 +1220,22 @@ impl Drop for Container {
     }
 }
 
+/// The id of the container this process runs in, if any: Docker bind-mounts the container's
+/// own `/etc/hostname` from `…/containers/ID/hostname` of its data root.
+fn own_container_id() -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        if mount_point != "/etc/hostname" {
+            return None;
+        }
+        let id = root.split("/containers/").nth(1)?.split('/').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
+
 /// The network namespace of container `container_id`, through its init process `pid`.
 ///
 /// Both files are opened through one descriptor of `/proc/PID`, which stays the process it was
@@ -854,6 +1262,16 @@ fn container_netns(pid: u32, container_id: &str) -> io::Result<OwnedFd> {
         ));
     }
     open("ns/net")
+}
+
+/// Whether `/proc/net/tcp{,6}` text lists a socket listening on port 9000 (any address).
+fn listening_on_instance_port(proc_net_tcp: &str) -> bool {
+    proc_net_tcp.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1).unwrap_or("");
+        let state = fields.nth(1).unwrap_or("");
+        local.ends_with(PROC_NET_PORT) && state == PROC_NET_LISTEN
+    })
 }
 
 /// The runtime's words for a command it could not execute.
@@ -977,7 +1395,7 @@ impl Backend for Docker {
                 self.network_name
             ),
             Endpoint::Local => format!("each on the network {}", self.network_name),
-            Endpoint::Remote { host } => format!("port 9000 published on {host}"),
+            Endpoint::Remote { host, .. } => format!("port 9000 published on {host}"),
         };
         format!(
             "container instances ({}): a new container per connection on the Docker engine \
@@ -1042,7 +1460,11 @@ impl Backend for Docker {
     }
 
     async fn prepare(&self, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
-        self.create(spec).await
+        let (body, command) = self.plan(spec).await?;
+        match self.take_stocked(spec, &body, &command) {
+            Some(prepared) => Ok(prepared),
+            None => self.create(spec, body, command).await,
+        }
     }
 
     async fn start(
@@ -1054,14 +1476,30 @@ impl Backend for Docker {
         let Prepared {
             mut container,
             command,
+            rename,
         } = prepared;
         let image = spec
             .image
             .as_ref()
             .map_or(self.runtime_image.clone(), |i| i.image.clone());
-        let started =
-            tokio::time::timeout_at(deadline, self.engine.start_container(&container.id, None))
-                .await;
+        // A stocked container gets its request's name as it starts, in parallel.
+        let renamed = async {
+            match &rename {
+                Some(name) => {
+                    let options =
+                        bollard::query_parameters::RenameContainerOptions { name: name.clone() };
+                    self.engine.rename_container(&container.id, options).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (started, renamed) = tokio::join!(
+            tokio::time::timeout_at(deadline, self.engine.start_container(&container.id, None)),
+            renamed
+        );
+        if let Err(err) = renamed {
+            tracing::warn!(container = %container.id, "naming a stock container for its request: {err}");
+        }
         let kind = match started {
             Ok(Ok(())) => None,
             // The engine could not exec the command: the function's command or args (or
@@ -1124,7 +1562,7 @@ impl Backend for Docker {
                 .filter(|ip| !ip.is_empty())
                 .and_then(|ip| ip.parse().ok())
                 .map(|ip| SocketAddr::new(ip, INSTANCE_PORT)),
-            Endpoint::Remote { host } => settings
+            Endpoint::Remote { host, .. } => settings
                 .ports
                 .and_then(|mut p| p.remove(&format!("{INSTANCE_PORT}/tcp")))
                 .flatten()
@@ -1173,10 +1611,19 @@ impl Backend for Docker {
             // It ended before it had an address: `exited` tells.
             Reach::Gone => return Err(io::ErrorKind::ConnectionRefused.into()),
         };
+        let hold = if published {
+            match self.listens(&instance.container.id, &instance.image).await {
+                Some(true) => false,
+                Some(false) => return Err(io::ErrorKind::ConnectionRefused.into()),
+                None => true,
+            }
+        } else {
+            false
+        };
         let stream = TcpStream::connect(address).await?;
-        if published {
+        if hold {
             let mut byte = [0u8; 1];
-            match tokio::time::timeout(PUBLISHED_PORT_SETTLE, stream.peek(&mut byte)).await {
+            match tokio::time::timeout(PROXY_HOLD, stream.peek(&mut byte)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(io::ErrorKind::ConnectionRefused.into()),
                 _ => {}
             }
@@ -1269,7 +1716,54 @@ impl Drop for Docker {
         if let Some(events) = &self.events {
             events.abort();
         }
+        // The stock is removed here and now, not by tasks of a runtime that is ending, nor only
+        // by the reaper: in a container (compose), the reaper dies with scfsim's container.
+        let ids: Vec<String> = self
+            .stock
+            .lock()
+            .map(|mut stock| {
+                stock
+                    .drain()
+                    .flat_map(|(_, function)| function.ready)
+                    .map(|mut container| {
+                        container.removed = true;
+                        container.id.clone()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            remove_now(ids, STOCK_REMOVAL);
+        }
     }
+}
+
+/// How long scfsim's end may wait for its stock containers' removal.
+const STOCK_REMOVAL: Duration = Duration::from_secs(10);
+
+/// Removes containers `ids` from a thread of its own (with a runtime and an engine client of its
+/// own: the caller may be a runtime that is ending), waiting at most `bound`.
+fn remove_now(ids: Vec<String>, bound: Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(async {
+                let Ok(mut engine) = engine_from_env() else {
+                    return;
+                };
+                if engine.negotiate().await.is_err() {
+                    return;
+                }
+                let removals = ids.iter().map(|id| remove(&engine.client, id));
+                futures_util::future::join_all(removals).await;
+            });
+        }
+        let _ = done.send(());
+    });
+    let _ = finished.recv_timeout(bound);
 }
 
 /// Needs root and a local Docker engine with scfsim's runtime image
@@ -1483,5 +1977,41 @@ mod tests {
             "the probe of a's address counted a connection to b"
         );
         docker.reap(a).await;
+    }
+}
+
+#[cfg(test)]
+mod proc_net_tests {
+    use super::listening_on_instance_port;
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when \
+                          retrnsmt   uid  timeout inode\n";
+
+    #[test]
+    fn a_listening_socket_on_port_9000_is_found_in_either_table() {
+        let v4 = format!(
+            "{HEADER}   0: 00000000:2328 00000000:0000 0A 00000000:00000000 00:00000000 \
+             00000000     0        0 3440541 1 0 100 0 0 10 0\n"
+        );
+        assert!(listening_on_instance_port(&v4));
+        let v6 = format!(
+            "{HEADER}   0: 00000000000000000000000000000000:2328 \
+             00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 \
+             0 0 1 1 0 100 0 0 10 0\n"
+        );
+        assert!(listening_on_instance_port(&v6));
+    }
+
+    #[test]
+    fn other_ports_and_states_are_not_listening_on_9000() {
+        // Port 9000 as the remote end (a client of another server), port 0x23280 is not a
+        // port, and 9000 in TIME_WAIT (06) after the server closed.
+        let text = format!(
+            "{HEADER}   0: 0100007F:9C40 0100007F:2328 01 0:0 0:0 0 0 0 1\n   \
+             1: 00000000:1F90 00000000:0000 0A 0:0 0:0 0 0 0 2\n   \
+             2: 0100007F:2328 0100007F:9C41 06 0:0 0:0 0 0 0 0\n"
+        );
+        assert!(!listening_on_instance_port(&text));
+        assert!(!listening_on_instance_port(""));
     }
 }
