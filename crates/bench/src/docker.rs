@@ -2,10 +2,10 @@
 //! stock of created containers (`container_stock`), against the engine's own floor: the
 //! benchmark itself creating and starting a container of the same image with the same settings
 //! (read-only root, 512 MB /tmp, memory limit, init, scfsim's network) and connecting to its
-//! port 9000 as soon as it listens. Targets interleave round by round, at each concurrency.
+//! port 9000 as soon as it listens, from inside the container's network namespace as scfsim
+//! does (an address on the shared network may already be another container's). Targets interleave round by round, at each concurrency.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::client;
 use crate::procfs;
-use crate::servers::{self, temp_dir, Scfsim, Tools};
+use crate::servers::{temp_dir, Scfsim, Tools};
 use crate::stats::{fmt_diff_ms, fmt_ms, fmt_rate, fmt_ratio, Comparison, Errors, Latency};
 
 /// scfsim's network for a local engine's instances (created by scfsim when it starts).
@@ -84,7 +84,7 @@ impl Bench {
             Target::NoStock => client::connect(&self.url("/nostock")).await?,
             Target::Stock => client::connect(&self.url("/stock")).await?,
             Target::Floor => {
-                let (id, address) = self.floor_container().await?;
+                let (id, pid) = self.floor_container().await?;
                 let engine = self.engine.clone();
                 let remove_id = id.clone();
                 cleanup.push(tokio::spawn(async move {
@@ -92,13 +92,13 @@ impl Bench {
                     let _ = engine.remove_container(&remove_id, Some(options)).await;
                 }));
                 let tcp = tokio::task::spawn_blocking(move || {
-                    servers::poll_connect(address, Duration::from_secs(30))
+                    connect_in_netns(pid, Duration::from_secs(30))
                 })
                 .await?
-                .with_context(|| format!("container {id} did not listen on {address}"))?;
+                .with_context(|| format!("container {id} did not listen on port 9000"))?;
                 tcp.set_nonblocking(true)?;
                 let tcp = tokio::net::TcpStream::from_std(tcp)?;
-                client::handshake(tcp, &format!("ws://{address}/")).await?
+                client::handshake(tcp, "ws://127.0.0.1:9000/").await?
             }
         };
         client::echo(&mut ws, &msg).await?;
@@ -111,9 +111,9 @@ impl Bench {
         format!("ws://{}{path}", self.scfsim.addr)
     }
 
-    /// Creates and starts a container as scfsim makes an image function's: its id and the
-    /// address of its port 9000 on scfsim's network.
-    async fn floor_container(&self) -> Result<(String, SocketAddr)> {
+    /// Creates and starts a container as scfsim makes an image function's: its id and its
+    /// init's pid.
+    async fn floor_container(&self) -> Result<(String, u32)> {
         let memory = 128i64 << 20;
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
@@ -154,13 +154,13 @@ impl Bench {
             .await
             .context("starting the floor's container")?;
         let inspected = self.engine.inspect_container(&created.id, None).await?;
-        let ip = inspected
-            .network_settings
-            .and_then(|s| s.networks)
-            .and_then(|n| n.get(NETWORK).and_then(|e| e.ip_address.clone()))
-            .filter(|ip| !ip.is_empty())
-            .ok_or_else(|| anyhow!("container {} has no address on {NETWORK}", created.id))?;
-        Ok((created.id, SocketAddr::new(ip.parse()?, 9000)))
+        let pid = inspected
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| anyhow!("container {} is not running", created.id))?;
+        Ok((created.id, pid))
     }
 
     /// Waits (bounded) until no instance of scfsim's functions runs: its containers removed.
@@ -218,6 +218,39 @@ impl Bench {
         }
         self.quiesce().await;
         tally
+    }
+}
+
+/// A TCP connection to 127.0.0.1:9000 in the network namespace of process `pid`, polled every
+/// 100 µs until something accepts, for at most `bound`. Blocking (setns(2) moves the calling
+/// thread, which is moved back before this returns).
+fn connect_in_netns(pid: u32, bound: Duration) -> Result<std::net::TcpStream> {
+    use nix::sched::{setns, CloneFlags};
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let own = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let theirs = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .with_context(|| format!("the network namespace of process {pid} (run as root)"))?;
+    let deadline = Instant::now() + bound;
+    loop {
+        setns(&theirs, CloneFlags::CLONE_NEWNET).context("entering the container's namespace")?;
+        let made = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        );
+        setns(&own, CloneFlags::CLONE_NEWNET).context("returning to the host's namespace")?;
+        let socket = made?;
+        match connect(socket.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 9000)) {
+            Ok(()) => return Ok(std::net::TcpStream::from(socket)),
+            Err(err) if Instant::now() >= deadline => {
+                return Err(anyhow!(
+                    "nothing listens on port 9000 after {bound:?}: {err}"
+                ))
+            }
+            Err(_) => std::thread::sleep(Duration::from_micros(100)),
+        }
     }
 }
 
