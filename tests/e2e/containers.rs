@@ -657,6 +657,8 @@ async fn the_tcp_engine_path_with_tls() {
         refused.status.is_some_and(|s| !s.success()),
         "serve with a wrong CA: {refused}"
     );
+    // For the reader of the test's output: what a user sees.
+    eprintln!("serve with a wrong CA:\n{}", refused.stderr);
     let wrong = engine.wrong_ca_certs.display().to_string();
     assert!(
         refused

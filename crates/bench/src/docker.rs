@@ -72,7 +72,8 @@ struct Bench {
 }
 
 impl Bench {
-    /// One connection of `target`; a floor container's removal is left to `cleanup`.
+    /// One connection of `target`; a floor container's removal (after its connection) is
+    /// left to `cleanup`.
     async fn one(
         &self,
         target: Target,
@@ -80,27 +81,35 @@ impl Bench {
     ) -> Result<Duration> {
         let msg = client::payload(MESSAGE_BYTES, true);
         let began = Instant::now();
-        let mut ws = match target {
-            Target::NoStock => client::connect(&self.url("/nostock")).await?,
-            Target::Stock => client::connect(&self.url("/stock")).await?,
+        let path = match target {
+            Target::NoStock => "/nostock",
+            Target::Stock => "/stock",
             Target::Floor => {
                 let (id, pid) = self.floor_container().await?;
+                let connection = async {
+                    let tcp = tokio::task::spawn_blocking(move || {
+                        connect_in_netns(pid, Duration::from_secs(30))
+                    })
+                    .await?
+                    .context("the floor's container did not listen on port 9000")?;
+                    tcp.set_nonblocking(true)?;
+                    let tcp = tokio::net::TcpStream::from_std(tcp)?;
+                    let mut ws = client::handshake(tcp, "ws://127.0.0.1:9000/").await?;
+                    client::echo(&mut ws, &msg).await?;
+                    let first_echo = began.elapsed();
+                    client::close(&mut ws).await?;
+                    Ok::<_, anyhow::Error>(first_echo)
+                };
+                let result = connection.await;
                 let engine = self.engine.clone();
-                let remove_id = id.clone();
                 cleanup.push(tokio::spawn(async move {
                     let options = RemoveContainerOptionsBuilder::new().force(true).build();
-                    let _ = engine.remove_container(&remove_id, Some(options)).await;
+                    let _ = engine.remove_container(&id, Some(options)).await;
                 }));
-                let tcp = tokio::task::spawn_blocking(move || {
-                    connect_in_netns(pid, Duration::from_secs(30))
-                })
-                .await?
-                .with_context(|| format!("container {id} did not listen on port 9000"))?;
-                tcp.set_nonblocking(true)?;
-                let tcp = tokio::net::TcpStream::from_std(tcp)?;
-                client::handshake(tcp, "ws://127.0.0.1:9000/").await?
+                return result;
             }
         };
+        let mut ws = client::connect(&self.url(path)).await?;
         client::echo(&mut ws, &msg).await?;
         let first_echo = began.elapsed();
         client::close(&mut ws).await?;
