@@ -223,6 +223,9 @@ pub struct FunctionConfig {
     pub init_timeout: Duration,
     /// Concurrency quota (432 beyond it).
     pub max_instances: u32,
+    /// Instances kept ready ahead of demand (bootstrap run, listening on port 9000), each
+    /// serving one connection and replaced at once; part of `max_instances`. 0: none.
+    pub provisioned_instances: u32,
     /// Instance memory size (434 above it).
     pub memory_mb: u32,
     /// The function's own environment variables (built-ins are added by the pool).

@@ -127,6 +127,8 @@ pub(crate) struct RawFunction {
     pub init_timeout: Option<RawDuration>,
     /// Concurrency quota: at most this many live instances.
     pub max_instances: Option<i64>,
+    /// Instances kept started ahead of demand (the platform's provisioned concurrency).
+    pub provisioned_instances: Option<i64>,
     /// Instance memory size in MB.
     pub memory_mb: Option<i64>,
     /// The function's own environment variables.

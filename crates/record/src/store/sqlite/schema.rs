@@ -16,7 +16,15 @@ use crate::store::{micros, Logs};
 /// `PRAGMA application_id`: "SCFS", so a file of another program is told apart.
 pub(crate) const APPLICATION_ID: i64 = 0x5343_4653;
 /// `PRAGMA user_version` this scfsim writes. An older scfsim refuses a higher one.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// The steps after the version-1 layout ([`CREATE`]), in order: step `i` takes a database at
+/// `user_version` `i + 1` to `i + 2`. A new database runs them all after `CREATE`; an existing
+/// one the steps it lacks, each in a transaction of its own. Only ever appended to.
+const MIGRATIONS: &[&str] = &[
+    // 2: whether a provisioned instance (started ahead of demand) served the invocation.
+    "ALTER TABLE invocations ADD COLUMN provisioned INTEGER NOT NULL DEFAULT 0;",
+];
 
 const CREATE: &str = r#"
 CREATE TABLE invocations (
@@ -154,6 +162,9 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), RecordEr
         set_wal(conn, path)?;
         let tx = conn.transaction().map_err(unusable)?;
         tx.execute_batch(CREATE).map_err(unusable)?;
+        for step in MIGRATIONS {
+            tx.execute_batch(step).map_err(unusable)?;
+        }
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(unusable)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -174,7 +185,23 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), RecordEr
             known: SCHEMA_VERSION,
         });
     }
-    set_wal(conn, path)
+    set_wal(conn, path)?;
+    migrate(conn, path, version)
+}
+
+/// Brings a database at `version` to [`SCHEMA_VERSION`], one step at a time.
+fn migrate(conn: &mut Connection, path: &Path, version: i64) -> Result<(), RecordError> {
+    let done = usize::try_from(version - 1).unwrap_or(0);
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(done) {
+        let to = i as i64 + 2;
+        let tx = conn.transaction().map_err(RecordError::db(path))?;
+        tx.execute_batch(step).map_err(RecordError::db(path))?;
+        tx.pragma_update(None, "user_version", to)
+            .map_err(RecordError::db(path))?;
+        tx.commit().map_err(RecordError::db(path))?;
+        tracing::info!(path = %path.display(), version = to, "record database upgraded");
+    }
+    Ok(())
 }
 
 fn set_wal(conn: &Connection, path: &Path) -> Result<(), RecordError> {
@@ -194,9 +221,9 @@ pub(crate) const UPSERT: &str = "INSERT INTO invocations (seq, request_id, funct
     outcome, end_reason, close_code, close_reason, closed_by, started_at, started_us, ended_at,
     duration_ms, startup_ms, messages_in, messages_out, bytes_in, bytes_out, throttled_messages,
     instance_pid, instance_exit_code, instance_signal, http_status, error, client_addr, path,
-    record)
+    record, provisioned)
   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)
+    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
   ON CONFLICT (request_id) DO UPDATE SET function = excluded.function,
     status_code = excluded.status_code, outcome = excluded.outcome,
     end_reason = excluded.end_reason, close_code = excluded.close_code,
@@ -209,7 +236,7 @@ pub(crate) const UPSERT: &str = "INSERT INTO invocations (seq, request_id, funct
     instance_pid = excluded.instance_pid, instance_exit_code = excluded.instance_exit_code,
     instance_signal = excluded.instance_signal, http_status = excluded.http_status,
     error = excluded.error, client_addr = excluded.client_addr, path = excluded.path,
-    record = excluded.record";
+    record = excluded.record, provisioned = excluded.provisioned";
 
 fn text<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
     v.as_ref().and_then(|v| match serde_json::to_value(v) {
@@ -260,6 +287,7 @@ pub(crate) fn upsert(
         inv.client_addr,
         inv.path,
         record,
+        inv.provisioned,
     ])?;
     Ok(())
 }
