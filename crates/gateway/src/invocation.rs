@@ -64,6 +64,8 @@ pub(crate) struct Invocation {
     record: Record,
     /// Debug mode: the forwarder to the instance's debugger, until the teardown is done.
     debug: Option<DebugSession>,
+    /// A provisioned instance handed to this connection, until `serve` takes it.
+    provisioned: Option<scfsim_pool::Ready>,
 }
 
 /// How an invocation ended, and what the teardown still has to do about it.
@@ -193,7 +195,15 @@ impl Invocation {
             request_id,
             record,
             debug: None,
+            provisioned: None,
         }
+    }
+
+    /// Served by `ready`, a provisioned instance, instead of one started for it.
+    pub(crate) fn provisioned(mut self, ready: scfsim_pool::Ready) -> Invocation {
+        self.record.provisioned = true;
+        self.provisioned = Some(ready);
+        self
     }
 
     /// The init timeout in force: none that fires in debug mode (a person may be stepping
@@ -259,7 +269,11 @@ impl Invocation {
                 Err(ended) => return ended.client(client),
             }
         }
-        let ready = match self.start(&client, &cancel).await {
+        let started = match self.provisioned.take() {
+            Some(ready) => Ok(ready),
+            None => self.start(&client, &cancel).await,
+        };
+        let ready = match started {
             Ok(ready) => ready,
             Err(ended) => return ended.client(client),
         };

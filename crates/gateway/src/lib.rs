@@ -12,6 +12,7 @@
 //! - `invocation`: one connection's life, from request to record.
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
+//! - `provisioned`: instances started ahead of demand (`provisioned_instances`).
 //! - `responses`: the HTTP answers given instead of an upgrade.
 
 pub mod client;
@@ -21,6 +22,7 @@ mod handshake;
 mod invocation;
 mod limits;
 pub mod live;
+mod provisioned;
 mod proxy;
 mod responses;
 mod server;
@@ -102,8 +104,8 @@ use tokio_util::task::TaskTracker;
 
 pub use client::ClientStream;
 pub use live::{
-    AdminClose, DebugView, LiveInstance, LiveInstanceView, LiveInstances, Payload, SteerRefusal,
-    To, TrafficSnapshot,
+    AdminClose, DebugView, InstanceState, LiveInstance, LiveInstanceView, LiveInstances, Payload,
+    SteerRefusal, To, TrafficSnapshot,
 };
 pub use tls::{Tls, TlsError};
 
@@ -152,6 +154,8 @@ pub struct Gateway {
     store: Arc<dyn Store>,
     live: Arc<LiveInstances>,
     quotas: limits::Quotas,
+    /// Instances started ahead of demand, for functions with `provisioned_instances`.
+    provisioned: provisioned::Provisioned,
     identity: PlatformIdentity,
     /// PATH, HOME, LANG and `pass_env` from scfsim's environment, for every instance.
     host_env: Vec<(String, String)>,
@@ -172,6 +176,7 @@ impl Gateway {
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             quotas: limits::Quotas::new(&config),
+            provisioned: provisioned::Provisioned::new(&config.functions),
             identity: PlatformIdentity::from(&config.platform),
             host_env: env::from_host(&config.gateway.pass_env),
             config,

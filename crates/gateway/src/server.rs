@@ -13,16 +13,23 @@ use crate::client::{self, ClientConn, ClientStream, HEAD_DEADLINE};
 use crate::handshake::{check_upgrade, BadUpgrade};
 use crate::invocation::Invocation;
 use crate::limits::{Permit, Refusal};
+use crate::provisioned::Handed;
 use crate::responses::{json_error, text, Body};
 use crate::Gateway;
 use tokio_rustls::TlsAcceptor;
 
-/// A request for a function, and its quota slot or why there is none.
-type Routed<'a> = (&'a FunctionConfig, Result<Permit, Refusal>);
+/// A request for a function, and the way to its quota slot (or why there is none), taken only
+/// when no provisioned instance waits.
+type Routed<'a> = (
+    &'a FunctionConfig,
+    Box<dyn FnOnce() -> Result<Permit, Refusal> + Send + 'a>,
+);
 
 impl Gateway {
-    /// Accepts connections on `listener` until the shutdown token is cancelled.
+    /// Accepts connections on `listener` until the shutdown token is cancelled, and keeps the
+    /// functions' provisioned instances ready meanwhile.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        crate::provisioned::Provisioned::start(&self);
         self.accept_loop(listener, None).await
     }
 
@@ -95,10 +102,19 @@ impl Gateway {
                     %peer,
                     pid = tracing::field::Empty
                 );
-                match admission {
-                    Ok(permit) => invocation.run(client, permit).instrument(span).await,
-                    Err(refusal) => invocation.refuse(client, refusal).instrument(span).await,
-                }
+                let provisioned = &self.provisioned;
+                let run = async move {
+                    // A provisioned instance brings its own quota slot.
+                    if let Some(handed) = provisioned.take(&function.name).await {
+                        let Handed { ready, permit } = handed;
+                        return invocation.provisioned(ready).run(client, permit).await;
+                    }
+                    match admission() {
+                        Ok(permit) => invocation.run(client, permit).await,
+                        Err(refusal) => invocation.refuse(client, refusal).await,
+                    }
+                };
+                run.instrument(span).await
             }
         }
     }
@@ -132,6 +148,6 @@ impl Gateway {
             }
             return Err(Box::new(resp));
         }
-        Ok((function, self.quotas.acquire(&function.name)))
+        Ok((function, Box::new(|| self.quotas.acquire(&function.name))))
     }
 }
