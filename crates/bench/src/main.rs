@@ -6,6 +6,8 @@
 //! - `connect`: a new connection (and instance) per client against the floor (the benchmark
 //!   spawning the same bootstrap itself) and websocketd.
 //! - `hold`: many simultaneous connections through scfsim; memory per connection.
+//! - `provisioned`: a connection taking a provisioned instance against a direct connection to
+//!   a server that already runs.
 //! - `suite`: all of them at standard sizes, then the goals of issue #7.
 //!
 //! Each scenario prints a markdown table and one JSON line (a line starting with `{`).
@@ -16,6 +18,7 @@ mod echo;
 mod env;
 mod hold;
 mod procfs;
+mod provisioned;
 mod servers;
 mod stats;
 mod suite;
@@ -100,6 +103,17 @@ enum Command {
         /// Connections being opened at once.
         #[arg(long, short = 'c', default_value_t = 32)]
         concurrency: usize,
+    },
+    /// Connect→first echo with a provisioned instance waiting, against a direct connection to
+    /// an already running server (concurrency 1).
+    Provisioned {
+        #[arg(long, short = 'n', default_value_t = 200)]
+        connections: usize,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Unrecorded connections per target before the first round.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
     },
     /// Every scenario at its standard size, then the goals.
     Suite {
@@ -251,6 +265,21 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
             )
             .await?,
         ],
+        Command::Provisioned {
+            connections,
+            rounds,
+            warmup,
+        } => vec![
+            provisioned::run(
+                &tools,
+                &provisioned::Opts {
+                    connections,
+                    rounds,
+                    warmup,
+                },
+            )
+            .await?,
+        ],
         Command::Suite { quick } => {
             let env = Env::start(tools, true, true).await?;
             if let Ok(n) = &env.nginx {
@@ -278,7 +307,7 @@ fn total_errors(results: &[Value]) -> u64 {
                 v["errors"]["count"].as_u64().unwrap_or(0)
                     + v["warmup_errors"]["count"].as_u64().unwrap_or(0)
             }
-            Some("echo" | "connect") => echo::error_count(v),
+            Some("echo" | "connect" | "provisioned") => echo::error_count(v),
             _ => 0,
         })
         .sum()

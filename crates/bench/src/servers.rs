@@ -147,6 +147,8 @@ pub struct ScfsimSettings {
     /// Per function and in total.
     pub max_instances: u32,
     pub idle_timeout: &'static str,
+    /// The function's `provisioned_instances` (0: none, every connection starts its own).
+    pub provisioned_instances: u32,
 }
 
 impl Default for ScfsimSettings {
@@ -154,6 +156,7 @@ impl Default for ScfsimSettings {
         ScfsimSettings {
             max_instances: 5000,
             idle_timeout: "300s",
+            provisioned_instances: 0,
         }
     }
 }
@@ -162,6 +165,8 @@ impl Default for ScfsimSettings {
 pub struct Scfsim {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin API's address.
+    pub admin: SocketAddr,
     /// The function's `scf_bootstrap`: `exec scfsim-fixture echo`.
     pub bootstrap: PathBuf,
     pub dir: TempDir,
@@ -187,8 +192,10 @@ impl Scfsim {
              code_dir = {code_dir:?}\n\
              max_instances = {max}\n\
              idle_timeout = {idle:?}\n\
-             execution_timeout = \"900s\"\n",
+             execution_timeout = \"900s\"\n\
+             provisioned_instances = {provisioned}\n",
             max = settings.max_instances,
+            provisioned = settings.provisioned_instances,
             idle = settings.idle_timeout,
             code_dir = code_dir.display().to_string(),
         );
@@ -247,9 +254,11 @@ impl Scfsim {
                 .context("listening address")
         };
         let addr = find("listening ws://")?;
+        let admin = find("listening admin http://")?;
         Ok(Scfsim {
             child,
             addr,
+            admin,
             bootstrap,
             dir,
         })
@@ -274,6 +283,27 @@ impl Scfsim {
         } else {
             "unknown".into()
         }
+    }
+
+    /// `GET path` of the admin API, as JSON.
+    pub async fn admin_get(&self, path: &str) -> Result<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.admin).await?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        tokio::time::timeout(START_PATIENCE, tcp.read_to_end(&mut response))
+            .await
+            .context("the admin API did not answer")??;
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("an HTTP response without a body")?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        serde_json::from_str(body).with_context(|| format!("GET {path}: not JSON: {body}"))
     }
 
     /// Waits until scfsim has no instance left (bounded).
