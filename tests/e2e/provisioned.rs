@@ -112,6 +112,16 @@ async fn provisioned_instances_are_ready_before_any_client_and_each_serves_one_c
         .expect("warm listed")
         .clone();
     assert_eq!(warm["live_instances"], 0, "{warm}");
+    let (_, metrics) = scfsim.get_status("/metrics").await;
+    for line in [
+        "scfsim_live_instances{function=\"warm\"} 2",
+        "scfsim_live_connections{function=\"warm\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
 
     let mut a = scfsim.connect("/warm").await;
     let mut b = scfsim.connect("/warm").await;
