@@ -12,18 +12,10 @@ use tracing::Instrument;
 use crate::client::{self, ClientConn, ClientStream, HEAD_DEADLINE};
 use crate::handshake::{check_upgrade, BadUpgrade};
 use crate::invocation::Invocation;
-use crate::limits::{Permit, Refusal};
 use crate::provisioned::Handed;
 use crate::responses::{json_error, text, Body};
 use crate::Gateway;
 use tokio_rustls::TlsAcceptor;
-
-/// A request for a function, and the way to its quota slot (or why there is none), taken only
-/// when no provisioned instance waits.
-type Routed<'a> = (
-    &'a FunctionConfig,
-    Box<dyn FnOnce() -> Result<Permit, Refusal> + Send + 'a>,
-);
 
 impl Gateway {
     /// Accepts connections on `listener` until the shutdown token is cancelled, and keeps the
@@ -93,7 +85,7 @@ impl Gateway {
                 let mut client = client;
                 let _ = client.respond(*resp).await;
             }
-            Ok((function, admission)) => {
+            Ok(function) => {
                 let invocation = Invocation::new(self.clone(), function.clone(), req, peer);
                 let span = tracing::info_span!(
                     "invocation",
@@ -102,14 +94,14 @@ impl Gateway {
                     %peer,
                     pid = tracing::field::Empty
                 );
-                let provisioned = &self.provisioned;
+                let gateway = &self;
                 let run = async move {
                     // A provisioned instance brings its own quota slot.
-                    if let Some(handed) = provisioned.take(&function.name).await {
+                    if let Some(handed) = gateway.provisioned.take(&function.name).await {
                         let Handed { ready, permit } = handed;
                         return invocation.provisioned(ready).run(client, permit).await;
                     }
-                    match admission() {
+                    match gateway.quotas.acquire(&function.name) {
                         Ok(permit) => invocation.run(client, permit).await,
                         Err(refusal) => invocation.refuse(client, refusal).await,
                     }
@@ -119,9 +111,9 @@ impl Gateway {
         }
     }
 
-    /// Which function serves `req`, and whether its quota admits one more instance; or the
-    /// answer that ends the request here, before it is an invocation.
-    fn route(&self, req: &Request<()>) -> Result<Routed<'_>, Box<Response<Body>>> {
+    /// Which function serves `req`; or the answer that ends the request here, before it is an
+    /// invocation. Its quota is checked once no provisioned instance takes it.
+    fn route(&self, req: &Request<()>) -> Result<&FunctionConfig, Box<Response<Body>>> {
         let path = req.uri().path();
         // Only origin-form targets (`/path?query`) name a function: `*` or an absolute URI
         // would otherwise match a function on "/" and reach it with a path the client never
@@ -148,6 +140,6 @@ impl Gateway {
             }
             return Err(Box::new(resp));
         }
-        Ok((function, Box::new(|| self.quotas.acquire(&function.name))))
+        Ok(function)
     }
 }
