@@ -32,6 +32,8 @@ use crate::Gateway;
 /// broken bootstrap costs a log line now and then, not a busy loop.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a replacement waits after its predecessor was taken (see `refill`).
+const REPLACEMENT_DELAY: Duration = Duration::from_millis(20);
 /// Lines of a dead provisioned instance's output shown in the log.
 const TAIL_LINES: usize = 8;
 
@@ -126,9 +128,19 @@ async fn refill(gateway: Arc<Gateway>, function: FunctionConfig, stock: Arc<Stoc
     let shutdown = gateway.shutdown.clone();
     let mut backoff = FIRST_BACKOFF;
     loop {
+        let mut woken = false;
         while stock.waiting.lock().expect("stock poisoned").len() >= stock.wanted {
             tokio::select! {
-                _ = stock.changed.notified() => {}
+                _ = stock.changed.notified() => woken = true,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        if woken {
+            // The instance just taken is passing its connection's handshake: starting the
+            // replacement (a fork of scfsim, namespaces, cgroups) at that very moment takes
+            // the CPU and scfsim's memory map from it. A moment later costs nobody anything.
+            tokio::select! {
+                _ = tokio::time::sleep(REPLACEMENT_DELAY) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
