@@ -290,3 +290,71 @@ async fn sigterm_stops_every_provisioned_instance() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_python_function_is_provisioned_like_a_native_one() {
+    // The platform's Python bootstrap, unchanged: its interpreter's start leaves the
+    // connection's path.
+    let server = scfsim_e2e::repo_root().join("examples/echo/server.py");
+    let scfsim = Scfsim::start(vec![Function::script(
+        "py",
+        &format!("/var/lang/python3/bin/python3 {}", server.display()),
+    )
+    .set("provisioned_instances", "1")])
+    .await;
+    let ready = until_waiting(&scfsim, "py", 1, &BTreeSet::new()).await;
+    let mut client = scfsim.connect("/py").await;
+    client.send_text("provisioned python").await;
+    client.expect_text("provisioned python").await;
+    client.close(1000, "").await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    assert_eq!(record["provisioned"], true, "{record:#}");
+    assert_eq!(
+        BTreeSet::from([record["instance_pid"].as_u64().unwrap()]),
+        ready
+    );
+    until_waiting(&scfsim, "py", 1, &ready).await;
+}
+
+#[tokio::test]
+async fn a_server_that_closed_the_waiting_connection_still_gets_its_client() {
+    scfsim_e2e::require(
+        "python3's websockets library",
+        "python3",
+        &["-c", "import websockets"],
+        "python3 -m pip install -r examples/python-echo/requirements.txt",
+    );
+    // websockets closes a connection that sends no handshake within open_timeout: here the
+    // connection scfsim's readiness probe made, 1 s after the instance started.
+    let script = "import asyncio\n\
+                  from websockets.asyncio.server import serve\n\
+                  async def echo(ws):\n    async for m in ws:\n        await ws.send(m)\n\
+                  async def main():\n    async with serve(echo, '0.0.0.0', 9000, open_timeout=1):\n        print('listening', flush=True)\n        await asyncio.Future()\n\
+                  asyncio.run(main())\n";
+    let scfsim = Scfsim::start(vec![Function::script(
+        "strict",
+        &format!("exec python3 -c {}", shell_words(script)),
+    )
+    .set("provisioned_instances", "1")])
+    .await;
+    let ready = until_waiting(&scfsim, "strict", 1, &BTreeSet::new()).await;
+    // Past the server's open_timeout: the first connection is closed by now.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut client = scfsim.connect("/strict").await;
+    client.send_text("after the timeout").await;
+    client.expect_text("after the timeout").await;
+    client.close(1000, "").await;
+    let record = scfsim.record(&client.request_id).await;
+    assert_eq!(record["status_code"], 200, "{record:#}");
+    assert_eq!(record["provisioned"], true, "{record:#}");
+    assert_eq!(
+        BTreeSet::from([record["instance_pid"].as_u64().unwrap()]),
+        ready
+    );
+}
+
+/// `s` as one single-quoted shell word.
+fn shell_words(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
