@@ -114,6 +114,9 @@ enum Command {
         /// Unrecorded connections per target before the first round.
         #[arg(long, default_value_t = 5)]
         warmup: usize,
+        /// A Python echo server (the `websockets` library) instead of the fixture.
+        #[arg(long)]
+        python: bool,
     },
     /// Every scenario at its standard size, then the goals.
     Suite {
@@ -269,6 +272,7 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
             connections,
             rounds,
             warmup,
+            python,
         } => vec![
             provisioned::run(
                 &tools,
@@ -276,6 +280,7 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
                     connections,
                     rounds,
                     warmup,
+                    python,
                 },
             )
             .await?,

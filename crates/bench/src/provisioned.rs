@@ -7,6 +7,7 @@
 //! provisioned instance; the direct fixture accepts TCP), so that the figure is the handover's,
 //! never a start's. Concurrency 1, interleaved rounds.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -32,6 +33,70 @@ pub struct Opts {
     pub rounds: usize,
     /// Unrecorded connections per target before the first round.
     pub warmup: usize,
+    /// The server: the fixture, or a Python echo server on the `websockets` library (whose
+    /// interpreter start, ~100 ms, is what provisioning takes off the connection's path).
+    pub python: bool,
+}
+
+/// The Python server of `--python`: websockets' echo, on `FIXTURE_PORT` (as the benchmark
+/// starts fixtures) or 9000 (as scfsim starts instances).
+const PYTHON_ECHO: &str = "import asyncio, os
+from websockets.asyncio.server import serve
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    port = int(os.environ.get('FIXTURE_PORT', '9000'))
+    async with serve(echo, '0.0.0.0', port, compression=None):
+        await asyncio.Future()
+
+asyncio.run(main())
+";
+
+/// The program and arguments of the server under test.
+struct Server {
+    program: PathBuf,
+    args: Vec<String>,
+    /// Keeps the Python script's directory.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn new(tools: &Tools, python: bool) -> Result<Server> {
+        if !python {
+            return Ok(Server {
+                program: tools.fixture.clone(),
+                args: vec!["echo".into()],
+                _dir: None,
+            });
+        }
+        let program = servers::find_program("python3", &[])?;
+        let check = std::process::Command::new(&program)
+            .args(["-c", "import websockets.asyncio.server"])
+            .output()
+            .context("running python3")?;
+        anyhow::ensure!(
+            check.status.success(),
+            "python3's websockets library is missing (python3 -m pip install -r \
+             examples/python-echo/requirements.txt)"
+        );
+        let dir = tempfile::tempdir()?;
+        let script = dir.path().join("echo.py");
+        std::fs::write(&script, PYTHON_ECHO)?;
+        Ok(Server {
+            program,
+            args: vec![script.display().to_string()],
+            _dir: Some(dir),
+        })
+    }
+
+    fn command(&self) -> Vec<String> {
+        std::iter::once(self.program.display().to_string())
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -85,12 +150,13 @@ async fn provisioned_ready(scfsim: &Scfsim) -> Result<()> {
 }
 
 /// One connection: make its server ready (untimed), then connect, echo once (timed), close.
-async fn one(tools: &Tools, scfsim: &Scfsim, target: Target, tally: &mut Tally) -> Result<()> {
+async fn one(server: &Server, scfsim: &Scfsim, target: Target, tally: &mut Tally) -> Result<()> {
     let msg = client::payload(MESSAGE_BYTES, true);
     let (url, child) = match target {
         Target::Direct => {
             let port = free_port()?;
-            let child = spawn_fixture(&tools.fixture, &["echo"], port)?;
+            let args: Vec<&str> = server.args.iter().map(String::as_str).collect();
+            let child = spawn_fixture(&server.program, &args, port)?;
             servers::wait_listening(localhost(port), READY_PATIENCE).await?;
             (format!("ws://127.0.0.1:{port}/"), Some(child))
         }
@@ -113,10 +179,10 @@ async fn one(tools: &Tools, scfsim: &Scfsim, target: Target, tally: &mut Tally) 
     Ok(())
 }
 
-async fn round(tools: &Tools, scfsim: &Scfsim, target: Target, n: usize) -> Tally {
+async fn round(server: &Server, scfsim: &Scfsim, target: Target, n: usize) -> Tally {
     let mut tally = Tally::default();
     for _ in 0..n {
-        if let Err(e) = one(tools, scfsim, target, &mut tally).await {
+        if let Err(e) = one(server, scfsim, target, &mut tally).await {
             tally.errors.add(format!("{e:#}"));
         }
     }
@@ -124,10 +190,12 @@ async fn round(tools: &Tools, scfsim: &Scfsim, target: Target, n: usize) -> Tall
 }
 
 pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
+    let server = Server::new(tools, opts.python)?;
     let scfsim = Scfsim::start(
         tools,
         &ScfsimSettings {
             provisioned_instances: 1,
+            command: opts.python.then(|| server.command()),
             ..ScfsimSettings::default()
         },
     )
@@ -135,7 +203,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     let targets = [Target::Direct, Target::Provisioned];
     if opts.warmup > 0 {
         for t in targets {
-            let w = round(tools, &scfsim, t, opts.warmup).await;
+            let w = round(&server, &scfsim, t, opts.warmup).await;
             if w.errors.count > 0 {
                 eprintln!(
                     "scfsim-bench: {} warm-up errors: {:?}",
@@ -151,7 +219,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     for r in 0..rounds {
         let order: Vec<usize> = if r % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
         for i in order {
-            let t = round(tools, &scfsim, targets[i], per_round).await;
+            let t = round(&server, &scfsim, targets[i], per_round).await;
             let total = &mut tallies[i];
             total.handshake.merge(&t.handshake);
             total.first_echo.merge(&t.first_echo);
@@ -214,9 +282,14 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     crate::stats::print_scenario(
         &format!(
             "provisioned: {} connections per target at concurrency 1, {} interleaved rounds \
-             (fixture)",
+             ({})",
             per_round * rounds,
-            rounds
+            rounds,
+            if opts.python {
+                "Python websockets"
+            } else {
+                "fixture"
+            }
         ),
         &procfs::loadavg(),
         &table.render(),
@@ -228,6 +301,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     );
     let out = json!({
         "scenario": "provisioned",
+        "server": if opts.python { "python" } else { "fixture" },
         "connections": per_round * rounds,
         "concurrency": 1,
         "rounds": rounds,

@@ -149,6 +149,8 @@ pub struct ScfsimSettings {
     pub idle_timeout: &'static str,
     /// The function's `provisioned_instances` (0: none, every connection starts its own).
     pub provisioned_instances: u32,
+    /// What the bootstrap execs instead of the fixture (program and arguments).
+    pub command: Option<Vec<String>>,
 }
 
 impl Default for ScfsimSettings {
@@ -157,6 +159,7 @@ impl Default for ScfsimSettings {
             max_instances: 5000,
             idle_timeout: "300s",
             provisioned_instances: 0,
+            command: None,
         }
     }
 }
@@ -177,7 +180,11 @@ impl Scfsim {
         let dir = temp_dir("scfsim-bench-")?;
         let code_dir = dir.path().join("functions/echo");
         std::fs::create_dir_all(&code_dir)?;
-        let bootstrap = write_bootstrap(&code_dir, &tools.fixture)?;
+        let command = match &settings.command {
+            Some(command) => command.clone(),
+            None => vec![tools.fixture.display().to_string(), "echo".into()],
+        };
+        let bootstrap = write_bootstrap(&code_dir, &command)?;
         let config = format!(
             "relaxed_limits = true\n\n\
              [gateway]\n\
@@ -318,11 +325,18 @@ impl Drop for Scfsim {
     }
 }
 
-/// The bootstrap scfsim runs, also spawned by the floor: `exec FIXTURE echo` under `/bin/sh`.
-fn write_bootstrap(code_dir: &Path, fixture: &Path) -> Result<PathBuf> {
+/// The bootstrap scfsim runs, also spawned by the floor: `exec FIXTURE echo` (or `command`)
+/// under `/bin/sh`.
+fn write_bootstrap(code_dir: &Path, command: &[String]) -> Result<PathBuf> {
     let bootstrap = code_dir.join("scf_bootstrap");
-    let quoted = format!("'{}'", fixture.display().to_string().replace('\'', r"'\''"));
-    std::fs::write(&bootstrap, format!("#!/bin/sh\nexec {quoted} echo\n"))?;
+    let quoted: Vec<String> = command
+        .iter()
+        .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
+        .collect();
+    std::fs::write(
+        &bootstrap,
+        format!("#!/bin/sh\nexec {}\n", quoted.join(" ")),
+    )?;
     std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755))?;
     Ok(bootstrap)
 }
