@@ -55,10 +55,12 @@ fn render(state: &AdminState) -> Result<String, std::fmt::Error> {
         connections.get_or_create(&labels(&f.name)).set(0);
         instances.get_or_create(&labels(&f.name)).set(0);
     }
-    // Each connection has its own instance (the platform's model for WebSocket functions),
-    // so both gauges count the same registry entries.
+    // Each connection has its own instance (the platform's model for WebSocket functions);
+    // a provisioned instance waiting for its connection is an instance without one.
     for live in state.live.list() {
-        connections.get_or_create(&labels(&live.function)).inc();
+        if live.state == scfsim_gateway::InstanceState::Connected {
+            connections.get_or_create(&labels(&live.function)).inc();
+        }
         instances.get_or_create(&labels(&live.function)).inc();
     }
     registry.register(
@@ -68,7 +70,7 @@ fn render(state: &AdminState) -> Result<String, std::fmt::Error> {
     );
     registry.register(
         "scfsim_live_instances",
-        "Function instances serving a connection right now",
+        "Function instances right now: serving a connection, or provisioned and waiting for one",
         instances,
     );
 

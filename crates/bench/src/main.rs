@@ -8,6 +8,8 @@
 //! - `hold`: many simultaneous connections through scfsim; memory per connection.
 //! - `docker`: connect → first echo to an image function through scfsim, with and without a
 //!   stock of created containers, against the engine's own create + start + connect.
+//! - `provisioned`: a connection taking a provisioned instance against a direct connection to
+//!   a server that already runs.
 //! - `suite`: all of them at standard sizes, then the goals of issue #7.
 //!
 //! Each scenario prints a markdown table and one JSON line (a line starting with `{`).
@@ -19,6 +21,7 @@ mod echo;
 mod env;
 mod hold;
 mod procfs;
+mod provisioned;
 mod servers;
 mod stats;
 mod suite;
@@ -123,6 +126,20 @@ enum Command {
         /// `container_stock` of the stocked function.
         #[arg(long, default_value_t = 8)]
         stock: u32,
+    },
+    /// Connect→first echo with a provisioned instance waiting, against a direct connection to
+    /// an already running server (concurrency 1).
+    Provisioned {
+        #[arg(long, short = 'n', default_value_t = 200)]
+        connections: usize,
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Unrecorded connections per target before the first round.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// A Python echo server (the `websockets` library) instead of the fixture.
+        #[arg(long)]
+        python: bool,
     },
     /// Every scenario at its standard size, then the goals.
     Suite {
@@ -295,6 +312,23 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
             )
             .await?,
         ],
+        Command::Provisioned {
+            connections,
+            rounds,
+            warmup,
+            python,
+        } => vec![
+            provisioned::run(
+                &tools,
+                &provisioned::Opts {
+                    connections,
+                    rounds,
+                    warmup,
+                    python,
+                },
+            )
+            .await?,
+        ],
         Command::Suite { quick } => {
             let env = Env::start(tools, true, true).await?;
             if let Ok(n) = &env.nginx {
@@ -322,7 +356,7 @@ fn total_errors(results: &[Value]) -> u64 {
                 v["errors"]["count"].as_u64().unwrap_or(0)
                     + v["warmup_errors"]["count"].as_u64().unwrap_or(0)
             }
-            Some("echo" | "connect") => echo::error_count(v),
+            Some("echo" | "connect" | "provisioned") => echo::error_count(v),
             _ => 0,
         })
         .sum()

@@ -147,6 +147,10 @@ pub struct ScfsimSettings {
     /// Per function and in total.
     pub max_instances: u32,
     pub idle_timeout: &'static str,
+    /// The function's `provisioned_instances` (0: none, every connection starts its own).
+    pub provisioned_instances: u32,
+    /// What the bootstrap execs instead of the fixture (program and arguments).
+    pub command: Option<Vec<String>>,
 }
 
 impl Default for ScfsimSettings {
@@ -154,6 +158,8 @@ impl Default for ScfsimSettings {
         ScfsimSettings {
             max_instances: 5000,
             idle_timeout: "300s",
+            provisioned_instances: 0,
+            command: None,
         }
     }
 }
@@ -162,6 +168,8 @@ impl Default for ScfsimSettings {
 pub struct Scfsim {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin API's address.
+    pub admin: SocketAddr,
     /// The function's `scf_bootstrap`: `exec scfsim-fixture echo`.
     pub bootstrap: PathBuf,
     pub dir: TempDir,
@@ -172,7 +180,11 @@ impl Scfsim {
         let dir = temp_dir("scfsim-bench-")?;
         let code_dir = dir.path().join("functions/echo");
         std::fs::create_dir_all(&code_dir)?;
-        let bootstrap = write_bootstrap(&code_dir, &tools.fixture)?;
+        let command = match &settings.command {
+            Some(command) => command.clone(),
+            None => vec![tools.fixture.display().to_string(), "echo".into()],
+        };
+        let bootstrap = write_bootstrap(&code_dir, &command)?;
         let function = format!(
             "[[functions]]\n\
              name = \"echo\"\n\
@@ -180,8 +192,10 @@ impl Scfsim {
              code_dir = {code_dir:?}\n\
              max_instances = {max}\n\
              idle_timeout = {idle:?}\n\
-             execution_timeout = \"900s\"\n",
+             execution_timeout = \"900s\"\n\
+             provisioned_instances = {provisioned}\n",
             max = settings.max_instances,
+            provisioned = settings.provisioned_instances,
             idle = settings.idle_timeout,
             code_dir = code_dir.display().to_string(),
         );
@@ -261,9 +275,11 @@ impl Scfsim {
                 .context("listening address")
         };
         let addr = find("listening ws://")?;
+        let admin = find("listening admin http://")?;
         Ok(Scfsim {
             child,
             addr,
+            admin,
             bootstrap,
             dir,
         })
@@ -290,6 +306,27 @@ impl Scfsim {
         }
     }
 
+    /// `GET path` of the admin API, as JSON.
+    pub async fn admin_get(&self, path: &str) -> Result<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.admin).await?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        tokio::time::timeout(START_PATIENCE, tcp.read_to_end(&mut response))
+            .await
+            .context("the admin API did not answer")??;
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("an HTTP response without a body")?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        serde_json::from_str(body).with_context(|| format!("GET {path}: not JSON: {body}"))
+    }
+
     /// Waits until scfsim has no instance left (bounded).
     pub async fn quiesce(&self) -> bool {
         crate::procfs::wait_childless(self.pid(), Duration::from_secs(30)).await
@@ -302,11 +339,18 @@ impl Drop for Scfsim {
     }
 }
 
-/// The bootstrap scfsim runs, also spawned by the floor: `exec FIXTURE echo` under `/bin/sh`.
-fn write_bootstrap(code_dir: &Path, fixture: &Path) -> Result<PathBuf> {
+/// The bootstrap scfsim runs, also spawned by the floor: `exec FIXTURE echo` (or `command`)
+/// under `/bin/sh`.
+fn write_bootstrap(code_dir: &Path, command: &[String]) -> Result<PathBuf> {
     let bootstrap = code_dir.join("scf_bootstrap");
-    let quoted = format!("'{}'", fixture.display().to_string().replace('\'', r"'\''"));
-    std::fs::write(&bootstrap, format!("#!/bin/sh\nexec {quoted} echo\n"))?;
+    let quoted: Vec<String> = command
+        .iter()
+        .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
+        .collect();
+    std::fs::write(
+        &bootstrap,
+        format!("#!/bin/sh\nexec {}\n", quoted.join(" ")),
+    )?;
     std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755))?;
     Ok(bootstrap)
 }

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::env::Env;
 use crate::stats::Table;
-use crate::{connect, echo, hold};
+use crate::{connect, echo, hold, provisioned};
 
 /// Sizes of one suite run.
 pub struct Plan {
@@ -13,6 +13,7 @@ pub struct Plan {
     pub connect: Vec<connect::Opts>,
     /// The goal's size first; then smaller ones.
     pub hold: Vec<hold::Opts>,
+    pub provisioned: Vec<provisioned::Opts>,
 }
 
 impl Plan {
@@ -60,6 +61,20 @@ impl Plan {
                     concurrency: 32,
                 },
             ],
+            provisioned: vec![
+                provisioned::Opts {
+                    connections: 200,
+                    rounds: 4,
+                    warmup: 5,
+                    python: false,
+                },
+                provisioned::Opts {
+                    connections: 60,
+                    rounds: 4,
+                    warmup: 3,
+                    python: true,
+                },
+            ],
         }
     }
 
@@ -83,6 +98,12 @@ impl Plan {
             connections: 8,
             concurrency: 4,
         }];
+        plan.provisioned.retain(|p| !p.python);
+        for p in &mut plan.provisioned {
+            p.connections = 4;
+            p.rounds = 2;
+            p.warmup = 1;
+        }
         plan
     }
 }
@@ -216,6 +237,31 @@ fn goals(results: &[Value], judge: bool) -> Value {
         ok: le(m, 40.0).filter(|_| full_size),
     });
 
+    let provisioned = find(results, |v| {
+        v["scenario"] == "provisioned" && v["server"] == "fixture"
+    });
+    let m = at(provisioned, &["vs_direct", "first_echo_p50_diff_ms"]);
+    goals.push(Goal {
+        what: "connect→first echo with a provisioned instance p50 ≤ direct to a running \
+               server + 1 ms",
+        measured: m,
+        vs_exec: None,
+        unit: " ms",
+        ok: le(m, 1.0),
+    });
+
+    let provisioned_python = find(results, |v| {
+        v["scenario"] == "provisioned" && v["server"] == "python"
+    });
+    let m = at(provisioned_python, &["vs_direct", "first_echo_p50_diff_ms"]);
+    goals.push(Goal {
+        what: "the same for a Python (websockets) function",
+        measured: m,
+        vs_exec: None,
+        unit: " ms",
+        ok: le(m, 1.0),
+    });
+
     if !judge {
         for g in &mut goals {
             g.ok = None;
@@ -264,6 +310,9 @@ pub async fn run(env: &Env, plan: &Plan, judge: bool) -> Result<Vec<Value>> {
     }
     for h in &plan.hold {
         results.push(hold::run(&env.tools, h).await?);
+    }
+    for p in &plan.provisioned {
+        results.push(provisioned::run(&env.tools, p).await?);
     }
     let g = goals(&results, judge);
     results.push(g);

@@ -99,6 +99,7 @@ async fn every_scenario_runs_at_tiny_sizes() {
     ])
     .await;
     let hold = run(&["hold", "-n", "4", "-c", "2"]).await;
+    let provisioned = run(&["provisioned", "-n", "4", "--rounds", "2", "--warmup", "1"]).await;
 
     let echo = &echo[0];
     assert_eq!(echo["scenario"], "echo");
@@ -121,4 +122,11 @@ async fn every_scenario_runs_at_tiny_sizes() {
     assert_eq!(errors(hold), 0, "{hold}");
     assert_eq!(hold["opened"], 4, "{hold}");
     assert_eq!(hold["live_instances"], 4, "{hold}");
+
+    let provisioned = &provisioned[0];
+    assert_eq!(provisioned["scenario"], "provisioned");
+    assert_eq!(errors(provisioned), 0, "{provisioned}");
+    for t in ["direct", "scfsim_provisioned"] {
+        assert_eq!(provisioned["targets"][t]["connections"], 4, "{provisioned}");
+    }
 }

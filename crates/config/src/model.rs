@@ -264,6 +264,9 @@ pub struct FunctionConfig {
     /// Container instances (image functions, `isolation = "docker"`): how many containers are
     /// kept created, not started, ahead of demand; at most `max_instances`. 0: none.
     pub container_stock: u32,
+    /// Instances kept ready ahead of demand (bootstrap run, listening on port 9000), each
+    /// serving one connection and replaced at once; part of `max_instances`. 0: none.
+    pub provisioned_instances: u32,
     /// Instance memory size (434 above it).
     pub memory_mb: u32,
     /// The function's own environment variables (built-ins are added by the pool).

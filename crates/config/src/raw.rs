@@ -146,6 +146,8 @@ pub(crate) struct RawFunction {
     pub max_instances: Option<i64>,
     /// Containers created ahead of demand (container instances only).
     pub container_stock: Option<i64>,
+    /// Instances kept started ahead of demand (the platform's provisioned concurrency).
+    pub provisioned_instances: Option<i64>,
     /// Instance memory size in MB.
     pub memory_mb: Option<i64>,
     /// The function's own environment variables.

@@ -47,6 +47,7 @@ fn minimal_config_gets_platform_defaults() {
     assert_eq!(f.execution_timeout, Duration::from_secs(900));
     assert_eq!(f.init_timeout, Duration::from_secs(60));
     assert_eq!(f.max_instances, 100);
+    assert_eq!(f.provisioned_instances, 0);
     assert_eq!(f.memory_mb, 128);
     assert!(f.env.is_empty());
     assert_eq!(f.limits, platform);
@@ -91,6 +92,7 @@ idle_timeout = "15s"            # durations: "500ms", "15s", "2m", or an integer
 execution_timeout = "900s"
 init_timeout = "60s"
 max_instances = 100             # the function's concurrency quota
+provisioned_instances = 2       # started ahead of demand, part of max_instances
 memory_mb = 128
 env = { GREETING = "hello" }
 # [functions.limits]            # overrides of [limits]
@@ -114,6 +116,7 @@ env = { GREETING = "hello" }
     assert_eq!(f.execution_timeout, Duration::from_secs(900));
     assert_eq!(f.init_timeout, Duration::from_secs(60));
     assert_eq!((f.max_instances, f.memory_mb), (100, 128));
+    assert_eq!(f.provisioned_instances, 2);
     assert_eq!(f.env.get("GREETING").map(String::as_str), Some("hello"));
 
     // The TLS files and the bootstrap do not exist: allowed, but worth a warning.

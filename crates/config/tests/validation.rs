@@ -201,6 +201,25 @@ fn cases() -> Vec<Case> {
             "functions.\"echo\".container_stock",
             &["got -1;", "0 (no stock) or more"],
         ),
+        // Provisioned instances: 0 to max_instances, never in debug mode.
+        always(
+            "",
+            "max_instances = 3\nprovisioned_instances = 4",
+            "functions.\"echo\".provisioned_instances",
+            &["got 4;", "0 to max_instances (3)", "concurrency quota"],
+        ),
+        always(
+            "",
+            "provisioned_instances = -1",
+            "functions.\"echo\".provisioned_instances",
+            &["got -1;", "0 to max_instances (100)"],
+        ),
+        always(
+            "",
+            "provisioned_instances = 1\ndebug = true",
+            "functions.\"echo\".provisioned_instances",
+            &["got 1;", "debug = true", "waits for a person"],
+        ),
         always("", "memory_mb = 0", MEMORY, &["got 0;", "at least 1"]),
         always("", "memory_mb = -128", MEMORY, &["got -128;", "at least 1"]),
         always(

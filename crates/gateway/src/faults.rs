@@ -204,6 +204,11 @@ impl FaultPlan {
     /// The start fails with this status instead of starting an instance: the end reason of
     /// that real failure, and the message the client and the record get, which says that it
     /// was injected.
+    /// Whether this plan fails or slows the instance's start.
+    pub(crate) fn acts_on_start(&self) -> bool {
+        self.faults.start_failure.is_some() || self.faults.start_delay.is_some()
+    }
+
     pub(crate) fn start_failure(&self, memory_mb: u32) -> Option<(EndReason, String)> {
         let status = self.faults.start_failure?;
         self.note(format!("start_failure({status})"));

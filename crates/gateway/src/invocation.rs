@@ -73,6 +73,8 @@ pub(crate) struct Invocation {
     timeline: Recorder,
     /// Unlists the timeline from the live registry, also if the teardown never runs.
     _listed: Option<TimelineListing>,
+    /// A provisioned instance handed to this connection, until `serve` takes it.
+    provisioned: Option<scfsim_pool::Ready>,
 }
 
 /// A timeline's entry in the live registry; removed when dropped.
@@ -250,7 +252,21 @@ impl Invocation {
             faults: None,
             timeline,
             _listed: listed,
+            provisioned: None,
         }
+    }
+
+    /// Served by `ready`, a provisioned instance, instead of one started for it.
+    pub(crate) fn provisioned(mut self, ready: scfsim_pool::Ready) -> Invocation {
+        self.record.provisioned = true;
+        self.provisioned = Some(ready);
+        self
+    }
+
+    /// Whether an injected fault acts on the instance's start (a start failure or a slow
+    /// start), which a provisioned instance, already started, would skip.
+    pub(crate) fn injects_start_fault(&self) -> bool {
+        self.faults.as_ref().is_some_and(FaultPlan::acts_on_start)
     }
 
     /// Arms the function's `[functions.faults]`, overridden key by key by `requested` (the
@@ -331,7 +347,11 @@ impl Invocation {
                 Err(ended) => return ended.client(client),
             }
         }
-        let ready = match self.start(&client, &cancel).await {
+        let started = match self.provisioned.take() {
+            Some(ready) => Ok(ready),
+            None => self.start(&client, &cancel).await,
+        };
+        let ready = match started {
             Ok(ready) => ready,
             Err(ended) => return ended.client(client),
         };
@@ -535,26 +555,10 @@ impl Invocation {
         if let Some(debug) = &self.debug {
             debug.env(&mut env);
         }
+        let spec = instance_spec(&self.function, env, self.init_timeout(), self.request_id);
         let spec = InstanceSpec {
-            bootstrap: self.function.bootstrap.clone(),
-            code_dir: self.function.code_dir.clone(),
-            env,
-            init_timeout: self.init_timeout(),
-            memory_mb: Some(self.function.memory_mb),
             debug: self.debug.as_ref().map(|d| d.tap.clone()),
-            image: self
-                .function
-                .image
-                .as_ref()
-                .map(|i| scfsim_pool::ImageSpec {
-                    image: i.image.clone(),
-                    command: i.command.clone(),
-                    args: i.args.clone(),
-                }),
-            function: self.function.name.clone(),
-            request_id: self.request_id.to_string(),
-            max_instances: self.function.max_instances,
-            container_stock: self.function.container_stock,
+            ..spec
         };
         self.timeline.phase(|| {
             let what = match &self.function.image {
@@ -1019,5 +1023,32 @@ mod time_scale_tests {
             "a size, not a rate"
         );
         assert_eq!(scaled_rates(platform, 1.0), platform);
+    }
+}
+
+/// What the backend needs to start an instance of `function` for request `request_id` (its
+/// container's name, where it has one); no debugger attached.
+pub(crate) fn instance_spec(
+    function: &FunctionConfig,
+    env: Vec<(String, String)>,
+    init_timeout: std::time::Duration,
+    request_id: Uuid,
+) -> InstanceSpec {
+    InstanceSpec {
+        bootstrap: function.bootstrap.clone(),
+        code_dir: function.code_dir.clone(),
+        env,
+        init_timeout,
+        memory_mb: Some(function.memory_mb),
+        debug: None,
+        image: function.image.as_ref().map(|i| scfsim_pool::ImageSpec {
+            image: i.image.clone(),
+            command: i.command.clone(),
+            args: i.args.clone(),
+        }),
+        function: function.name.clone(),
+        request_id: request_id.to_string(),
+        max_instances: function.max_instances,
+        container_stock: function.container_stock,
     }
 }

@@ -13,6 +13,7 @@
 //! - `proxy`: frames one to one, timers, the closing handshakes.
 //! - `live`: the registry of open connections that the admin API shows.
 //! - `timeline`: each invocation's frame timeline, captured on the data path.
+//! - `provisioned`: instances started ahead of demand (`provisioned_instances`).
 //! - `responses`: the HTTP answers given instead of an upgrade.
 //! - `faults`: faults injected on purpose, one `FaultPlan` per connection.
 
@@ -24,6 +25,7 @@ mod handshake;
 mod invocation;
 mod limits;
 pub mod live;
+mod provisioned;
 mod proxy;
 mod responses;
 mod server;
@@ -106,8 +108,8 @@ use tokio_util::task::TaskTracker;
 
 pub use client::ClientStream;
 pub use live::{
-    AdminClose, Capture, DebugView, LiveInstance, LiveInstanceView, LiveInstances, Payload,
-    SteerRefusal, To, TrafficSnapshot,
+    AdminClose, Capture, DebugView, InstanceState, LiveInstance, LiveInstanceView, LiveInstances,
+    Payload, SteerRefusal, To, TrafficSnapshot,
 };
 pub use tls::{Tls, TlsError};
 
@@ -156,6 +158,8 @@ pub struct Gateway {
     store: Arc<dyn Store>,
     live: Arc<LiveInstances>,
     quotas: limits::Quotas,
+    /// Instances started ahead of demand, for functions with `provisioned_instances`.
+    provisioned: provisioned::Provisioned,
     identity: PlatformIdentity,
     /// PATH, HOME, LANG and `pass_env` from scfsim's environment, for every instance.
     host_env: Vec<(String, String)>,
@@ -178,6 +182,7 @@ impl Gateway {
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             quotas: limits::Quotas::new(&config),
+            provisioned: provisioned::Provisioned::new(&config.functions),
             identity: PlatformIdentity::from(&config.platform),
             host_env: env::from_host(&config.gateway.pass_env),
             config,

@@ -147,6 +147,29 @@ impl Quotas {
         }
     }
 
+    /// A slot for a provisioned instance of `function`: waits until one is free (slots that
+    /// free up go to waiting provisioned instances before new connections). Not subject to
+    /// `max_new_instances_per_minute`: replacing a provisioned instance is scfsim keeping a
+    /// promise made in the config, not a burst of demand.
+    pub(crate) async fn acquire_waiting(&self, function: &str) -> Permit {
+        let (sem, _) = self
+            .per_function
+            .get(function)
+            .expect("every provisioned function has a quota");
+        // Never closed: these semaphores live as long as the quotas.
+        let function_permit = sem.clone().acquire_owned().await.expect("never closed");
+        let total_permit = self
+            .total
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        Permit {
+            _function: function_permit,
+            _total: total_permit,
+        }
+    }
+
     pub(crate) fn acquire(&self, function: &str) -> Result<Permit, Refusal> {
         let (sem, max) = self
             .per_function

@@ -111,12 +111,33 @@ pub struct LiveInstance {
     pub debug: Option<DebugView>,
 }
 
+/// A provisioned instance waiting for its connection.
+#[derive(Debug, Clone)]
+pub(crate) struct WaitingInstance {
+    pub id: Uuid,
+    pub function: String,
+    pub pid: u32,
+    pub started_at: OffsetDateTime,
+}
+
+/// Whether a listed instance serves a connection or waits for one.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Serving its connection (or, in debug mode, starting for it).
+    Connected,
+    /// A provisioned instance, started ahead of demand, waiting for a connection.
+    Provisioned,
+}
+
 /// What the admin API shows of a live instance.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveInstanceView {
     pub id: Uuid,
     pub function: String,
-    pub request_id: Uuid,
+    pub state: InstanceState,
+    /// `null` for a provisioned instance that waits for its connection.
+    pub request_id: Option<Uuid>,
     /// Always a number for an instance that listens; `null` only while a debug-mode instance
     /// starts.
     pub pid: Option<u32>,
@@ -129,10 +150,12 @@ pub struct LiveInstanceView {
     pub debug: Option<DebugView>,
 }
 
-/// The registry of open connections, keyed by instance id.
+/// The registry of open connections, keyed by instance id, of the provisioned instances
+/// waiting for one (listed, but not counted as connections), and of the live timelines.
 #[derive(Default)]
 pub struct LiveInstances {
     map: DashMap<Uuid, LiveInstance>,
+    waiting: DashMap<Uuid, WaitingInstance>,
     /// The timelines of invocations not yet recorded, by request id: from the upgrade request
     /// on (before the instance listens), so that the start phases are seen live too.
     timelines: DashMap<Uuid, Arc<Capture>>,
@@ -142,6 +165,7 @@ impl std::fmt::Debug for LiveInstances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveInstances")
             .field("map", &self.map)
+            .field("waiting", &self.waiting)
             .field("timelines", &self.timelines.len())
             .finish()
     }
@@ -169,6 +193,14 @@ impl LiveInstances {
         self.map.remove(&id);
     }
 
+    pub(crate) fn insert_waiting(&self, waiting: WaitingInstance) {
+        self.waiting.insert(waiting.id, waiting);
+    }
+
+    pub(crate) fn remove_waiting(&self, id: Uuid) {
+        self.waiting.remove(&id);
+    }
+
     /// Once the Node.js inspector of a debug-mode instance told its DevTools URL.
     pub(crate) fn set_debug_url(&self, id: Uuid, url: String) {
         if let Some(mut live) = self.map.get_mut(&id) {
@@ -185,7 +217,7 @@ impl LiveInstances {
         }
     }
 
-    /// Oldest first.
+    /// Oldest first: connections, and provisioned instances waiting for one.
     pub fn list(&self) -> Vec<LiveInstanceView> {
         let mut all: Vec<_> = self
             .map
@@ -193,17 +225,29 @@ impl LiveInstances {
             .map(|e| LiveInstanceView {
                 id: e.id,
                 function: e.function.clone(),
-                request_id: e.request_id,
+                state: InstanceState::Connected,
+                request_id: Some(e.request_id),
                 pid: e.pid,
                 started_at: e.started_at,
                 traffic: e.traffic.snapshot(),
                 debug: e.debug.clone(),
             })
+            .chain(self.waiting.iter().map(|e| LiveInstanceView {
+                id: e.id,
+                function: e.function.clone(),
+                state: InstanceState::Provisioned,
+                request_id: None,
+                pid: Some(e.pid),
+                started_at: e.started_at,
+                traffic: TrafficSnapshot::default(),
+                debug: None,
+            }))
             .collect();
         all.sort_by_key(|v| v.started_at);
         all
     }
 
+    /// Connections of `function` (provisioned instances waiting for one not counted).
     pub fn count(&self, function: &str) -> usize {
         self.map.iter().filter(|e| e.function == function).count()
     }

@@ -12,22 +12,19 @@ use tracing::Instrument;
 use crate::client::{self, ClientConn, ClientStream, HEAD_DEADLINE};
 use crate::handshake::{check_upgrade, BadUpgrade};
 use crate::invocation::Invocation;
-use crate::limits::{Permit, Refusal};
+use crate::provisioned::Handed;
 use crate::responses::{json_error, text, Body};
 use crate::Gateway;
 use tokio_rustls::TlsAcceptor;
 
-/// A request for a function, the faults its header asks for, and its quota slot or why there is
-/// none.
-type Routed<'a> = (
-    &'a FunctionConfig,
-    Option<scfsim_config::Faults>,
-    Result<Permit, Refusal>,
-);
+/// A request for a function, and the faults its header asks for.
+type Routed<'a> = (&'a FunctionConfig, Option<scfsim_config::Faults>);
 
 impl Gateway {
-    /// Accepts connections on `listener` until the shutdown token is cancelled.
+    /// Accepts connections on `listener` until the shutdown token is cancelled, and keeps the
+    /// functions' provisioned instances ready meanwhile.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        crate::provisioned::Provisioned::start(&self);
         self.accept_loop(listener, None).await
     }
 
@@ -91,7 +88,7 @@ impl Gateway {
                 let mut client = client;
                 let _ = client.respond(*resp).await;
             }
-            Ok((function, faults, admission)) => {
+            Ok((function, faults)) => {
                 let mut invocation = Invocation::new(self.clone(), function.clone(), req, peer);
                 invocation.inject(faults);
                 let span = tracing::info_span!(
@@ -101,16 +98,30 @@ impl Gateway {
                     %peer,
                     pid = tracing::field::Empty
                 );
-                match admission {
-                    Ok(permit) => invocation.run(client, permit).instrument(span).await,
-                    Err(refusal) => invocation.refuse(client, refusal).instrument(span).await,
-                }
+                let gateway = &self;
+                let run = async move {
+                    // A provisioned instance brings its own quota slot. An injected start
+                    // failure or slow start is about starting an instance: such a connection
+                    // starts its own.
+                    if !invocation.injects_start_fault() {
+                        if let Some(handed) = gateway.provisioned.take(&function.name).await {
+                            let Handed { ready, permit } = handed;
+                            return invocation.provisioned(ready).run(client, permit).await;
+                        }
+                    }
+                    match gateway.quotas.acquire(&function.name) {
+                        Ok(permit) => invocation.run(client, permit).await,
+                        Err(refusal) => invocation.refuse(client, refusal).await,
+                    }
+                };
+                run.instrument(span).await
             }
         }
     }
 
-    /// Which function serves `req`, and whether its quota admits one more instance; or the
-    /// answer that ends the request here, before it is an invocation.
+    /// Which function serves `req` and the faults its header asks for; or the answer that ends
+    /// the request here, before it is an invocation. Its quota is checked once no provisioned
+    /// instance takes it.
     fn route(&self, req: &Request<()>) -> Result<Routed<'_>, Box<Response<Body>>> {
         let path = req.uri().path();
         // Only origin-form targets (`/path?query`) name a function: `*` or an absolute URI
@@ -139,6 +150,6 @@ impl Gateway {
             return Err(Box::new(resp));
         }
         let faults = crate::faults::from_headers(req.headers(), &self.config.gateway)?;
-        Ok((function, faults, self.quotas.acquire(&function.name)))
+        Ok((function, faults))
     }
 }

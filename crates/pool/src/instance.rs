@@ -73,6 +73,15 @@ impl Instance {
         self.inner.exited().await
     }
 
+    /// A new connection to the instance's port 9000 (with `TCP_NODELAY`), as the launcher's
+    /// readiness probe makes it: for an instance that was kept waiting and whose first
+    /// connection its server has since closed.
+    pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let stream = self.inner.connect().await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
     /// True once the instance went over its memory limit (and was killed for it, by the kernel
     /// or by its backend).
     pub fn memory_exceeded(&self) -> bool {
@@ -92,6 +101,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 trait ErasedInstance: Send + Sync {
     fn pid(&self) -> u32;
     fn exited(&mut self) -> BoxFuture<'_, ExitInfo>;
+    fn connect(&self) -> BoxFuture<'_, std::io::Result<tokio::net::TcpStream>>;
     fn memory_exceeded(&self) -> bool;
     fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, StoppedInstance>;
 }
@@ -110,6 +120,10 @@ impl<B: Backend> ErasedInstance for Bound<B> {
 
     fn exited(&mut self) -> BoxFuture<'_, ExitInfo> {
         Box::pin(self.backend.exited(&mut self.instance))
+    }
+
+    fn connect(&self) -> BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
+        Box::pin(self.backend.connect(&self.instance))
     }
 
     fn memory_exceeded(&self) -> bool {

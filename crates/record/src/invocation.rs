@@ -35,9 +35,13 @@ pub struct Invocation {
     pub ended_at: Option<OffsetDateTime>,
     #[serde(default)]
     pub duration_ms: Option<u64>,
-    /// From the connection's arrival to the instance listening on port 9000.
+    /// What the client waited for an instance: from the connection's arrival to the instance
+    /// listening on port 9000, or to a provisioned instance being handed over.
     #[serde(default)]
     pub startup_ms: Option<u64>,
+    /// Served by a provisioned instance (started ahead of demand), not one started for it.
+    #[serde(default)]
+    pub provisioned: bool,
     /// Messages client -> function.
     #[serde(default)]
     pub messages_in: u64,
@@ -98,6 +102,7 @@ impl Invocation {
             ended_at: None,
             duration_ms: None,
             startup_ms: None,
+            provisioned: false,
             messages_in: 0,
             messages_out: 0,
             bytes_in: 0,

@@ -71,6 +71,8 @@ impl Checker<'_> {
             Some(v) => self.count_u32(&at("container_stock"), v, None)?,
             None => CONTAINER_STOCK_DEFAULT,
         };
+        let provisioned_instances =
+            self.provisioned_instances(&at("provisioned_instances"), &raw, max_instances)?;
         let memory_mb = match raw.memory_mb {
             Some(v) => self.memory_mb(&at("memory_mb"), v)?,
             None => MEMORY_DEFAULT,
@@ -99,6 +101,7 @@ impl Checker<'_> {
             init_timeout,
             max_instances,
             container_stock,
+            provisioned_instances,
             memory_mb,
             env: raw.env,
             limits,
@@ -181,6 +184,39 @@ impl Checker<'_> {
                 args: raw.args.clone(),
             }),
         ))
+    }
+
+    /// 0 (the default) to `max_instances`: provisioned instances are part of the concurrency
+    /// quota. Not with `debug = true`, whose instances wait for a person before they listen.
+    fn provisioned_instances(
+        &self,
+        field: &str,
+        raw: &RawFunction,
+        max_instances: u32,
+    ) -> Checked<u32> {
+        let Some(value) = raw.provisioned_instances else {
+            return Ok(0);
+        };
+        if value < 0 || value > i64::from(max_instances) {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "got {value}; must be 0 to max_instances ({max_instances}): provisioned \
+                     instances count against the function's concurrency quota"
+                ),
+            ));
+        }
+        if value > 0 && raw.debug {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "got {value}; not allowed with debug = true: a debug-mode instance waits \
+                     for a person to attach before it listens, so it cannot be started ahead \
+                     (remove one of the two)"
+                ),
+            ));
+        }
+        Ok(u32::try_from(value).unwrap_or(max_instances))
     }
 
     fn execution_timeout(

@@ -20,7 +20,8 @@ pub(crate) const APPLICATION_ID: i64 = 0x5343_4653;
 /// `PRAGMA user_version` this scfsim writes. An older scfsim refuses a higher one.
 /// 2 (scfsim with the frame timeline): `frames.event` and `frame_saves`.
 /// 3 (scfsim with faults on purpose): `invocations.injected_faults`.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4 (scfsim with provisioned instances): `invocations.provisioned`.
+pub const SCHEMA_VERSION: i64 = 4;
 
 const CREATE: &str = r#"
 CREATE TABLE invocations (
@@ -52,6 +53,7 @@ CREATE TABLE invocations (
     client_addr        TEXT,
     path               TEXT,
     injected_faults    TEXT NOT NULL DEFAULT '[]', -- JSON list of strings (version 3)
+    provisioned        INTEGER NOT NULL DEFAULT 0, -- 0/1 (version 4)
     -- The whole record as the API shows it (JSON), including fields newer than these columns.
     record             TEXT NOT NULL
 );
@@ -217,9 +219,14 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), RecordEr
 const UPGRADE_TO_3: &str =
     "ALTER TABLE invocations ADD COLUMN injected_faults TEXT NOT NULL DEFAULT '[]';";
 
+/// From schema 3 to 4: whether a provisioned instance (started ahead of demand) served the
+/// invocation.
+const UPGRADE_TO_4: &str =
+    "ALTER TABLE invocations ADD COLUMN provisioned INTEGER NOT NULL DEFAULT 0;";
+
 /// What each version adds to the one before it, in order: `MIGRATIONS[i]` turns version `i + 1`
 /// into version `i + 2`. `CREATE` is always the newest layout.
-const MIGRATIONS: &[&str] = &[UPGRADE_TO_2, UPGRADE_TO_3];
+const MIGRATIONS: &[&str] = &[UPGRADE_TO_2, UPGRADE_TO_3, UPGRADE_TO_4];
 
 /// Brings a database of an older `version` (at least 1) up to [`SCHEMA_VERSION`], each step in
 /// a transaction of its own with its `user_version`, so an interrupted upgrade resumes.
@@ -254,9 +261,9 @@ pub(crate) const UPSERT: &str = "INSERT INTO invocations (seq, request_id, funct
     outcome, end_reason, close_code, close_reason, closed_by, started_at, started_us, ended_at,
     duration_ms, startup_ms, messages_in, messages_out, bytes_in, bytes_out, throttled_messages,
     instance_pid, instance_exit_code, instance_signal, http_status, error, client_addr, path,
-    record, injected_faults)
+    record, injected_faults, provisioned)
   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
+    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
   ON CONFLICT (request_id) DO UPDATE SET function = excluded.function,
     status_code = excluded.status_code, outcome = excluded.outcome,
     end_reason = excluded.end_reason, close_code = excluded.close_code,
@@ -269,7 +276,8 @@ pub(crate) const UPSERT: &str = "INSERT INTO invocations (seq, request_id, funct
     instance_pid = excluded.instance_pid, instance_exit_code = excluded.instance_exit_code,
     instance_signal = excluded.instance_signal, http_status = excluded.http_status,
     error = excluded.error, client_addr = excluded.client_addr, path = excluded.path,
-    record = excluded.record, injected_faults = excluded.injected_faults";
+    record = excluded.record, injected_faults = excluded.injected_faults,
+    provisioned = excluded.provisioned";
 
 fn text<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
     v.as_ref().and_then(|v| match serde_json::to_value(v) {
@@ -321,6 +329,7 @@ pub(crate) fn upsert(
         inv.path,
         record,
         serde_json::to_string(&inv.injected_faults).unwrap_or_else(|_| "[]".into()),
+        inv.provisioned,
     ])?;
     Ok(())
 }

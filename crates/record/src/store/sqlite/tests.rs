@@ -232,6 +232,46 @@ fn a_second_store_on_the_same_directory_is_refused() {
 }
 
 #[test]
+fn a_version_3_database_gains_the_provisioned_column_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = done_at(t(0));
+    let (store, _) = SqliteStore::open(dir.path()).unwrap();
+    store.finish(old.clone()).unwrap();
+    assert!(store.flush(PATIENCE));
+    drop(store);
+    // Back to what scfsim wrote before the column existed.
+    let db = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    db.execute_batch("ALTER TABLE invocations DROP COLUMN provisioned")
+        .unwrap();
+    db.pragma_update(None, "user_version", 3).unwrap();
+    drop(db);
+
+    let (store, _) = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.get(old.request_id), Some(old.clone()));
+    let mut new = done_at(t(1));
+    new.provisioned = true;
+    store.finish(new.clone()).unwrap();
+    assert!(store.flush(PATIENCE));
+    assert_eq!(store.get(new.request_id), Some(new.clone()));
+    drop(store);
+
+    let db = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let column = |id: Uuid| -> i64 {
+        db.query_row(
+            "SELECT provisioned FROM invocations WHERE request_id = ?1",
+            [id.hyphenated().to_string()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!((column(old.request_id), column(new.request_id)), (0, 1));
+}
+
+#[test]
 fn a_newer_schema_and_a_foreign_or_corrupt_file_are_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     drop(SqliteStore::open(dir.path()).unwrap());
@@ -311,10 +351,13 @@ fn a_version_2_database_gains_the_injected_faults_column_and_keeps_its_records()
         store.finish(old.clone()).unwrap();
         assert!(store.flush(PATIENCE));
     }
-    // The layout of version 2: no injected_faults column.
+    // The layout of version 2: no injected_faults (nor provisioned) column.
     let db = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
-    db.execute_batch("ALTER TABLE invocations DROP COLUMN injected_faults;")
-        .unwrap();
+    db.execute_batch(
+        "ALTER TABLE invocations DROP COLUMN injected_faults;
+         ALTER TABLE invocations DROP COLUMN provisioned;",
+    )
+    .unwrap();
     db.pragma_update(None, "user_version", 2).unwrap();
     drop(db);
 
@@ -425,6 +468,7 @@ fn a_schema_1_database_gets_the_timeline_tables() {
         "DROP TABLE frame_saves; DROP TRIGGER invocations_cascade;
          ALTER TABLE frames DROP COLUMN event;
          ALTER TABLE invocations DROP COLUMN injected_faults;
+         ALTER TABLE invocations DROP COLUMN provisioned;
          CREATE TRIGGER invocations_cascade AFTER DELETE ON invocations BEGIN
              DELETE FROM instance_logs WHERE request_id = old.request_id;
              DELETE FROM log_saves WHERE request_id = old.request_id;
