@@ -1007,25 +1007,6 @@ fn scaled_rates(limits: scfsim_config::Limits, time_scale: f64) -> scfsim_config
     }
 }
 
-#[cfg(test)]
-mod time_scale_tests {
-    use super::scaled_rates;
-    use scfsim_config::Limits;
-
-    #[test]
-    fn rates_are_per_platform_second() {
-        let platform = Limits::default();
-        let scaled = scaled_rates(platform, 100.0);
-        assert_eq!(scaled.max_messages_per_second, 1000);
-        assert_eq!(scaled.max_bytes_per_second, 100 * 128 * 1024);
-        assert_eq!(
-            scaled.max_message_bytes, platform.max_message_bytes,
-            "a size, not a rate"
-        );
-        assert_eq!(scaled_rates(platform, 1.0), platform);
-    }
-}
-
 /// What the backend needs to start an instance of `function` for request `request_id` (its
 /// container's name, where it has one); no debugger attached.
 pub(crate) fn instance_spec(
@@ -1050,5 +1031,24 @@ pub(crate) fn instance_spec(
         request_id: request_id.to_string(),
         max_instances: function.max_instances,
         container_stock: function.container_stock,
+    }
+}
+
+#[cfg(test)]
+mod time_scale_tests {
+    use super::scaled_rates;
+    use scfsim_config::Limits;
+
+    #[test]
+    fn rates_are_per_platform_second() {
+        let platform = Limits::default();
+        let scaled = scaled_rates(platform, 100.0);
+        assert_eq!(scaled.max_messages_per_second, 1000);
+        assert_eq!(scaled.max_bytes_per_second, 100 * 128 * 1024);
+        assert_eq!(
+            scaled.max_message_bytes, platform.max_message_bytes,
+            "a size, not a rate"
+        );
+        assert_eq!(scaled_rates(platform, 1.0), platform);
     }
 }
