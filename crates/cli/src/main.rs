@@ -520,7 +520,7 @@ mod test {
         for scenario in &scenarios {
             let report = scfsim_scenario::run(scenario, &target).await;
             if !options.json {
-                print!("{}", report::human(&report));
+                print!("{}", crate::colored(&report::human(&report)));
             }
             reports.push(report);
         }
@@ -888,4 +888,32 @@ fn print_record(r: &serde_json::Value, json: bool) {
         duration,
         s("started_at")
     );
+}
+
+/// The human report, with its verdicts and the expected/got lines in colour when stdout is a
+/// terminal (and `NO_COLOR` is not set): a failure must stand out in a long CI log read live.
+fn colored(text: &str) -> String {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() || std::env::var_os("NO_COLOR").is_some() {
+        return text.to_owned();
+    }
+    const GREEN: &str = "\x1b[32m";
+    const RED: &str = "\x1b[31m";
+    const RESET: &str = "\x1b[0m";
+    text.lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let colour = if trimmed.starts_with("PASS ") || trimmed.starts_with("expected:") {
+                Some(GREEN)
+            } else if trimmed.starts_with("FAIL ") || trimmed.starts_with("got:") {
+                Some(RED)
+            } else {
+                None
+            };
+            match colour {
+                Some(c) => format!("{c}{line}{RESET}\n"),
+                None => format!("{line}\n"),
+            }
+        })
+        .collect()
 }
