@@ -517,3 +517,44 @@ async fn a_scenarios_faults_reach_its_own_scfsim_and_a_running_one_that_allows_t
         }
     }
 }
+
+#[tokio::test]
+async fn a_scenario_without_steps_expects_a_start_that_fails_on_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &[Function::fixture("echo", &["echo"])], "");
+    let write = |name: &str, status: u16| {
+        let path = dir.path().join(name);
+        let text = format!(
+            "path = \"/echo\"\n\n[faults]\nstart_failure = 446\n\n[outcome]\n\
+             status_code = {status}\nend_reason = \"not_listening\"\n\
+             injected_faults = [\"start_failure(446)\"]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let expected = write("fails.toml", 446);
+    let run = scfsim_test(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), &expected],
+        RUN_PATIENCE,
+    )
+    .await;
+    assert_passed(&run);
+
+    // Expecting another status: the outcome's diff, with the refusal it came from.
+    let wrong = write("wrong.toml", 405);
+    let run = scfsim_test(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), &wrong],
+        RUN_PATIENCE,
+    )
+    .await;
+    assert_eq!(
+        run.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    for part in ["status_code = 405", "status_code = 446", "HTTP 502"] {
+        assert!(run.stdout.contains(part), "no {part:?} in:\n{}", run.stdout);
+    }
+}

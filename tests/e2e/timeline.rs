@@ -114,6 +114,17 @@ async fn a_session_is_on_its_timeline_in_order_with_handshakes_phases_and_closes
     assert_eq!(all[request]["path"], "/echo?room=a", "{t:#}");
     let headers = all[request]["headers"].as_array().expect("headers");
     assert!(headers.contains(&json!(["x-user", "ann"])), "{t:#}");
+    // As sent: the WebSocket mechanics too, and the row counts all of them.
+    let sent = |name: &str| headers.iter().any(|h| h[0] == name);
+    assert!(sent("host") && sent("sec-websocket-key"), "{t:#}");
+    let count = format!("({} headers)", headers.len());
+    assert!(
+        all[request]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&count),
+        "{t:#}"
+    );
     let requested = position(&t, "instance requested", |e| {
         e["kind"] == "phase" && e["detail"].as_str().unwrap_or("").contains("requested")
     });
@@ -560,6 +571,13 @@ async fn a_recorded_session_replays_green_against_its_function_and_red_against_a
         "room = \"blue\"",
     ] {
         assert!(scenario.contains(line), "no {line:?} in:\n{scenario}");
+    }
+    // The timeline has the WebSocket mechanics the client sent; the replaying client sets its own.
+    for mechanics in ["sec-websocket-key", "host ="] {
+        assert!(
+            !scenario.contains(mechanics),
+            "{mechanics:?} in:\n{scenario}"
+        );
     }
     assert!(!scenario.contains("sleep"), "{scenario}");
 

@@ -145,8 +145,10 @@ enum Command {
         /// Write to this file instead of stdout.
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+        /// Admin API of the scfsim that served the connection.
         #[arg(long, default_value = "http://127.0.0.1:9100")]
         admin: String,
+        /// The admin API's token, if it has one.
         #[arg(long, env = "SCFSIM_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -237,7 +239,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `scfsim test` runs scfsim in-process: its per-connection log would bury the report.
     let quiet = matches!(cli.command, Command::Test { .. });
-    init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
+    // Its connections' failures (a start that fails, on purpose or not) are in the report.
+    let filter = if quiet {
+        "warn,scfsim_gateway::invocation=error"
+    } else {
+        "info"
+    };
+    init_tracing(cli.log_format, filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -512,7 +520,7 @@ mod test {
         for scenario in &scenarios {
             let report = scfsim_scenario::run(scenario, &target).await;
             if !options.json {
-                print!("{}", report::human(&report));
+                print!("{}", crate::colored(&report::human(&report)));
             }
             reports.push(report);
         }
@@ -686,7 +694,6 @@ async fn serve(
     Ok(())
 }
 
-/// A query value, percent-encoded (everything but unreserved characters).
 /// The request id of the newest finished invocation of `function`.
 async fn last_finished(admin: &str, token: Option<&str>, function: &str) -> anyhow::Result<String> {
     let url = format!(
@@ -694,20 +701,51 @@ async fn last_finished(admin: &str, token: Option<&str>, function: &str) -> anyh
         percent_encode(function)
     );
     let records = scfsim_client::get_json(&url, token).await?;
-    records
+    let newest = records
         .as_array()
         .into_iter()
         .flatten()
         .find(|r| !r["status_code"].is_null())
-        .and_then(|r| r["request_id"].as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "function {function:?} has no finished invocation among its newest 100 records                  (is the name right, and has a connection to it ended?)"
-            )
-        })
+        .and_then(|r| r["request_id"].as_str());
+    if let Some(id) = newest {
+        // Right after a client closed, its record may still be completing: say which one this is.
+        let running = records
+            .as_array()
+            .and_then(|r| r.first())
+            .filter(|r| r["status_code"].is_null())
+            .and_then(|r| r["request_id"].as_str());
+        if let Some(running) = running {
+            eprintln!(
+                "scfsim: recording {id}, the newest finished invocation of {function:?}; the newer \
+                 {running} has not ended yet (record it by its id once it has)"
+            );
+        }
+        return Ok(id.to_owned());
+    }
+    // A mistyped name and a function nobody has called yet look alike from the records: the
+    // served functions tell them apart.
+    let functions = scfsim_client::get_json(&format!("{admin}/api/functions"), token).await?;
+    let names: Vec<&str> = functions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    if !names.contains(&function) {
+        anyhow::bail!(
+            "scfsim at {admin} serves no function {function:?} (it serves: {}); pass one of those to --function",
+            names.join(", ")
+        );
+    }
+    let any = if records.as_array().is_some_and(|r| !r.is_empty()) {
+        "none of its newest 100 invocations has ended yet"
+    } else {
+        "it has no invocation yet"
+    };
+    anyhow::bail!("function {function:?} has no finished invocation to record: {any} (connect to it, close the connection, then record)")
 }
 
+/// A query value, percent-encoded (everything but unreserved characters).
 fn percent_encode(value: &str) -> String {
     value
         .bytes()
@@ -850,4 +888,32 @@ fn print_record(r: &serde_json::Value, json: bool) {
         duration,
         s("started_at")
     );
+}
+
+/// The human report, with its verdicts and the expected/got lines in colour when stdout is a
+/// terminal (and `NO_COLOR` is not set): a failure must stand out in a long CI log read live.
+fn colored(text: &str) -> String {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() || std::env::var_os("NO_COLOR").is_some() {
+        return text.to_owned();
+    }
+    const GREEN: &str = "\x1b[32m";
+    const RED: &str = "\x1b[31m";
+    const RESET: &str = "\x1b[0m";
+    text.lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let colour = if trimmed.starts_with("PASS ") || trimmed.starts_with("expected:") {
+                Some(GREEN)
+            } else if trimmed.starts_with("FAIL ") || trimmed.starts_with("got:") {
+                Some(RED)
+            } else {
+                None
+            };
+            match colour {
+                Some(c) => format!("{c}{line}{RESET}\n"),
+                None => format!("{line}\n"),
+            }
+        })
+        .collect()
 }

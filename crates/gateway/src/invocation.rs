@@ -39,7 +39,7 @@ use crate::live::{LiveInstance, LiveInstances, Traffic};
 use crate::proxy::{self, ConnectionLimits};
 use crate::responses::{json_error, passthrough, Body};
 use crate::steer::{Steering, SteeringEnds};
-use crate::timeline::{replayable_headers, Capture, HandshakeFacts, Recorder};
+use crate::timeline::{sent_headers, Capture, HandshakeFacts, Recorder};
 use crate::{ErrorChain, Gateway};
 use scfsim_record::{Direction, Party};
 
@@ -226,7 +226,7 @@ impl Invocation {
         };
         timeline.handshake(Direction::ToFunction, Party::Client, || {
             let path = request.uri().path_and_query().map(|p| p.to_string());
-            let headers = replayable_headers(request.headers());
+            let headers = sent_headers(request.headers());
             (
                 format!(
                     "client asked to upgrade: {} {} from {peer} ({} headers)",
@@ -707,7 +707,7 @@ impl Invocation {
                     ),
                     HandshakeFacts {
                         path,
-                        headers: Some(replayable_headers(upstream.headers())),
+                        headers: Some(sent_headers(upstream.headers())),
                         status: None,
                     },
                 )

@@ -440,21 +440,12 @@ pub(crate) fn note_close_step(recorder: &Recorder, to: Side, step: &CloseStep, r
     }
 }
 
-/// The headers of an upgrade request a replay needs: all but the WebSocket mechanics that the
-/// client library sets by itself.
-pub(crate) fn replayable_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    const MECHANICS: &[&str] = &[
-        "host",
-        "connection",
-        "upgrade",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "content-length",
-    ];
+/// An upgrade request's headers as they went over the wire, the WebSocket mechanics (`Host`,
+/// `Sec-WebSocket-Key`, `-Extensions`, ...) included: a person debugging a handshake needs
+/// them, and `scfsim record` leaves out what a replaying client sets by itself.
+pub(crate) fn sent_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| !MECHANICS.contains(&name.as_str()))
         .map(|(name, value)| {
             (
                 name.as_str().to_owned(),

@@ -106,7 +106,20 @@ pub(crate) struct Connection {
 
 /// The upgrade did not succeed.
 #[derive(Debug)]
-pub(crate) struct ConnectFailure(pub String);
+pub(crate) struct ConnectFailure {
+    pub(crate) message: String,
+    /// The invocation that a refusal with scfsim's JSON body (a failed start, a quota) names.
+    pub(crate) request_id: Option<String>,
+}
+
+impl ConnectFailure {
+    fn new(message: String) -> ConnectFailure {
+        ConnectFailure {
+            message,
+            request_id: None,
+        }
+    }
+}
 
 impl Connection {
     pub(crate) async fn open(
@@ -117,7 +130,7 @@ impl Connection {
         let connected = tokio::time::timeout(within, tokio_tungstenite::connect_async(request))
             .await
             .map_err(|_| {
-                ConnectFailure(format!(
+                ConnectFailure::new(format!(
                     "no answer to the upgrade request to {url} within {}",
                     crate::model::show(within)
                 ))
@@ -129,13 +142,19 @@ impl Connection {
                     .as_deref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                ConnectFailure(format!(
-                    "the upgrade to {url} was refused: HTTP {} {}",
-                    resp.status().as_u16(),
-                    body.trim()
-                ))
+                let request_id = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|b| b["request_id"].as_str().map(str::to_owned));
+                ConnectFailure {
+                    message: format!(
+                        "the upgrade to {url} was refused: HTTP {} {}",
+                        resp.status().as_u16(),
+                        body.trim()
+                    ),
+                    request_id,
+                }
             }
-            other => ConnectFailure(format!("cannot connect to {url}: {other}")),
+            other => ConnectFailure::new(format!("cannot connect to {url}: {other}")),
         })?;
         let request_id = response
             .headers()

@@ -158,10 +158,15 @@ pub fn scenario_from_timeline(
     let _ = writeln!(out, "path = {}", quote(&path));
     let mut subprotocols = Vec::new();
     let mut headers = Vec::new();
+    let mut faults = None;
     for (name, value) in request.and_then(|e| e.headers.clone()).unwrap_or_default() {
-        if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+        let lower = name.to_ascii_lowercase();
+        if lower == "sec-websocket-protocol" {
             subprotocols.extend(value.split(',').map(|p| p.trim().to_owned()));
-        } else {
+        } else if lower == "x-scfsim-faults" {
+            faults = Some(value);
+        } else if !CLIENT_SETS_ITSELF.contains(&lower.as_str()) && !lower.starts_with("x-scfsim-") {
+            // X-Scfsim-Token stays out too: an admin token has no place in a scenario file.
             headers.push((name, value));
         }
     }
@@ -315,8 +320,34 @@ pub fn scenario_from_timeline(
         "closed_by = {}",
         quote(record.closed_by.as_deref().unwrap_or("none"))
     );
+    if let Some(faults) = faults {
+        // The recorded connection asked for faults (a scenario's [faults]): the replay asks
+        // for the same, or it would compare a faulty run with a healthy one.
+        match serde_json::from_str::<toml::Table>(&faults) {
+            Ok(table) if !table.is_empty() => {
+                let _ = write!(out, "\n[faults]\n{table}");
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "\n# The connection asked for faults this file cannot express: X-Scfsim-Faults: {faults}"
+                );
+            }
+        }
+    }
     Ok(out)
 }
+
+/// Upgrade headers that the replaying client's WebSocket library sets by itself.
+const CLIENT_SETS_ITSELF: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "content-length",
+];
 
 fn bytes(e: &Event) -> Result<Vec<u8>, RecordError> {
     if let Some(text) = &e.text {
@@ -399,7 +430,21 @@ mod tests {
         let mut req = event(0, 0.0, "handshake", Some("to_function"), None);
         req["sent_by"] = json!("client");
         req["path"] = json!("/echo?room=a%20b");
-        req["headers"] = json!([["x-user", "ann"], ["sec-websocket-protocol", "chat, v2"]]);
+        req["headers"] = json!([
+            ["host", "127.0.0.1:8080"],
+            ["connection", "Upgrade"],
+            ["upgrade", "websocket"],
+            ["sec-websocket-version", "13"],
+            ["sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="],
+            ["sec-websocket-extensions", "permessage-deflate"],
+            ["x-user", "ann"],
+            ["sec-websocket-protocol", "chat, v2"],
+            [
+                "x-scfsim-faults",
+                "{\"delay_to_client\":\"200ms\",\"seed\":7}"
+            ],
+            ["x-scfsim-token", "secret"]
+        ]);
         let mut ok = event(1, 5.0, "handshake", Some("to_client"), None);
         ok["sent_by"] = json!("gateway");
         ok["status"] = json!(101);
@@ -451,6 +496,12 @@ mod tests {
             crate::Action::SendBinary(b) => assert_eq!(b, &vec![0, 255, 1]),
             other => panic!("{other:?}"),
         }
+        let faults = scenario.faults.expect("the recorded faults are replayed");
+        assert_eq!(faults.seed, Some(7), "{text}");
+        assert!(
+            !text.contains("secret"),
+            "the admin token is left out:\n{text}"
+        );
         let outcome = scenario.outcome.unwrap();
         assert_eq!(outcome.status_code, Some(200));
         assert_eq!(outcome.closed_by, Some(Some("client".into())));

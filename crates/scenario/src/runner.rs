@@ -168,11 +168,30 @@ async fn run_connection(
     };
     let mut conn = match Connection::open(request, CONNECT_WITHIN.max(scenario.timeout)).await {
         Ok(conn) => conn,
-        Err(ConnectFailure(message)) => {
-            return (
-                None,
-                Some(fail("connect", None, Problem::new(message), None)),
-            )
+        Err(ConnectFailure {
+            message,
+            request_id,
+        }) => {
+            // A start that fails (on purpose: `[faults] start_failure`) or a quota answers the
+            // upgrade with scfsim's error; a scenario without steps may expect just that.
+            return match (&scenario.outcome, request_id) {
+                (Some(outcome), Some(id)) if scenario.steps.is_empty() => {
+                    let checked = check_outcome(outcome, Some(&id), target).await;
+                    let failure = checked.err().map(|mut problem| {
+                        // The refusal carries the record's error and the HTTP status.
+                        problem.detail = Some(message);
+                        Failure {
+                            request_id: Some(id.clone()),
+                            ..fail("outcome", None, problem, None)
+                        }
+                    });
+                    (Some(id), failure)
+                }
+                _ => (
+                    None,
+                    Some(fail("connect", None, Problem::new(message), None)),
+                ),
+            };
         }
     };
     let request_id = conn.request_id.clone();
@@ -184,7 +203,7 @@ async fn run_connection(
     }
     conn.finish(CLOSE_WITHIN).await;
     if let Some(outcome) = &scenario.outcome {
-        if let Err(problem) = check_outcome(outcome, &conn, target).await {
+        if let Err(problem) = check_outcome(outcome, request_id.as_deref(), target).await {
             return (
                 request_id,
                 Some(fail("outcome", None, problem, Some(&conn))),
@@ -466,10 +485,10 @@ fn render_json(value: &serde_json::Value, n: u32) -> serde_json::Value {
 /// Waits (bounded) for the connection's record to be complete and compares it.
 async fn check_outcome(
     outcome: &OutcomeExpectation,
-    conn: &Connection,
+    request_id: Option<&str>,
     target: &Target,
 ) -> Result<(), Problem> {
-    let Some(request_id) = conn.request_id.as_deref() else {
+    let Some(request_id) = request_id else {
         return Err(Problem::new(
             "the 101 had no X-Scf-Request-Id header: the record cannot be found",
         ));
