@@ -139,17 +139,29 @@ impl Faults {
             key,
             problem: BadValue(message),
         };
-        let duration = |key: &'static str, raw: &Option<RawDuration>| -> Result<_, BadFault> {
-            let Some(raw) = raw else { return Ok(None) };
-            let value = raw.to_duration().map_err(|m| bad(key, m.into()))?;
-            if value.is_zero() {
-                return Err(bad(
-                    key,
-                    format!("got {raw}; must be greater than zero (leave the key out for none)"),
-                ));
-            }
-            Ok(Some(value))
-        };
+        // A bare number is seconds, as everywhere in the config: the upper bounds catch a
+        // `delay_to_function = 200` meant as milliseconds, and keep a fault shorter than the
+        // longest timer it could stand in for (the init timeout's 300 s, the execution
+        // timeout's 7200 s).
+        let duration =
+            |key: &'static str, raw: &Option<RawDuration>, max: Duration| -> Result<_, BadFault> {
+                let Some(raw) = raw else { return Ok(None) };
+                let value = raw.to_duration().map_err(|m| bad(key, m.into()))?;
+                if value.is_zero() || value > max {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "got {raw}; must be greater than zero and at most {} (a bare number \
+                         is seconds; write \"200ms\" for milliseconds; leave the key out for \
+                         none)",
+                            format_duration(max)
+                        ),
+                    ));
+                }
+                Ok(Some(value))
+            };
+        let delay_max = Duration::from_secs(300);
+        let kill_max = Duration::from_secs(7200);
         let count = |key: &'static str, raw: Option<i64>| -> Result<_, BadFault> {
             let Some(value) = raw else { return Ok(None) };
             match u32::try_from(value) {
@@ -201,15 +213,15 @@ impl Faults {
             })?),
         };
         Ok(Faults {
-            start_delay: duration("start_delay", &raw.start_delay)?,
+            start_delay: duration("start_delay", &raw.start_delay, delay_max)?,
             start_failure,
-            delay_to_function: duration("delay_to_function", &raw.delay_to_function)?,
-            delay_to_client: duration("delay_to_client", &raw.delay_to_client)?,
+            delay_to_function: duration("delay_to_function", &raw.delay_to_function, delay_max)?,
+            delay_to_client: duration("delay_to_client", &raw.delay_to_client, delay_max)?,
             reset_client_after_messages: count(
                 "reset_client_after_messages",
                 raw.reset_client_after_messages,
             )?,
-            kill_after: duration("kill_after", &raw.kill_after)?,
+            kill_after: duration("kill_after", &raw.kill_after, kill_max)?,
             kill_after_messages: count("kill_after_messages", raw.kill_after_messages)?,
             drop_to_function: probability("drop_to_function", raw.drop_to_function)?,
             duplicate_to_function: probability("duplicate_to_function", raw.duplicate_to_function)?,
@@ -225,6 +237,17 @@ mod tests {
     fn check(toml_text: &str) -> Result<Faults, BadFault> {
         let raw: RawFaults = toml::from_str(toml_text).expect("parses");
         Faults::check(&raw)
+    }
+
+    #[test]
+    fn delays_are_bounded_and_say_how_to_write_milliseconds() {
+        let err = check("delay_to_function = 400").expect_err("400 s is over the bound");
+        assert_eq!(err.key, "delay_to_function");
+        assert!(err.problem.0.contains("at most 5m"), "{err:?}");
+        assert!(err.problem.0.contains("\"200ms\""), "{err:?}");
+        assert!(check("kill_after = \"3h\"").is_err());
+        assert!(check("kill_after = \"2h\"").is_ok());
+        assert!(check("start_delay = \"0s\"").is_err());
     }
 
     #[test]
