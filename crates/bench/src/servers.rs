@@ -220,6 +220,12 @@ impl Scfsim {
              max_message_bytes = 262144\n\n\
              {functions}"
         );
+        // A profiling run may compare settings (`[timeline] enabled = false`, say) without
+        // changing what a plain run measures: scfsim's defaults, as users run it.
+        let config = match std::env::var("SCFSIM_BENCH_EXTRA_CONFIG") {
+            Ok(extra) => format!("{config}\n{extra}\n"),
+            Err(_) => config,
+        };
         let config_path = dir.path().join("scfsim.toml");
         std::fs::write(&config_path, config)?;
         let stderr = std::fs::File::create(dir.path().join("scfsim.stderr"))?;

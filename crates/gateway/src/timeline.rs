@@ -8,10 +8,12 @@
 //! events to the record store, marks the capture ended (which ends the live streams) and
 //! removes it from the registry.
 //!
-//! Cost on the data path: one short mutex hold and one push per message, plus a copy of the
-//! payload up to `[timeline] payload_bytes` (copied, not shared, so that a kept payload never
-//! pins tungstenite's read buffer). Conversion to JSON (base64 and all) happens only when
-//! someone reads the timeline, or once when the invocation ends.
+//! Cost on the data path: one short mutex hold and one push per message, plus the payload up
+//! to `[timeline] payload_bytes`. A short payload is copied, so that keeping it never pins
+//! tungstenite's read buffer (a few bytes holding kilobytes); a payload of at least
+//! [`SHARE_FROM`] bytes is shared instead, since it owns nearly all of its allocation anyway
+//! and copying it would cost as much CPU as forwarding it. Conversion to JSON (base64 and all)
+//! happens only when someone reads the timeline, or once when the invocation ends.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +49,12 @@ struct State {
     dropped: u64,
     ended: bool,
 }
+
+/// Kept payloads at least this long (and most of their message) are shared with the message
+/// rather than copied: the
+/// size of the proxy's read buffer (`invocation::READ_BUFFER`), so a shared payload came in a
+/// read (or reads) of its own and pins little besides itself.
+const SHARE_FROM: usize = 8 * 1024;
 
 /// An event as captured: the raw payload, no JSON yet.
 struct Captured {
@@ -119,8 +127,10 @@ impl Capture {
         self.request_id
     }
 
-    fn push(&self, mut event: Captured) {
-        event.after = self.started.elapsed();
+    /// Keeps the event `make` builds, if there is room: once `max_events` are kept, later
+    /// events are only counted, and their payloads are never copied.
+    fn push(&self, make: impl FnOnce() -> Captured) {
+        let after = self.started.elapsed();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.ended {
             return;
@@ -129,6 +139,8 @@ impl Capture {
             state.dropped += 1;
             return;
         }
+        let mut event = make();
+        event.after = after;
         state.events.push(event);
         drop(state);
         self.changed.send_modify(|n| *n += 1);
@@ -256,7 +268,7 @@ impl Recorder {
 
     fn push(&self, event: impl FnOnce() -> Captured) {
         if let Some(capture) = &self.0 {
-            capture.push(event());
+            capture.push(event);
         }
     }
 
@@ -315,21 +327,31 @@ impl Recorder {
             Message::Pong(p) => (Opcode::Pong, p),
             Message::Close(_) | Message::Frame(_) => return,
         };
-        let kept = data.len().min(capture.payload_bytes);
-        let mut e = Captured::new(EventKind::Message, String::new());
-        e.note = note;
-        e.direction = Some(direction_from(from));
-        e.opcode = Some(opcode);
-        e.size = data.len() as u64;
-        e.injected = injected;
-        e.sent_by = Some(if injected {
-            Party::Gateway
-        } else {
-            party(from)
+        capture.push(|| {
+            let kept = data.len().min(capture.payload_bytes);
+            // Shared only when what is kept is most of the message: a cut payload must not
+            // pin the rest of a large one.
+            let share = kept >= SHARE_FROM && kept * 2 >= data.len();
+            let payload = match msg {
+                Message::Binary(b) if share => b.slice(..kept),
+                Message::Text(t) if share => Bytes::from(t.clone()).slice(..kept),
+                _ => Bytes::copy_from_slice(&data[..kept]),
+            };
+            let mut e = Captured::new(EventKind::Message, String::new());
+            e.note = note;
+            e.direction = Some(direction_from(from));
+            e.opcode = Some(opcode);
+            e.size = data.len() as u64;
+            e.injected = injected;
+            e.sent_by = Some(if injected {
+                Party::Gateway
+            } else {
+                party(from)
+            });
+            e.payload = Some(payload);
+            e.truncated = kept < data.len();
+            e
         });
-        e.payload = Some(Bytes::copy_from_slice(&data[..kept]));
-        e.truncated = kept < data.len();
-        capture.push(e);
     }
 
     /// A close frame: sent by `sent_by`, toward `direction`.
@@ -514,6 +536,33 @@ mod tests {
         // Made when read, not on the data path.
         assert_eq!(bin.detail, "function sent binary (6 bytes)");
         assert_eq!(text.detail, "the admin API sent text (3 bytes)");
+    }
+
+    /// The kept payload's address: equal to the message's when it is shared, not copied.
+    fn kept_at(c: &Capture, seq: usize) -> *const u8 {
+        let state = c.state.lock().unwrap();
+        state.events[seq].payload.as_ref().unwrap().as_ptr()
+    }
+
+    #[test]
+    fn large_payloads_are_shared_and_small_or_mostly_cut_ones_copied() {
+        let large = Bytes::from(vec![7u8; SHARE_FROM]);
+        let small = Bytes::from(vec![7u8; 100]);
+        let c = capture(10, SHARE_FROM as u32);
+        let r = Recorder::new(Some(c.clone()));
+        r.message(Side::Client, &Message::Binary(large.clone()), false, "");
+        r.message(Side::Client, &Message::Binary(small.clone()), false, "");
+        assert_eq!(kept_at(&c, 0), large.as_ptr());
+        assert_ne!(kept_at(&c, 1), small.as_ptr());
+
+        // Keeping a quarter of a message must not pin the other three quarters.
+        let huge = Bytes::from(vec![7u8; 4 * SHARE_FROM]);
+        r.message(Side::Function, &Message::Binary(huge.clone()), false, "");
+        assert_ne!(kept_at(&c, 2), huge.as_ptr());
+        let t = c.timeline();
+        assert_eq!(t.events[0].payload(), Some(large.to_vec()));
+        assert_eq!(t.events[2].payload().map(|p| p.len()), Some(SHARE_FROM));
+        assert!(t.events[2].truncated);
     }
 
     #[test]
