@@ -64,7 +64,7 @@ impl Default for TimelineConfig {
             enabled: true,
             keep_invocations: 1000,
             max_events: 10_000,
-            payload_bytes: 65_536,
+            payload_bytes: 4096,
         }
     }
 }
