@@ -211,6 +211,31 @@ impl Project {
     }
 
     /// The finished record of `request_id` (waits, bounded, until it has a status code).
+    /// `/hog` goes over its 128 MB `memory_mb`: the client gets 1011, the record 434
+    /// `memory_limit`, and the hog's log shows the limit it saw (its cgroup's or container's).
+    async fn memory_hog_ends_with_434(&self) {
+        let mut hog = self.connect("/hog").await;
+        let (code, reason) = hog.expect_close().await;
+        assert_eq!((code, reason.contains("memory")), (1011, true), "{reason}");
+        let record = self.record(&hog.request_id).await;
+        assert_eq!(record["status_code"], 434, "{record:#}");
+        assert_eq!(record["end_reason"], "memory_limit", "{record:#}");
+        let logs = self
+            .get(&format!("/api/invocations/{}/logs", hog.request_id))
+            .await
+            .expect("the hog's log");
+        let lines: Vec<&str> = logs["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| l["line"].as_str())
+            .collect();
+        assert!(
+            lines.contains(&format!("memory.limit={}", 128 * 1024 * 1024).as_str()),
+            "the hog's memory limit is not its memory_mb: {lines:?}"
+        );
+    }
+
     async fn record(&self, request_id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
@@ -442,26 +467,7 @@ async fn docker_compose_up_serves_the_examples_and_down_leaves_nothing() {
 
     eprintln!("compose: memory_mb");
     // 3. Over memory_mb: the instance's cgroup says 128 MiB, the OOM kill ends it with 434.
-    let mut hog = project.connect("/hog").await;
-    let (code, reason) = hog.expect_close().await;
-    assert_eq!((code, reason.contains("memory")), (1011, true), "{reason}");
-    let record = project.record(&hog.request_id).await;
-    assert_eq!(record["status_code"], 434, "{record:#}");
-    assert_eq!(record["end_reason"], "memory_limit", "{record:#}");
-    let logs = project
-        .get(&format!("/api/invocations/{}/logs", hog.request_id))
-        .await
-        .expect("the hog's log");
-    let lines: Vec<&str> = logs["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .filter_map(|l| l["line"].as_str())
-        .collect();
-    assert!(
-        lines.contains(&format!("memory.limit={}", 128 * 1024 * 1024).as_str()),
-        "the hog's cgroup limit is not its memory_mb: {lines:?}"
-    );
+    project.memory_hog_ends_with_434().await;
 
     eprintln!("compose: 20 at once");
     // 4. 20 at once on /echo: all open together, each instance in its own network namespace.
@@ -699,26 +705,7 @@ async fn docker_compose_without_privileges_runs_instances_as_sibling_containers(
 
     // 3. Over memory_mb: the engine's OOM kill, 434.
     eprintln!("compose (siblings): memory_mb");
-    let mut hog = project.connect("/hog").await;
-    let (code, reason) = hog.expect_close().await;
-    assert_eq!((code, reason.contains("memory")), (1011, true), "{reason}");
-    let record = project.record(&hog.request_id).await;
-    assert_eq!(record["status_code"], 434, "{record:#}");
-    assert_eq!(record["end_reason"], "memory_limit", "{record:#}");
-    let hog_logs = project
-        .get(&format!("/api/invocations/{}/logs", hog.request_id))
-        .await
-        .expect("the hog's log");
-    let lines: Vec<&str> = hog_logs["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .filter_map(|l| l["line"].as_str())
-        .collect();
-    assert!(
-        lines.contains(&format!("memory.limit={}", 128 * 1024 * 1024).as_str()),
-        "the hog's container limit is not its memory_mb: {lines:?}"
-    );
+    project.memory_hog_ends_with_434().await;
 
     // 4. Down with an instance running: no sibling left.
     eprintln!("compose (siblings): down with an instance running");

@@ -1,24 +1,8 @@
 //! scfsim's own lifecycle: drain on SIGTERM, nothing left behind on SIGKILL, records that
 //! survive a restart.
 
+use scfsim_e2e::procs::{bootstraps_with, processes_with};
 use scfsim_e2e::{eventually, Function, Scfsim, PATIENCE};
-
-/// Bootstrap processes (not their supervisors) whose environment holds `marker`.
-fn bootstraps_with(marker: &str) -> Vec<u32> {
-    scfsim_e2e::procs::with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
-        .into_iter()
-        .filter(|(_, comm)| !matches!(comm.as_str(), "scfsim-keeper" | "scfsim-init"))
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-/// Processes whose environment holds `marker` (instances of one test, with their supervisors).
-fn processes_with(marker: &str) -> Vec<u32> {
-    scfsim_e2e::procs::with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect()
-}
 
 async fn wait_until_gone(marker: &str) {
     eventually("the instance processes to be gone", PATIENCE, || async {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use scfsim_e2e::procs::{bootstraps_with, processes_with};
 use scfsim_e2e::{eventually, Function, Scfsim, PATIENCE};
 use serde_json::Value;
 
@@ -12,23 +13,6 @@ fn provisioned(name: &str, marker: &str, n: u32) -> Function {
     Function::fixture(name, &["echo"])
         .set("env", &format!("{{ SCFSIM_TEST_MARKER = {marker:?} }}"))
         .set("provisioned_instances", &n.to_string())
-}
-
-/// Bootstrap processes (not their supervisors) whose environment holds `marker`.
-fn bootstraps_with(marker: &str) -> Vec<u32> {
-    scfsim_e2e::procs::with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
-        .into_iter()
-        .filter(|(_, comm)| !matches!(comm.as_str(), "scfsim-keeper" | "scfsim-init"))
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-/// Every process (bootstraps and supervisors) whose environment holds `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    scfsim_e2e::procs::with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect()
 }
 
 /// `/api/instances` entries of `function`.

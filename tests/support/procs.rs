@@ -70,3 +70,22 @@ pub fn with_env(entry: &str) -> Vec<(u32, String)> {
         .filter_map(|p| Some((p.pid as u32, p.stat().ok()?.comm)))
         .collect()
 }
+
+/// Bootstrap processes (not their supervisors) whose environment holds
+/// `SCFSIM_TEST_MARKER=marker`.
+pub fn bootstraps_with(marker: &str) -> Vec<u32> {
+    with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
+        .into_iter()
+        .filter(|(_, comm)| !matches!(comm.as_str(), "scfsim-keeper" | "scfsim-init"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every process (bootstraps and their supervisors) whose environment holds
+/// `SCFSIM_TEST_MARKER=marker`: the instances of one test.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    with_env(&format!("SCFSIM_TEST_MARKER={marker}"))
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
