@@ -16,7 +16,7 @@ use crate::client;
 use crate::env::Env;
 use crate::procfs;
 use crate::servers::{self, free_port, localhost, spawn_fixture};
-use crate::stats::{fmt_diff_ms, fmt_ms, fmt_rate, fmt_ratio, ratio, Comparison, Errors, Latency};
+use crate::stats::{fmt_ms, fmt_rate, fmt_ratio, ratio, Comparison, Errors, Latency};
 
 /// Size of the one echoed message (text: websocketd is line based).
 const MESSAGE_BYTES: usize = 64;
@@ -227,13 +227,7 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
     for (t, p) in targets.iter().zip(&plans) {
         if opts.warmup > 0 {
             let w = round(env, *t, p, opts.warmup, opts.concurrency).await;
-            if w.errors.count > 0 {
-                eprintln!(
-                    "scfsim-bench: {} warm-up errors: {:?}",
-                    t.name(),
-                    w.errors.first
-                );
-            }
+            w.errors.report_warmup(t.name());
         }
     }
     let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::default()).collect();
@@ -310,26 +304,10 @@ pub async fn run(env: &Env, opts: &Opts) -> Result<Value> {
     table.row("connections/s", &|t| fmt_rate(rate(t)), &|a, b| {
         fmt_ratio(Some(rate(a)), Some(rate(b)))
     });
-    table.row(
-        "handshake p50 (ms)",
-        &|t| fmt_ms(t.handshake.p50()),
-        &|a, b| fmt_diff_ms(a.handshake.p50(), b.handshake.p50()),
-    );
-    table.row(
-        "handshake p99 (ms)",
-        &|t| fmt_ms(t.handshake.p99()),
-        &|a, b| fmt_diff_ms(a.handshake.p99(), b.handshake.p99()),
-    );
-    table.row(
-        "connect→first echo p50 (ms)",
-        &|t| fmt_ms(t.first_echo.p50()),
-        &|a, b| fmt_diff_ms(a.first_echo.p50(), b.first_echo.p50()),
-    );
-    table.row(
-        "connect→first echo p99 (ms)",
-        &|t| fmt_ms(t.first_echo.p99()),
-        &|a, b| fmt_diff_ms(a.first_echo.p99(), b.first_echo.p99()),
-    );
+    table.latency_row("handshake p50 (ms)", |t| &t.handshake, 0.50);
+    table.latency_row("handshake p99 (ms)", |t| &t.handshake, 0.99);
+    table.latency_row("connect→first echo p50 (ms)", |t| &t.first_echo, 0.50);
+    table.latency_row("connect→first echo p99 (ms)", |t| &t.first_echo, 0.99);
     table.row(
         "connect→first echo max (ms)",
         &|t| fmt_ms(t.first_echo.max()),

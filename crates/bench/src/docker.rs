@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::client;
 use crate::procfs;
 use crate::servers::{temp_dir, Scfsim, Tools};
-use crate::stats::{fmt_diff_ms, fmt_ms, fmt_rate, fmt_ratio, Comparison, Errors, Latency};
+use crate::stats::{fmt_ms, fmt_rate, fmt_ratio, Comparison, Errors, Latency};
 
 /// scfsim's network for a local engine's instances (created by scfsim when it starts).
 const NETWORK: &str = "scfsim-instances";
@@ -293,13 +293,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Vec<Value>> {
     for &concurrency in &opts.concurrency {
         for target in Target::ALL {
             let warm = bench.round(target, opts.warmup, concurrency).await;
-            if warm.errors.count > 0 {
-                eprintln!(
-                    "scfsim-bench: {} warm-up errors: {:?}",
-                    target.name(),
-                    warm.errors.first
-                );
-            }
+            warm.errors.report_warmup(target.name());
         }
         let rounds = opts.rounds.max(1);
         let per_round = opts.connections.div_ceil(rounds).max(1);
@@ -324,10 +318,10 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Vec<Value>> {
         let mut table = Comparison::new(&names, &tallies, Some(0), "vs floor");
         let none = |_: &Tally, _: &Tally| String::new();
         for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-            table.row(
+            table.latency_row(
                 &format!("connect→first echo {label} (ms)"),
-                &|t| fmt_ms(t.first_echo.quantile(q)),
-                &|a, b| fmt_diff_ms(a.first_echo.quantile(q), b.first_echo.quantile(q)),
+                |t| &t.first_echo,
+                q,
             );
         }
         table.row(

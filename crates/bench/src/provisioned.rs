@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::client;
 use crate::procfs;
 use crate::servers::{self, free_port, localhost, spawn_fixture, Scfsim, ScfsimSettings, Tools};
-use crate::stats::{fmt_diff_ms, fmt_ms, Comparison, Errors, Latency};
+use crate::stats::{Comparison, Errors, Latency};
 
 /// Size of the one echoed message, as in `connect`.
 const MESSAGE_BYTES: usize = 64;
@@ -204,13 +204,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     if opts.warmup > 0 {
         for t in targets {
             let w = round(&server, &scfsim, t, opts.warmup).await;
-            if w.errors.count > 0 {
-                eprintln!(
-                    "scfsim-bench: {} warm-up errors: {:?}",
-                    t.name(),
-                    w.errors.first
-                );
-            }
+            w.errors.report_warmup(t.name());
         }
     }
     let rounds = opts.rounds.max(1);
@@ -262,21 +256,9 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
     let mut table = Comparison::new(&names, &tallies, Some(0), "vs direct");
     let none = |_: &Tally, _: &Tally| String::new();
-    table.row(
-        "handshake p50 (ms)",
-        &|t| fmt_ms(t.handshake.p50()),
-        &|a, b| fmt_diff_ms(a.handshake.p50(), b.handshake.p50()),
-    );
-    table.row(
-        "connect→first echo p50 (ms)",
-        &|t| fmt_ms(t.first_echo.p50()),
-        &|a, b| fmt_diff_ms(a.first_echo.p50(), b.first_echo.p50()),
-    );
-    table.row(
-        "connect→first echo p99 (ms)",
-        &|t| fmt_ms(t.first_echo.p99()),
-        &|a, b| fmt_diff_ms(a.first_echo.p99(), b.first_echo.p99()),
-    );
+    table.latency_row("handshake p50 (ms)", |t| &t.handshake, 0.50);
+    table.latency_row("connect→first echo p50 (ms)", |t| &t.first_echo, 0.50);
+    table.latency_row("connect→first echo p99 (ms)", |t| &t.first_echo, 0.99);
     table.row("connections", &|t| t.connections.to_string(), &none);
     table.row("errors", &|t| t.errors.count.to_string(), &none);
     crate::stats::print_scenario(

@@ -71,6 +71,14 @@ pub struct Errors {
 }
 
 impl Errors {
+    /// Says on stderr what went wrong in `target`'s unrecorded warm-up connections, if anything
+    /// did: they are not in the figures, but a failing target should not pass unnoticed.
+    pub fn report_warmup(&self, target: &str) {
+        if self.count > 0 {
+            eprintln!("scfsim-bench: {target} warm-up errors: {:?}", self.first);
+        }
+    }
+
     pub fn add(&mut self, err: impl std::fmt::Display) {
         self.count += 1;
         if self.first.len() < 5 {
@@ -119,6 +127,14 @@ impl<'a, T> Comparison<'a, T> {
             compared,
             table: Table::new(header),
         }
+    }
+
+    /// A row of the `q` quantile of the latency `of` picks (ms), with each target's difference
+    /// to the reference.
+    pub fn latency_row(&mut self, label: &str, of: impl Fn(&T) -> &Latency, q: f64) {
+        self.row(label, &|t| fmt_ms(of(t).quantile(q)), &|a, b| {
+            fmt_diff_ms(of(a).quantile(q), of(b).quantile(q))
+        });
     }
 
     pub fn row(&mut self, label: &str, f: &dyn Fn(&T) -> String, cmp: &dyn Fn(&T, &T) -> String) {
