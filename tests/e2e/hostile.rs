@@ -1324,9 +1324,10 @@ fn raise_open_files(want: u64) {
 }
 
 /// The current and peak pid counts of the instance cgroups of scfsim `pid` (cgroup v1 `pids`
-/// or v2), and the number of times the limit refused a fork.
+/// or v2; not its parked supervisors'), and the number of times the limit refused a fork.
 fn pids_cgroups(pid: u32) -> Vec<(u64, u64, u64)> {
     let prefix = format!("scfsim-{pid}-");
+    let parked = scfsim_e2e::procs::parked_cgroups(pid);
     let mut found = Vec::new();
     for root in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
         let Ok(entries) = std::fs::read_dir(root) else {
@@ -1340,7 +1341,10 @@ fn pids_cgroups(pid: u32) -> Vec<(u64, u64, u64)> {
             let Ok(children) = std::fs::read_dir(parent.path()) else {
                 continue;
             };
-            for child in children.flatten().filter(|c| c.path().is_dir()) {
+            for child in children
+                .flatten()
+                .filter(|c| c.path().is_dir() && !parked.contains(&c.path()))
+            {
                 let read = |file: &str| std::fs::read_to_string(child.path().join(file)).ok();
                 let Some(current) = read("pids.current").and_then(|s| s.trim().parse().ok()) else {
                     continue;

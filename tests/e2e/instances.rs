@@ -1,7 +1,7 @@
 //! Instances as the platform runs them: unchanged bootstraps calling /var/lang runtimes, the
 //! instance's limits, and nothing left behind after many connections.
 
-use scfsim_e2e::procs::{fd_count, rss_kib, scfsim_mounts};
+use scfsim_e2e::procs::{fd_count, parked, parked_cgroups, rss_kib, scfsim_mounts};
 use scfsim_e2e::{fixture_bin, repo_root, Function, Options, Scfsim};
 use serde_json::Value;
 
@@ -132,9 +132,11 @@ async fn going_over_memory_mb_ends_with_434() {
     assert_eq!(record["end_reason"], "memory_limit");
 }
 
-/// Children of `pid` (zombies included) and scfsim cgroups of `pid`.
+/// Children of `pid` (zombies included) and scfsim cgroups of `pid`, but for its parked
+/// supervisors and their cgroups.
 fn leftovers(pid: u32) -> (Vec<String>, usize) {
     let children = scfsim_e2e::children(pid);
+    let parked = parked_cgroups(pid);
     let cgroups = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"]
         .iter()
         .filter_map(|root| std::fs::read_dir(root).ok())
@@ -146,7 +148,11 @@ fn leftovers(pid: u32) -> (Vec<String>, usize) {
         })
         .map(|e| {
             std::fs::read_dir(e.path())
-                .map(|d| d.flatten().filter(|c| c.path().is_dir()).count())
+                .map(|d| {
+                    d.flatten()
+                        .filter(|c| c.path().is_dir() && !parked.contains(&c.path()))
+                        .count()
+                })
                 .unwrap_or(0)
         })
         .sum();
@@ -470,4 +476,176 @@ async fn the_instance_has_a_private_512_mb_tmp() {
         !std::path::Path::new(&instance_marker).exists(),
         "the instance wrote to the host's /tmp"
     );
+}
+
+/// What a function sees of its instance, one `key=value` line each, then the fixture's echo.
+fn instance_report_body() -> String {
+    format!(
+        "echo \"self=$$\"\n\
+         echo \"init=$(cat /proc/1/comm)\"\n\
+         echo \"cwd=$(pwd)\"\n\
+         echo \"tmp=$(stat -f -c %T /tmp) $(ls -A /tmp | wc -l)\"\n\
+         touch /tmp/left-by-an-earlier-instance\n\
+         echo \"nofile=$(ulimit -n)\"\n\
+         echo \"pids.max=$(cat /sys/fs/cgroup/pids$(grep ':pids:' /proc/self/cgroup | cut -d: -f3)/pids.max)\"\n\
+         echo \"memory.limit=$(cat /sys/fs/cgroup/memory$(grep ':memory:' /proc/self/cgroup | cut -d: -f3)/memory.limit_in_bytes)\"\n\
+         echo \"mounts=$(awk '$5 == \"/var/lang\" || $5 == \"/tmp\" || $5 == \"/proc\" {{ print $5 }}' /proc/self/mountinfo | tr '\\n' ' ')\"\n\
+         env | sed 's/^/env:/'\n\
+         exec {} echo",
+        fixture_bin().display()
+    )
+}
+
+#[tokio::test]
+async fn a_parked_supervisor_serves_a_connection_as_a_fresh_one_would_and_is_replaced() {
+    // Outside /tmp, so that the instance gets its private /tmp.
+    let dir = tempfile::tempdir_in("/var/tmp").expect("a directory under /var/tmp");
+    let scfsim = Scfsim::start_with(
+        vec![Function::script("report", &instance_report_body())
+            .set("memory_mb", "256")
+            .set("env", "{ GREETING = \"hello\" }")],
+        Options {
+            dir: Some(dir.path().to_path_buf()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let pid = scfsim.pid();
+    let stock = |what: &'static str, not: Option<u32>| {
+        let scfsim = &scfsim;
+        async move {
+            scfsim
+                .eventually(what, || async {
+                    let parked = parked(pid);
+                    if parked.len() == 2 && not.is_none_or(|n| !parked.contains(&n)) {
+                        Ok(parked)
+                    } else {
+                        Err(format!("parked supervisors: {parked:?}"))
+                    }
+                })
+                .await
+        }
+    };
+    let first = stock("two supervisors parked ahead of demand", None).await;
+
+    // A parked supervisor that dies is replaced, and scfsim says so.
+    // SAFETY: kill(2) on a process of this test's scfsim.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    let parked_now = stock("the killed supervisor replaced", Some(first[0])).await;
+    scfsim
+        .eventually("the replacement logged", || async {
+            match scfsim.log().contains("a parked supervisor ended") {
+                true => Ok(()),
+                false => Err(scfsim.log()),
+            }
+        })
+        .await;
+
+    // Two connections: each takes a parked supervisor (its pid is the instance's), and each sees
+    // an instance as a fresh supervisor makes it.
+    let code_dir = scfsim.dir.join("functions/report");
+    for _ in 0..2 {
+        let before = stock("the stock full again", None).await;
+        let mut client = scfsim.connect("/report").await;
+        client.send_text("served").await;
+        client.expect_text("served").await;
+        client.close(1000, "").await;
+        let record = scfsim.record(&client.request_id).await;
+        assert_eq!(record["status_code"], 200, "{record:#}");
+        let instance = record["instance_pid"].as_u64().expect("instance pid") as u32;
+        assert!(
+            before.contains(&instance),
+            "instance {instance} was not one of the parked {before:?} (then {parked_now:?})"
+        );
+        let lines = scfsim.log_lines(&client.request_id).await;
+        let has = |line: &str| assert!(lines.iter().any(|l| l == line), "{line}: {lines:?}");
+        has("self=2");
+        has("init=scfsim-init");
+        has(&format!("cwd={}", code_dir.display()));
+        has("tmp=tmpfs 0");
+        has("nofile=1024");
+        has("pids.max=1024");
+        has(&format!("memory.limit={}", 256 * 1024 * 1024));
+        // The function's own mounts come last, in the order a fresh supervisor makes them.
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("mounts=") && l.ends_with(" /var/lang /tmp /proc ")),
+            "{lines:?}"
+        );
+        has("env:GREETING=hello");
+        has(&format!("env:USER_CODE_ROOT={}", code_dir.display()));
+        assert!(
+            lines.iter().any(|l| l.starts_with("env:SCFSIM_HOST=")),
+            "{lines:?}"
+        );
+        let env: Vec<&String> = lines.iter().filter(|l| l.starts_with("env:")).collect();
+        assert!(
+            env.iter().all(|l| !l.contains("SCFSIM_BOOTSTRAP_ENV_")),
+            "{env:?}"
+        );
+    }
+
+    // Shutdown leaves nothing: no parked supervisor, no cgroup of this scfsim.
+    let left = parked(pid);
+    let mut scfsim = scfsim;
+    let status = scfsim.signal(libc::SIGTERM).await;
+    assert!(status.success(), "scfsim exited with {status}");
+    scfsim_e2e::eventually("the parked supervisors and cgroups to be gone", scfsim_e2e::PATIENCE, || async {
+        let running: Vec<u32> = left
+            .iter()
+            .copied()
+            .filter(|p| scfsim_e2e::procs::alive(*p))
+            .collect();
+        let cgroups = scfsim_cgroups(pid);
+        if running.is_empty() && cgroups.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: processes {running:?}, cgroups {cgroups:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigkill_of_scfsim_ends_its_parked_supervisors() {
+    let mut scfsim = Scfsim::start(vec![Function::fixture("echo", &["echo"])]).await;
+    let pid = scfsim.pid();
+    let parked = scfsim
+        .eventually("supervisors parked ahead of demand", || async {
+            match parked(pid) {
+                parked if parked.len() == 2 => Ok(parked),
+                parked => Err(format!("parked: {parked:?}")),
+            }
+        })
+        .await;
+    let status = scfsim.signal(libc::SIGKILL).await;
+    assert!(!status.success());
+    scfsim_e2e::eventually("the parked supervisors to be gone", scfsim_e2e::PATIENCE, || async {
+        match parked
+            .iter()
+            .copied()
+            .filter(|p| scfsim_e2e::procs::alive(*p))
+            .collect::<Vec<_>>()
+        {
+            running if running.is_empty() => Ok(()),
+            running => Err(format!("still running: {running:?}")),
+        }
+    })
+    .await;
+}
+
+/// The cgroup parents of scfsim `pid` (`scfsim-<pid>-<n>`), in any hierarchy.
+fn scfsim_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
+    ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root).ok())
+        .flat_map(|d| d.flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("scfsim-{pid}-")))
+        })
+        .map(|e| e.path())
+        .collect()
 }

@@ -27,6 +27,7 @@ use crate::spawn::InstanceSpec;
 pub(crate) mod docker;
 pub(crate) mod namespaces;
 pub(crate) mod none;
+pub(crate) mod parking;
 pub(crate) mod process;
 pub(crate) mod user_namespaces;
 

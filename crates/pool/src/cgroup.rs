@@ -118,7 +118,6 @@ impl Cgroups {
         memory_mb: Option<u32>,
         max_pids: u32,
     ) -> io::Result<InstanceCgroup> {
-        let bytes = memory_mb.map(|mb| (u64::from(mb) * 1024 * 1024).to_string());
         let cgroup = match &self.layout {
             Layout::V1 { memory, pids } => {
                 let mem = memory.join(id);
@@ -129,10 +128,8 @@ impl Cgroups {
                     memory_dir: mem.clone(),
                     v2: false,
                 };
-                if let Some(bytes) = &bytes {
-                    fs::write(mem.join("memory.limit_in_bytes"), bytes)?;
-                    // Swap counts too, where the kernel accounts it.
-                    let _ = fs::write(mem.join("memory.memsw.limit_in_bytes"), bytes);
+                if let Some(mb) = memory_mb {
+                    cg.limit_memory(mb)?;
                 }
                 cg.procs.push(open_procs(&mem)?);
                 if let Some(pids) = pids {
@@ -147,17 +144,18 @@ impl Cgroups {
             Layout::V2 { parent } => {
                 let dir = parent.join(id);
                 fs::create_dir(&dir)?;
-                if let Some(bytes) = &bytes {
-                    fs::write(dir.join("memory.max"), bytes)?;
-                    let _ = fs::write(dir.join("memory.swap.max"), "0");
+                let mut cg = InstanceCgroup {
+                    procs: Vec::new(),
+                    dirs: vec![dir.clone()],
+                    memory_dir: dir.clone(),
+                    v2: true,
+                };
+                if let Some(mb) = memory_mb {
+                    cg.limit_memory(mb)?;
                 }
                 fs::write(dir.join("pids.max"), max_pids.to_string())?;
-                InstanceCgroup {
-                    procs: vec![open_procs(&dir)?],
-                    dirs: vec![dir.clone()],
-                    memory_dir: dir,
-                    v2: true,
-                }
+                cg.procs.push(open_procs(&dir)?);
+                cg
             }
         };
         Ok(cgroup)
@@ -191,6 +189,36 @@ impl InstanceCgroup {
     /// Descriptors the instance's first process writes "0" to, to join.
     pub(crate) fn procs_fds(&self) -> Vec<RawFd> {
         self.procs.iter().map(|fd| fd.as_raw_fd()).collect()
+    }
+
+    /// Sets the memory limit: at creation, or when a parked supervisor's cgroup gets its
+    /// function.
+    pub(crate) fn limit_memory(&self, mb: u32) -> io::Result<()> {
+        let bytes = (u64::from(mb) * 1024 * 1024).to_string();
+        if self.v2 {
+            fs::write(self.memory_dir.join("memory.max"), &bytes)?;
+            let _ = fs::write(self.memory_dir.join("memory.swap.max"), "0");
+        } else {
+            fs::write(self.memory_dir.join("memory.limit_in_bytes"), &bytes)?;
+            // Swap counts too, where the kernel accounts it.
+            let _ = fs::write(self.memory_dir.join("memory.memsw.limit_in_bytes"), &bytes);
+        }
+        Ok(())
+    }
+
+    /// [`InstanceCgroup::remove`] for a drop, where nothing can be awaited: blocks up to
+    /// `bound` while the processes just killed exit.
+    pub(crate) fn remove_blocking(mut self, bound: Duration) {
+        self.procs.clear();
+        let until = std::time::Instant::now() + bound;
+        loop {
+            self.dirs
+                .retain(|d| fs::remove_dir(d).is_err() && d.exists());
+            if self.dirs.is_empty() || std::time::Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// True once the kernel has OOM-killed a process of this instance.

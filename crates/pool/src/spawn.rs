@@ -107,6 +107,8 @@ pub(crate) struct Supervised {
     pub args: SupervisorArgs,
     pub report: OwnedFd,
     pub control: Option<OwnedFd>,
+    /// Parked: the read end of the hand-over pipe.
+    pub handover: Option<OwnedFd>,
 }
 
 struct Prepared {
@@ -114,8 +116,8 @@ struct Prepared {
     netns: RawFd,
     cgroup_procs: [RawFd; 2],
     /// Descriptors kept open across the exec for the supervisor (report pipe, control
-    /// socket); -1 where there is none.
-    inherited: [RawFd; 2],
+    /// socket, hand-over pipe); -1 where there is none.
+    inherited: [RawFd; 3],
     user_namespace: Option<UserMaps>,
 }
 
@@ -147,10 +149,11 @@ pub(crate) fn command(spec: &InstanceSpec, setup: &ChildSetup) -> Command {
         scfsim: getpid(),
         netns: setup.netns.unwrap_or(-1),
         cgroup_procs: procs,
-        inherited: setup.supervised.as_ref().map_or([-1; 2], |s| {
+        inherited: setup.supervised.as_ref().map_or([-1; 3], |s| {
             [
                 s.report.as_raw_fd(),
                 s.control.as_ref().map_or(-1, |c| c.as_raw_fd()),
+                s.handover.as_ref().map_or(-1, |c| c.as_raw_fd()),
             ]
         }),
         user_namespace: setup.user_namespace.clone(),

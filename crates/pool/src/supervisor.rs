@@ -27,14 +27,22 @@
 //! scfsim connects to port 9000 with: one per byte scfsim writes on the control socket, passed
 //! back with SCM_RIGHTS.
 //!
+//! A supervisor may be started *parked*, ahead of demand (a hand-over pipe on its command line
+//! instead of a function): it makes its namespaces and init as above, then init reports
+//! "parked" and waits on the pipe. At a connection scfsim writes the function there (see
+//! [`Handover`]): the keeper's name changes from `scfsim-parked` to `scfsim-keeper`, and init
+//! enters the function's directory, makes the function's mounts (the ones the keeper makes
+//! before the fork otherwise, in the same mount namespace and order) and forks and execs the
+//! bootstrap as it always does.
+//!
 //! Failures before the bootstrap runs (the bootstrap's own exec error above all: a missing
 //! interpreter is ENOENT) are written to a report pipe as a stage byte and an errno; scfsim reads
 //! that pipe to its end, which comes when the bootstrap's exec closes it.
 
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::spawn::exit_now;
@@ -48,7 +56,7 @@ use nix::sys::prctl::{set_name, set_pdeathsig};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{close, execve, fork, getpid, pipe2, read, write, ForkResult, Pid};
+use nix::unistd::{chdir, close, execve, fork, getpid, pipe2, read, write, ForkResult, Pid};
 
 /// The argument (after the program name) that makes a binary run as a supervisor.
 pub const SUPERVISOR_ARG: &str = "__scfsim-instance-supervisor";
@@ -75,6 +83,8 @@ pub(crate) enum Stage {
     Limits = 6,
     MountProc = 8,
     Pipe = 9,
+    Chdir = 10,
+    Handover = 11,
     /// The bootstrap's own exec: its errors are the function's (status 445), all others scfsim's.
     Exec = 7,
 }
@@ -89,6 +99,8 @@ impl Stage {
             Stage::Limits,
             Stage::MountProc,
             Stage::Pipe,
+            Stage::Chdir,
+            Stage::Handover,
             Stage::Exec,
         ]
         .into_iter()
@@ -104,6 +116,8 @@ impl Stage {
             Stage::MountProc => "mounting the instance's own /proc",
             Stage::Pipe => "creating the supervisor's pipes",
             Stage::Limits => "setting the instance's open-file limit",
+            Stage::Chdir => "entering the function's code directory",
+            Stage::Handover => "reading the hand-over to a parked supervisor",
             Stage::Exec => "executing the bootstrap",
         }
     }
@@ -125,6 +139,9 @@ pub(crate) struct SupervisorArgs {
     pub report_fd: RawFd,
     /// The socket-factory channel (without root), or -1.
     pub control_fd: RawFd,
+    /// Parked: the read end of the pipe on which the function comes (see [`Handover`]), or -1;
+    /// the fields below are then empty.
+    pub handover_fd: RawFd,
     /// The generated runtime tree to mount on `/var/lang`, if any.
     pub var_lang: Option<OsString>,
     /// The instance's private `/tmp` size in MiB, or 0 for the host's `/tmp`.
@@ -146,6 +163,7 @@ impl SupervisorArgs {
             SUPERVISOR_ARG.into(),
             self.report_fd.to_string().into(),
             self.control_fd.to_string().into(),
+            self.handover_fd.to_string().into(),
             self.var_lang.clone().unwrap_or_default(),
             self.tmp_mb.to_string().into(),
             self.bootstrap.clone(),
@@ -170,6 +188,7 @@ impl SupervisorArgs {
     ) -> Option<SupervisorArgs> {
         let report_fd = args.next()?.into_string().ok()?.parse().ok()?;
         let control_fd = args.next()?.into_string().ok()?.parse().ok()?;
+        let handover_fd = args.next()?.into_string().ok()?.parse().ok()?;
         let var_lang = args.next()?;
         let tmp_mb = args.next()?.into_string().ok()?.parse().ok()?;
         let bootstrap = args.next()?;
@@ -184,6 +203,7 @@ impl SupervisorArgs {
         Some(SupervisorArgs {
             report_fd,
             control_fd,
+            handover_fd,
             var_lang: (!var_lang.is_empty()).then_some(var_lang),
             tmp_mb,
             bootstrap,
@@ -200,18 +220,25 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
     };
     REPORT_FD.store(args.report_fd, Ordering::Relaxed);
     let control = args.control_fd;
-    if control >= 0 {
-        // Only the keeper serves it; init and the bootstrap must not hold it.
-        // SAFETY: scfsim passed the control socket open across the exec.
-        let _ = fcntl(
-            unsafe { passed(control) },
-            FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
-        );
+    // Only the keeper serves the control socket and only init reads the hand-over pipe; the
+    // bootstrap must hold neither.
+    for fd in [control, args.handover_fd].into_iter().filter(|fd| *fd >= 0) {
+        // SAFETY: scfsim passed these open across the exec.
+        let _ = fcntl(unsafe { passed(fd) }, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
-    let cstr = |s: OsString| CString::new(s.into_vec()).unwrap_or_default();
-    let var_lang = args.var_lang.map(cstr);
-    let bootstrap = cstr(args.bootstrap);
-    let env: Vec<CString> = args.env.into_iter().map(cstr).collect();
+    let parked = args.handover_fd >= 0;
+    let start = if parked {
+        Start::Parked(args.handover_fd)
+    } else {
+        let cstr = |s: OsString| CString::new(s.into_vec()).unwrap_or_default();
+        Start::Now(Function {
+            cwd: None,
+            var_lang: args.var_lang.map(cstr),
+            tmp_mb: args.tmp_mb,
+            bootstrap: cstr(args.bootstrap),
+            env: args.env.into_iter().map(cstr).collect(),
+        })
+    };
     if unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID).is_err() {
         fail_errno(Stage::Namespaces);
     }
@@ -227,7 +254,40 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
     {
         fail_errno(Stage::Namespaces);
     }
-    if let Some(tree) = &var_lang {
+    if let Start::Now(function) = &start {
+        mount_function(function);
+    }
+    let status = pipe();
+    let alive = pipe();
+    // SAFETY: this process is single-threaded (a fresh exec that started no thread), so the
+    // child may do anything the parent could.
+    match unsafe { fork() } {
+        Err(_) => fail_errno(Stage::Fork),
+        Ok(ForkResult::Child) => init(start, status, alive),
+        Ok(ForkResult::Parent { child }) => keeper(child, status, alive, control, parked),
+    }
+}
+
+/// What one function's instance runs, and what it needs mounted.
+struct Function {
+    /// The working directory to enter, when it is not already this process's (parked).
+    cwd: Option<CString>,
+    var_lang: Option<CString>,
+    tmp_mb: u32,
+    bootstrap: CString,
+    env: Vec<CString>,
+}
+
+/// When init learns what to run: from the command line, or, parked, from scfsim's hand-over
+/// (on this descriptor) once a connection needs an instance.
+enum Start {
+    Now(Function),
+    Parked(RawFd),
+}
+
+/// The function's own mounts, in the instance's mount namespace (shared by keeper and init).
+fn mount_function(function: &Function) {
+    if let Some(tree) = &function.var_lang {
         if mount(
             Some(tree.as_c_str()),
             c"/var/lang",
@@ -240,8 +300,8 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
             fail_errno(Stage::MountVarLang);
         }
     }
-    if args.tmp_mb > 0 {
-        let options = CString::new(format!("size={}m,mode=1777", args.tmp_mb)).unwrap();
+    if function.tmp_mb > 0 {
+        let options = CString::new(format!("size={}m,mode=1777", function.tmp_mb)).unwrap();
         if mount(
             Some(c"tmpfs"),
             c"/tmp",
@@ -254,16 +314,113 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
             fail_errno(Stage::MountTmp);
         }
     }
-    let status = pipe();
-    let alive = pipe();
-    // SAFETY: this process is single-threaded (a fresh exec that started no thread), so the
-    // child may do anything the parent could.
-    match unsafe { fork() } {
-        Err(_) => fail_errno(Stage::Fork),
-        Ok(ForkResult::Child) => init(bootstrap, env, status, alive),
-        Ok(ForkResult::Parent { child }) => keeper(child, status, alive, control),
+}
+
+/// The hand-over to a parked supervisor: what scfsim writes on its hand-over pipe. A
+/// little-endian `u32` length, then NUL-terminated fields: working directory, bootstrap,
+/// `/var/lang` tree (empty for none), private `/tmp` size in MiB, then each `KEY=VALUE` of the
+/// bootstrap's environment. (None of these can hold a NUL: they become C strings.)
+pub(crate) struct Handover<'a> {
+    pub cwd: &'a OsStr,
+    pub bootstrap: &'a OsStr,
+    pub var_lang: Option<&'a OsStr>,
+    pub tmp_mb: u32,
+    pub env: &'a [(String, String)],
+}
+
+impl Handover<'_> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let tmp = self.tmp_mb.to_string();
+        let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let fields = [
+            self.cwd.as_bytes(),
+            self.bootstrap.as_bytes(),
+            self.var_lang.map_or(&[][..], |v| v.as_bytes()),
+            tmp.as_bytes(),
+        ]
+        .into_iter()
+        .chain(env.iter().map(|kv| kv.as_bytes()));
+        let mut body = Vec::new();
+        for field in fields {
+            body.extend_from_slice(field);
+            body.push(0);
+        }
+        let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+        bytes.extend(body);
+        bytes
+    }
+
+    fn decode(body: &[u8]) -> Option<Function> {
+        let body = body.strip_suffix(&[0])?;
+        let mut fields = body.split(|b| *b == 0);
+        let mut next = || CString::new(fields.next()?.to_vec()).ok();
+        let cwd = next()?;
+        let bootstrap = next()?;
+        let var_lang = next()?;
+        let tmp_mb = next()?.to_str().ok()?.parse().ok()?;
+        let env = std::iter::from_fn(next).collect();
+        Some(Function {
+            cwd: Some(cwd),
+            var_lang: (!var_lang.is_empty()).then_some(var_lang),
+            tmp_mb,
+            bootstrap,
+            env,
+        })
     }
 }
+
+/// Marks on the report pipe of a parked supervisor, before any failure report (stage bytes are
+/// below these): init is parked; init received its hand-over.
+pub(crate) const REPORT_PARKED: u8 = b'P';
+pub(crate) const REPORT_HANDED_OVER: u8 = b'H';
+
+/// Init of a parked supervisor waits here for its function. scfsim letting the supervisor go
+/// (its end of the pipe closed with nothing written) ends it.
+fn await_handover(handover: RawFd, status_w: RawFd) -> Function {
+    report_mark(REPORT_PARKED);
+    // SAFETY: the hand-over pipe's read end, passed across the exec, closed only below.
+    let fd = unsafe { passed(handover) };
+    let mut len = [0u8; 4];
+    if !read_exact(fd, &mut len) {
+        exit_now(0);
+    }
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    if !read_exact(fd, &mut body) {
+        exit_now(0);
+    }
+    let _ = close(handover);
+    let Some(function) = Handover::decode(&body) else {
+        fail(Stage::Handover, Errno::EINVAL as i32)
+    };
+    report_mark(REPORT_HANDED_OVER);
+    // The keeper names itself after the hand-over, so that process lists tell parked
+    // supervisors from instances.
+    // SAFETY: status_w is this process's pipe, open until init ends.
+    let _ = write(unsafe { passed(status_w) }, &[HANDED_OVER]);
+    function
+}
+
+fn read_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8]) -> bool {
+    while !buf.is_empty() {
+        match read(fd, buf) {
+            Err(Errno::EINTR) => {}
+            Ok(n) if n > 0 => buf = &mut buf[n..],
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn report_mark(mark: u8) {
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: scfsim passed the report pipe open across the exec.
+        let _ = write(unsafe { passed(fd) }, &[mark]);
+    }
+}
+
+/// The byte init sends the keeper on the status pipe at a hand-over.
+const HANDED_OVER: u8 = 1;
 
 /// `None` for an optional argument of [`mount`].
 const NONE: Option<&CStr> = None;
@@ -329,8 +486,12 @@ fn close_all_but(keep: &[RawFd]) {
     }
 }
 
-fn keeper(init: Pid, status: [RawFd; 2], alive: [RawFd; 2], control: RawFd) -> ! {
-    let _ = set_name(c"scfsim-keeper");
+fn keeper(init: Pid, status: [RawFd; 2], alive: [RawFd; 2], control: RawFd, parked: bool) -> ! {
+    let _ = set_name(if parked {
+        c"scfsim-parked"
+    } else {
+        c"scfsim-keeper"
+    });
     for sig in [
         Signal::SIGTERM,
         Signal::SIGINT,
@@ -346,6 +507,14 @@ fn keeper(init: Pid, status: [RawFd; 2], alive: [RawFd; 2], control: RawFd) -> !
     close_all_but(&[status[0], alive[1], control]);
     if control >= 0 {
         serve_sockets(status[0], control);
+    }
+    if parked {
+        let mut byte = [0u8; 1];
+        // SAFETY: status[0] is the keeper's end of the status pipe, open while it reads.
+        let fd = unsafe { passed(status[0]) };
+        if read_exact(fd, &mut byte) && byte[0] == HANDED_OVER {
+            let _ = set_name(c"scfsim-keeper");
+        }
     }
     let reported = read_status(status[0]);
     let waited = loop {
@@ -414,7 +583,7 @@ fn happened(fd: &PollFd) -> bool {
     fd.revents().is_none_or(|events| !events.is_empty())
 }
 
-fn init(bootstrap: CString, env: Vec<CString>, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
+fn init(start: Start, status: [RawFd; 2], alive: [RawFd; 2]) -> ! {
     let _ = set_name(c"scfsim-init");
     let _ = set_pdeathsig(Signal::SIGKILL);
     let _ = close(status[0]);
@@ -433,6 +602,19 @@ fn init(bootstrap: CString, env: Vec<CString>, status: [RawFd; 2], alive: [RawFd
         }
     }
     let _ = close(alive[0]);
+    let function = match start {
+        Start::Now(function) => function,
+        Start::Parked(handover) => {
+            let function = await_handover(handover, status[1]);
+            if let Some(cwd) = &function.cwd {
+                if chdir(cwd.as_c_str()).is_err() {
+                    fail_errno(Stage::Chdir);
+                }
+            }
+            mount_function(&function);
+            function
+        }
+    };
     // A /proc of this PID namespace, so the bootstrap sees itself, not the host.
     if mount(
         Some(c"proc"),
@@ -450,7 +632,7 @@ fn init(bootstrap: CString, env: Vec<CString>, status: [RawFd; 2], alive: [RawFd
         Err(_) => fail_errno(Stage::Fork),
         Ok(ForkResult::Child) => {
             let _ = close(status[1]);
-            exec_bootstrap(&bootstrap, &env)
+            exec_bootstrap(&function.bootstrap, &function.env)
         }
         Ok(ForkResult::Parent { child }) => reap(child, status[1]),
     }
@@ -576,10 +758,41 @@ mod tests {
     }
 
     #[test]
+    fn handovers_round_trip() {
+        let env = vec![("A".to_string(), "1".to_string()), ("B".into(), "x=y".into())];
+        let handover = Handover {
+            cwd: "/code".as_ref(),
+            bootstrap: "/code/scf_bootstrap".as_ref(),
+            var_lang: None,
+            tmp_mb: 512,
+            env: &env,
+        };
+        let bytes = handover.encode();
+        let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4);
+        let function = Handover::decode(&bytes[4..]).unwrap();
+        assert_eq!(function.cwd.as_deref(), Some(c"/code"));
+        assert_eq!(function.bootstrap.as_c_str(), c"/code/scf_bootstrap");
+        assert!(function.var_lang.is_none());
+        assert_eq!(function.tmp_mb, 512);
+        assert_eq!(function.env, vec![c"A=1".to_owned(), c"B=x=y".to_owned()]);
+        let with_tree = Handover {
+            var_lang: Some("/data/var-lang".as_ref()),
+            env: &[],
+            ..handover
+        };
+        let function = Handover::decode(&with_tree.encode()[4..]).unwrap();
+        assert_eq!(function.var_lang.as_deref(), Some(c"/data/var-lang"));
+        assert!(function.env.is_empty());
+        assert!(Handover::decode(b"/code\0").is_none());
+    }
+
+    #[test]
     fn arguments_round_trip() {
         let args = SupervisorArgs {
             report_fd: 7,
             control_fd: -1,
+            handover_fd: -1,
             var_lang: Some("/data/var-lang".into()),
             tmp_mb: 512,
             bootstrap: "/code/scf_bootstrap".into(),

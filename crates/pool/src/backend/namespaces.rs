@@ -7,6 +7,9 @@
 //! table and `ip_forward` (see [`crate::outbound`]), the `/var/lang` mount point (created empty
 //! if missing, left in place) and the generated runtime tree under scfsim's `work_dir`, and a
 //! stock of network namespaces with their links (gone with their namespace).
+//!
+//! Instances start from supervisors parked ahead of demand where there is one (see
+//! [`super::parking`]), else as a fresh supervisor: the same instance either way.
 
 use std::io;
 use std::path::PathBuf;
@@ -15,7 +18,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::process::{self, Placement, Process, Program, SupervisorLaunch};
+use super::parking::{Parking, Stocked};
+use super::process::{self, HandoverError, Placement, Process, Program, SupervisorLaunch};
 use super::Backend;
 use crate::cgroup::{Cgroups, InstanceCgroup};
 use crate::error::{with_sources, PoolError, StartFailure, StartFailureKind};
@@ -42,19 +46,24 @@ pub(crate) struct Namespaces {
 
 /// The host state of this backend: each part either in force or why not.
 struct Host {
+    /// Dropped first: its supervisors leave their cgroups before the parents go.
+    parking: Arc<Parking>,
     warm: Arc<WarmPool>,
     /// Why instances have no network to the host, if they have none.
     no_network: Option<PoolError>,
-    cgroups: Result<Cgroups, PoolError>,
+    cgroups: Result<Arc<Cgroups>, PoolError>,
     /// NAT beyond the host (removed when the backend goes), or why there is none; `None`
     /// when instances have no network at all.
     outbound: Option<Result<Outbound, PoolError>>,
     runtimes: Result<RuntimeTree, PoolError>,
 }
 
-pub(crate) struct Prepared {
-    namespace: warm::Prepared,
-    cgroup: Option<InstanceCgroup>,
+pub(crate) enum Prepared {
+    Parked(Stocked),
+    Fresh {
+        namespace: warm::Prepared,
+        cgroup: Option<InstanceCgroup>,
+    },
 }
 
 pub(crate) struct Instance {
@@ -78,6 +87,62 @@ impl Namespaces {
         })
     }
 
+    /// A namespace from the warm pool and cgroups made now: a start without a parked
+    /// supervisor.
+    async fn prepare_fresh(&self, host: &Host, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
+        let internal = |what: &str, source: io::Error| {
+            StartFailure::before_spawn(StartFailureKind::internal(what, source))
+        };
+        let namespace = host
+            .warm
+            .take()
+            .await
+            .map_err(|e| internal("preparing the instance's network namespace", e))?;
+        let cgroup = match &host.cgroups {
+            Ok(cgroups) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+                Some(
+                    cgroups
+                        .create(&id, spec.memory_mb, MAX_PROCESSES)
+                        .map_err(|e| internal("creating the instance's cgroup", e))?,
+                )
+            }
+            Err(_) => None,
+        };
+        Ok(Prepared::Fresh { namespace, cgroup })
+    }
+
+    async fn start_fresh(
+        &self,
+        host: &Host,
+        prepared: Prepared,
+        spec: &InstanceSpec,
+        deadline: tokio::time::Instant,
+    ) -> Result<Instance, StartFailure> {
+        let Prepared::Fresh { namespace, cgroup } = prepared else {
+            unreachable!("start_fresh is given what prepare_fresh made")
+        };
+        let spec = with_host(spec, namespace.lease.as_ref());
+        let program = Program::Supervisor(SupervisorLaunch {
+            program: self.supervisor.clone(),
+            var_lang: host
+                .runtimes
+                .as_ref()
+                .ok()
+                .map(|t| process::var_lang_for(t, &spec)),
+            user_maps: None,
+        });
+        let placement = Placement {
+            netns: Some(namespace.netns.raw_fd()),
+            cgroup,
+        };
+        let (process, _) = Process::start(&spec, program, placement, deadline).await?;
+        Ok(Instance {
+            process,
+            netns: namespace.netns,
+        })
+    }
+
     fn host(&self) -> Result<&Host, StartFailure> {
         self.host.as_ref().ok_or_else(|| {
             StartFailure::before_spawn(StartFailureKind::Internal {
@@ -86,6 +151,17 @@ impl Namespaces {
             })
         })
     }
+}
+
+/// The function's environment with `SCFSIM_HOST`, the host's address seen from the instance's
+/// namespace, where it has a network.
+fn with_host(spec: &InstanceSpec, lease: Option<&crate::network::Lease>) -> InstanceSpec {
+    let mut spec = spec.clone();
+    if let Some(lease) = lease {
+        spec.env
+            .push(("SCFSIM_HOST".into(), lease.host.to_string()));
+    }
+    spec
 }
 
 impl Backend for Namespaces {
@@ -133,7 +209,7 @@ impl Backend for Namespaces {
     }
 
     async fn setup(&mut self) -> Result<(), PoolError> {
-        let cgroups = Cgroups::setup();
+        let cgroups = Cgroups::setup().map(Arc::new);
         // Without `ip` there are no links; the namespaces still work, with loopback only.
         let (network, no_network) = match HostNetwork::probe() {
             Ok(network) => (Some(network), None),
@@ -143,7 +219,13 @@ impl Backend for Namespaces {
         let runtimes = crate::runtimes::mount_tree(&self.work_dir, &self.runtimes);
         let warm = WarmPool::new(self.worker.clone(), network);
         warm.fill();
+        let parking = Parking::start(
+            warm.clone(),
+            cgroups.as_ref().ok().cloned(),
+            self.supervisor.clone(),
+        );
         self.host = Some(Host {
+            parking,
             warm,
             no_network,
             cgroups,
@@ -155,26 +237,13 @@ impl Backend for Namespaces {
 
     async fn prepare(&self, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
         let host = self.host()?;
-        let internal = |what: &str, source: io::Error| {
-            StartFailure::before_spawn(StartFailureKind::internal(what, source))
-        };
-        let namespace = host
-            .warm
-            .take()
-            .await
-            .map_err(|e| internal("preparing the instance's network namespace", e))?;
-        let cgroup = match &host.cgroups {
-            Ok(cgroups) => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
-                Some(
-                    cgroups
-                        .create(&id, spec.memory_mb, MAX_PROCESSES)
-                        .map_err(|e| internal("creating the instance's cgroup", e))?,
-                )
+        match host.parking.take() {
+            Some(stocked) => {
+                tracing::debug!(pid = stocked.parked.pid(), "parked supervisor taken");
+                Ok(Prepared::Parked(stocked))
             }
-            Err(_) => None,
-        };
-        Ok(Prepared { namespace, cgroup })
+            None => self.prepare_fresh(host, spec).await,
+        }
     }
 
     async fn start(
@@ -184,30 +253,33 @@ impl Backend for Namespaces {
         deadline: tokio::time::Instant,
     ) -> Result<Instance, StartFailure> {
         let host = self.host()?;
-        let Prepared { namespace, cgroup } = prepared;
-        let mut spec = spec.clone();
-        if let Some(lease) = &namespace.lease {
-            spec.env
-                .push(("SCFSIM_HOST".into(), lease.host.to_string()));
-        }
-        let program = Program::Supervisor(SupervisorLaunch {
-            program: self.supervisor.clone(),
-            var_lang: host
-                .runtimes
-                .as_ref()
-                .ok()
-                .map(|t| process::var_lang_for(t, &spec)),
-            user_maps: None,
-        });
-        let placement = Placement {
-            netns: Some(namespace.netns.raw_fd()),
-            cgroup,
+        let Prepared::Parked(stocked) = prepared else {
+            return self.start_fresh(host, prepared, spec, deadline).await;
         };
-        let (process, _) = Process::start(&spec, program, placement, deadline).await?;
-        Ok(Instance {
-            process,
-            netns: namespace.netns,
-        })
+        let Stocked {
+            parked,
+            netns,
+            lease,
+        } = stocked;
+        let pid = parked.pid();
+        let spec = with_host(spec, lease.as_ref());
+        let var_lang = host
+            .runtimes
+            .as_ref()
+            .ok()
+            .map(|t| process::var_lang_for(t, &spec));
+        match parked.hand_over(&spec, var_lang.as_deref(), deadline).await {
+            Ok(process) => Ok(Instance { process, netns }),
+            Err(HandoverError::Failed(failure)) => Err(failure),
+            Err(HandoverError::Gone) => {
+                tracing::warn!(
+                    pid,
+                    "a parked supervisor ended as it was handed a function; starting a fresh one"
+                );
+                let prepared = self.prepare_fresh(host, &spec).await?;
+                self.start_fresh(host, prepared, &spec, deadline).await
+            }
+        }
     }
 
     async fn connect(&self, instance: &Instance) -> io::Result<TcpStream> {

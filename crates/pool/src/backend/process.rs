@@ -83,6 +83,67 @@ impl Process {
         placement: Placement,
         deadline: tokio::time::Instant,
     ) -> Result<(Process, Option<SocketFactory>), StartFailure> {
+        let (process, report, factory) = Process::spawn(spec, program, placement, None)?;
+        if let Some(report) = report {
+            if let Some(kind) = read_report(report, &spec.bootstrap, deadline).await {
+                return Err(process.failed(kind).await);
+            }
+            tracing::debug!("bootstrap exec'd");
+        }
+        Ok((process, factory))
+    }
+
+    /// Starts a supervisor that parks (see [`Parked`]); returns once its init waits for a
+    /// function.
+    pub(crate) async fn park(
+        launch: SupervisorLaunch,
+        placement: Placement,
+        deadline: tokio::time::Instant,
+    ) -> Result<Parked, StartFailure> {
+        let internal = |what: &str, source: io::Error| {
+            StartFailure::before_spawn(StartFailureKind::internal(what, source))
+        };
+        let (theirs, ours) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| internal("creating the supervisor's hand-over pipe", e.into()))?;
+        // Nothing of a function yet: the supervisor's directory is `/` until its hand-over.
+        let spec = InstanceSpec {
+            code_dir: "/".into(),
+            ..InstanceSpec::default()
+        };
+        let (process, report, _) =
+            Process::spawn(&spec, Program::Supervisor(launch), placement, Some(theirs))?;
+        let report = match report.map(receiver) {
+            Some(Ok(report)) => report,
+            Some(Err(kind)) => return Err(process.failed(kind).await),
+            None => unreachable!("a supervisor always has a report pipe"),
+        };
+        let (report, kind) = read_mark(report, supervisor::REPORT_PARKED, &spec.bootstrap, deadline)
+            .await;
+        match (report, kind) {
+            (Some(report), None) => Ok(Parked {
+                process,
+                report,
+                handover: ours,
+            }),
+            (_, kind) => Err(process
+                .failed(kind.unwrap_or_else(|| {
+                    StartFailureKind::internal(
+                        "parking a supervisor",
+                        io::Error::other("it ended before it was parked"),
+                    )
+                }))
+                .await),
+        }
+    }
+
+    /// Spawns the first process; with a supervisor, also returns the read end of its report
+    /// pipe. `handover`, for a supervisor that parks, is the read end of its hand-over pipe.
+    fn spawn(
+        spec: &InstanceSpec,
+        program: Program,
+        placement: Placement,
+        handover: Option<OwnedFd>,
+    ) -> Result<(Process, Option<OwnedFd>, Option<SocketFactory>), StartFailure> {
         let memory_limit = match placement.cgroup {
             Some(_) => None,
             None => spec.memory_mb.map(|mb| u64::from(mb) << 20),
@@ -91,7 +152,7 @@ impl Process {
             Program::Bootstrap => (None, None, None, None),
             Program::Supervisor(launch) => {
                 let user_maps = launch.user_maps.clone();
-                let (report, factory, supervised) = supervised(spec, launch)?;
+                let (report, factory, supervised) = supervised(spec, launch, handover)?;
                 (Some(report), factory, Some(supervised), user_maps)
             }
         };
@@ -109,7 +170,7 @@ impl Process {
         let mut cmd = spawn::command(spec, &setup);
         let spawned = cmd.spawn();
         // scfsim's copies of the supervisor's ends go: the report pipe ends with the exec, the
-        // control socket with the keeper.
+        // control socket with the keeper, the hand-over pipe with init.
         drop(setup);
         let mut child = spawned.map_err(|source| {
             // With a supervisor, the bootstrap's own exec errors come on the report pipe; a
@@ -139,12 +200,7 @@ impl Process {
             cgroup: placement.cgroup,
             memory_limit,
         };
-        if let Some(report) = report {
-            if let Some(kind) = read_report(report, &spec.bootstrap, deadline).await {
-                return Err(process.failed(kind).await);
-            }
-        }
-        Ok((process, factory))
+        Ok((process, report, factory))
     }
 
     /// Stops and reaps a process that could not become an instance.
@@ -247,6 +303,7 @@ impl Drop for Process {
 fn supervised(
     spec: &InstanceSpec,
     launch: SupervisorLaunch,
+    handover: Option<OwnedFd>,
 ) -> Result<(OwnedFd, Option<SocketFactory>, Supervised), StartFailure> {
     let internal = |what: &str, source: io::Error| {
         StartFailure::before_spawn(StartFailureKind::internal(what, source))
@@ -266,6 +323,7 @@ fn supervised(
         args: SupervisorArgs {
             report_fd: write.as_raw_fd(),
             control_fd: control.as_ref().map_or(-1, |c| c.as_raw_fd()),
+            handover_fd: handover.as_ref().map_or(-1, |h| h.as_raw_fd()),
             var_lang: launch.var_lang.map(Into::into),
             tmp_mb: private_tmp_mb(spec),
             bootstrap: spec.bootstrap.clone().into(),
@@ -277,8 +335,16 @@ fn supervised(
         },
         report: write,
         control,
+        handover,
     };
     Ok((read, factory, supervised))
+}
+
+type Receiver = tokio::net::unix::pipe::Receiver;
+
+fn receiver(report: OwnedFd) -> Result<Receiver, StartFailureKind> {
+    Receiver::from_owned_fd(report)
+        .map_err(|e| StartFailureKind::internal("reading the supervisor's report", e))
 }
 
 /// Reads the supervisor's report pipe to its end (the bootstrap's exec, or the supervisor's
@@ -288,17 +354,20 @@ async fn read_report(
     bootstrap: &Path,
     deadline: tokio::time::Instant,
 ) -> Option<StartFailureKind> {
+    match receiver(report) {
+        Ok(receiver) => read_rest(receiver, Vec::new(), bootstrap, deadline).await,
+        Err(kind) => Some(kind),
+    }
+}
+
+/// Reads the report pipe to its end after `bytes` came on it.
+async fn read_rest(
+    mut receiver: Receiver,
+    mut bytes: Vec<u8>,
+    bootstrap: &Path,
+    deadline: tokio::time::Instant,
+) -> Option<StartFailureKind> {
     use tokio::io::AsyncReadExt;
-    let mut receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(report) {
-        Ok(receiver) => receiver,
-        Err(e) => {
-            return Some(StartFailureKind::internal(
-                "reading the supervisor's report",
-                e,
-            ))
-        }
-    };
-    let mut bytes = Vec::new();
     if tokio::time::timeout_at(deadline, receiver.read_to_end(&mut bytes))
         .await
         .is_err()
@@ -310,7 +379,11 @@ async fn read_report(
             source: None,
         });
     }
-    match supervisor::decode_report(&bytes) {
+    decode(&bytes, bootstrap)
+}
+
+fn decode(bytes: &[u8], bootstrap: &Path) -> Option<StartFailureKind> {
+    match supervisor::decode_report(bytes) {
         None if bytes.is_empty() => None,
         None => Some(StartFailureKind::Internal {
             what: format!("reading the supervisor's report: unreadable {bytes:?}"),
@@ -318,6 +391,164 @@ async fn read_report(
         }),
         Some((Stage::Exec, source)) => Some(spawn_failure(bootstrap, source)),
         Some((stage, source)) => Some(StartFailureKind::internal(stage.describe(), source)),
+    }
+}
+
+/// Waits for a parked supervisor's `mark` on its report pipe: the pipe back if it came; else
+/// the failure reported instead, or `None` if the pipe ended with nothing in it (the
+/// supervisor is gone).
+async fn read_mark(
+    mut receiver: Receiver,
+    mark: u8,
+    bootstrap: &Path,
+    deadline: tokio::time::Instant,
+) -> (Option<Receiver>, Option<StartFailureKind>) {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout_at(deadline, receiver.read(&mut byte)).await {
+        Ok(Ok(1)) if byte[0] == mark => (Some(receiver), None),
+        Ok(Ok(1)) => (
+            None,
+            read_rest(receiver, byte.to_vec(), bootstrap, deadline).await,
+        ),
+        Ok(_) => (None, None),
+        Err(_) => (
+            None,
+            Some(StartFailureKind::Internal {
+                what: "the instance's supervisor did not park within its timeout".into(),
+                source: None,
+            }),
+        ),
+    }
+}
+
+/// A supervisor started ahead of demand with a warm network namespace: in its cgroups (without
+/// a memory limit yet) and network namespace, its mount and PID namespaces made, its init
+/// waiting on the hand-over pipe for the one function it will run. What a connection then
+/// hands over is only what is the function's own (see [`supervisor::Handover`]); init does the
+/// function's mounts, enters its directory and forks and execs its bootstrap exactly as an
+/// unparked supervisor does, so that the instance is the same.
+pub(crate) struct Parked {
+    process: Process,
+    report: Receiver,
+    /// The write end of the hand-over pipe.
+    handover: OwnedFd,
+}
+
+/// Why a hand-over did not start the function.
+pub(crate) enum HandoverError {
+    /// The parked supervisor had ended (killed, say): another start may take its place.
+    Gone,
+    /// The function's start failed, as an unparked start would have.
+    Failed(StartFailure),
+}
+
+impl Parked {
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    /// How the supervisor ended, once it has (without waiting).
+    pub(crate) fn ended(&mut self) -> Option<ExitInfo> {
+        match self.process.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(status.into()),
+            Err(_) => Some(ExitInfo {
+                code: None,
+                signal: None,
+            }),
+        }
+    }
+
+    /// Stops and reaps a supervisor that will serve nothing.
+    pub(crate) async fn discard(self) {
+        let process = self.process;
+        process.signal(Stop::Kill);
+        process.reap().await;
+    }
+
+    /// Kills it and removes its cgroup at once, without a runtime (a drop).
+    pub(crate) fn discard_now(mut self, bound: Duration) {
+        self.process.signal(Stop::Kill);
+        if let Some(cgroup) = self.process.cgroup.take() {
+            cgroup.remove_blocking(bound);
+        }
+    }
+
+    /// Hands the function of `spec` over: its memory limit, then its directory, bootstrap,
+    /// environment and mounts to init. Returns once the bootstrap's exec succeeded, as
+    /// [`Process::start`] does.
+    pub(crate) async fn hand_over(
+        self,
+        spec: &InstanceSpec,
+        var_lang: Option<&Path>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Process, HandoverError> {
+        use tokio::io::AsyncWriteExt;
+        let Parked {
+            mut process,
+            report,
+            handover,
+        } = self;
+        if let Some(mb) = spec.memory_mb {
+            match &process.cgroup {
+                Some(cgroup) => {
+                    if let Err(e) = cgroup.limit_memory(mb) {
+                        let kind =
+                            StartFailureKind::internal("setting the instance's memory limit", e);
+                        return Err(HandoverError::Failed(process.failed(kind).await));
+                    }
+                }
+                None => process.memory_limit = Some(u64::from(mb) << 20),
+            }
+        }
+        let message = supervisor::Handover {
+            cwd: spec.code_dir.as_os_str(),
+            bootstrap: spec.bootstrap.as_os_str(),
+            var_lang: var_lang.map(Path::as_os_str),
+            tmp_mb: private_tmp_mb(spec),
+            env: &spec.env,
+        }
+        .encode();
+        let written = match tokio::net::unix::pipe::Sender::from_owned_fd(handover) {
+            Ok(mut sender) => {
+                matches!(
+                    tokio::time::timeout_at(deadline, sender.write_all(&message)).await,
+                    Ok(Ok(()))
+                )
+            }
+            Err(_) => false,
+        };
+        tracing::debug!(pid = process.pid, "hand-over written");
+        let (report, kind) = if written {
+            read_mark(
+                report,
+                supervisor::REPORT_HANDED_OVER,
+                &spec.bootstrap,
+                deadline,
+            )
+            .await
+        } else {
+            (None, None)
+        };
+        let failed = match (report, kind) {
+            (Some(report), None) => read_rest(report, Vec::new(), &spec.bootstrap, deadline).await,
+            (None, Some(kind)) => Some(kind),
+            _ => {
+                tokio::spawn(async move {
+                    process.signal(Stop::Kill);
+                    process.reap().await
+                });
+                return Err(HandoverError::Gone);
+            }
+        };
+        match failed {
+            Some(kind) => Err(HandoverError::Failed(process.failed(kind).await)),
+            None => {
+                tracing::debug!("bootstrap exec'd");
+                Ok(process)
+            }
+        }
     }
 }
 
