@@ -591,19 +591,23 @@ async fn a_parked_supervisor_serves_a_connection_as_a_fresh_one_would_and_is_rep
     let mut scfsim = scfsim;
     let status = scfsim.signal(libc::SIGTERM).await;
     assert!(status.success(), "scfsim exited with {status}");
-    scfsim_e2e::eventually("the parked supervisors and cgroups to be gone", scfsim_e2e::PATIENCE, || async {
-        let running: Vec<u32> = left
-            .iter()
-            .copied()
-            .filter(|p| scfsim_e2e::procs::alive(*p))
-            .collect();
-        let cgroups = scfsim_cgroups(pid);
-        if running.is_empty() && cgroups.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("left: processes {running:?}, cgroups {cgroups:?}"))
-        }
-    })
+    scfsim_e2e::eventually(
+        "the parked supervisors and cgroups to be gone",
+        scfsim_e2e::PATIENCE,
+        || async {
+            let running: Vec<u32> = left
+                .iter()
+                .copied()
+                .filter(|p| scfsim_e2e::procs::alive(*p))
+                .collect();
+            let cgroups = scfsim_cgroups(pid);
+            if running.is_empty() && cgroups.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: processes {running:?}, cgroups {cgroups:?}"))
+            }
+        },
+    )
     .await;
 }
 
@@ -621,31 +625,39 @@ async fn sigkill_of_scfsim_ends_its_parked_supervisors() {
         .await;
     let status = scfsim.signal(libc::SIGKILL).await;
     assert!(!status.success());
-    scfsim_e2e::eventually("the parked supervisors to be gone", scfsim_e2e::PATIENCE, || async {
-        match parked
-            .iter()
-            .copied()
-            .filter(|p| scfsim_e2e::procs::alive(*p))
-            .collect::<Vec<_>>()
-        {
-            running if running.is_empty() => Ok(()),
-            running => Err(format!("still running: {running:?}")),
-        }
-    })
+    scfsim_e2e::eventually(
+        "the parked supervisors to be gone",
+        scfsim_e2e::PATIENCE,
+        || async {
+            match parked
+                .iter()
+                .copied()
+                .filter(|p| scfsim_e2e::procs::alive(*p))
+                .collect::<Vec<_>>()
+            {
+                running if running.is_empty() => Ok(()),
+                running => Err(format!("still running: {running:?}")),
+            }
+        },
+    )
     .await;
 }
 
 /// The cgroup parents of scfsim `pid` (`scfsim-<pid>-<n>`), in any hierarchy.
 fn scfsim_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
-    ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
-        .iter()
-        .filter_map(|root| std::fs::read_dir(root).ok())
-        .flat_map(|d| d.flatten())
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&format!("scfsim-{pid}-")))
-        })
-        .map(|e| e.path())
-        .collect()
+    [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .filter_map(|root| std::fs::read_dir(root).ok())
+    .flat_map(|d| d.flatten())
+    .filter(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&format!("scfsim-{pid}-")))
+    })
+    .map(|e| e.path())
+    .collect()
 }

@@ -222,7 +222,10 @@ pub(crate) fn main(args: impl Iterator<Item = OsString>) -> ! {
     let control = args.control_fd;
     // Only the keeper serves the control socket and only init reads the hand-over pipe; the
     // bootstrap must hold neither.
-    for fd in [control, args.handover_fd].into_iter().filter(|fd| *fd >= 0) {
+    for fd in [control, args.handover_fd]
+        .into_iter()
+        .filter(|fd| *fd >= 0)
+    {
         // SAFETY: scfsim passed these open across the exec.
         let _ = fcntl(unsafe { passed(fd) }, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
@@ -759,7 +762,10 @@ mod tests {
 
     #[test]
     fn handovers_round_trip() {
-        let env = vec![("A".to_string(), "1".to_string()), ("B".into(), "x=y".into())];
+        let env = vec![
+            ("A".to_string(), "1".to_string()),
+            ("B".into(), "x=y".into()),
+        ];
         let handover = Handover {
             cwd: "/code".as_ref(),
             bootstrap: "/code/scf_bootstrap".as_ref(),

@@ -59,7 +59,7 @@ struct Host {
 }
 
 pub(crate) enum Prepared {
-    Parked(Stocked),
+    Parked(Box<Stocked>),
     Fresh {
         namespace: warm::Prepared,
         cgroup: Option<InstanceCgroup>,
@@ -89,7 +89,11 @@ impl Namespaces {
 
     /// A namespace from the warm pool and cgroups made now: a start without a parked
     /// supervisor.
-    async fn prepare_fresh(&self, host: &Host, spec: &InstanceSpec) -> Result<Prepared, StartFailure> {
+    async fn prepare_fresh(
+        &self,
+        host: &Host,
+        spec: &InstanceSpec,
+    ) -> Result<Prepared, StartFailure> {
         let internal = |what: &str, source: io::Error| {
             StartFailure::before_spawn(StartFailureKind::internal(what, source))
         };
@@ -240,7 +244,7 @@ impl Backend for Namespaces {
         match host.parking.take() {
             Some(stocked) => {
                 tracing::debug!(pid = stocked.parked.pid(), "parked supervisor taken");
-                Ok(Prepared::Parked(stocked))
+                Ok(Prepared::Parked(Box::new(stocked)))
             }
             None => self.prepare_fresh(host, spec).await,
         }
@@ -260,7 +264,7 @@ impl Backend for Namespaces {
             parked,
             netns,
             lease,
-        } = stocked;
+        } = *stocked;
         let pid = parked.pid();
         let spec = with_host(spec, lease.as_ref());
         let var_lang = host

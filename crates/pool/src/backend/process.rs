@@ -117,8 +117,8 @@ impl Process {
             Some(Err(kind)) => return Err(process.failed(kind).await),
             None => unreachable!("a supervisor always has a report pipe"),
         };
-        let (report, kind) = read_mark(report, supervisor::REPORT_PARKED, &spec.bootstrap, deadline)
-            .await;
+        let (report, kind) =
+            read_mark(report, supervisor::REPORT_PARKED, &spec.bootstrap, deadline).await;
         match (report, kind) {
             (Some(report), None) => Ok(Parked {
                 process,
