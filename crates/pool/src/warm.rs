@@ -6,16 +6,10 @@
 //! stock is empty (a burst). The task holds only a weak reference, so it ends with the
 //! launcher; namespaces still in stock are released with it (the kernel then removes them and
 //! their veth pairs).
-//!
-//! The refill keeps two preparations in flight: a namespace is made on the namespace thread
-//! while the netlink thread wires the one before, so the two threads overlap instead of taking
-//! turns (BENCHMARKS.md, "Rate": under load each waits milliseconds for a CPU, and a
-//! sequential refill paid both waits per namespace).
 
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
 
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use crate::netns::{Netns, NetnsWorker};
@@ -23,11 +17,7 @@ use crate::network::{HostNetwork, Lease};
 
 /// How many prepared namespaces to keep: enough for a few connections arriving together,
 /// few enough to cost nothing while idle.
-const STOCK: usize = 8;
-
-/// Preparations the refill runs at once: one per thread that works on a namespace (the
-/// namespace thread, then the netlink thread). More would only queue behind them.
-const IN_FLIGHT: usize = 2;
+const STOCK: usize = 4;
 
 /// A namespace ready for an instance, and its address if it has a network.
 pub(crate) struct Prepared {
@@ -96,11 +86,8 @@ async fn refill(pool: Weak<WarmPool>, wanted: Arc<Notify>) {
             return;
         };
         let missing = STOCK.saturating_sub(strong.stock.lock().expect("warm pool poisoned").len());
-        let mut preparing = futures_util::stream::iter(0..missing)
-            .map(|_| strong.prepare())
-            .buffer_unordered(IN_FLIGHT);
-        while let Some(prepared) = preparing.next().await {
-            match prepared {
+        for _ in 0..missing {
+            match strong.prepare().await {
                 Ok(prepared) => strong
                     .stock
                     .lock()
@@ -112,7 +99,6 @@ async fn refill(pool: Weak<WarmPool>, wanted: Arc<Notify>) {
                 }
             }
         }
-        drop(preparing);
         drop(strong);
         wanted.notified().await;
     }
@@ -144,9 +130,9 @@ mod tests {
             .expect("the stock fills within a minute");
     }
 
-    /// With preparations in flight side by side, the stock still fills to its size and no
-    /// further, and a burst larger than the stock gets a namespace and an address of its own
-    /// for every start.
+    /// The refill fills the stock to its size and no further, and a burst larger than the
+    /// stock (the starts beyond it prepare their own, beside the refill) gets a namespace and
+    /// an address of its own for every start.
     #[tokio::test]
     async fn a_burst_gets_distinct_namespaces_and_the_stock_refills_to_its_size() {
         let worker = NetnsWorker::start().expect("tests run as root (namespaces)");
