@@ -103,3 +103,78 @@ async fn refill(pool: Weak<WarmPool>, wanted: Arc<Notify>) {
         wanted.notified().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
+
+    use crate::network::HostNetwork;
+
+    /// The namespace a descriptor refers to (its nsfs inode).
+    fn namespace_of(netns: &Netns) -> u64 {
+        std::fs::metadata(format!("/proc/self/fd/{}", netns.raw_fd()))
+            .expect("stat the namespace")
+            .ino()
+    }
+
+    async fn stock_full(pool: &Arc<WarmPool>) {
+        let full = async {
+            while pool.stock.lock().expect("warm pool poisoned").len() < STOCK {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), full)
+            .await
+            .expect("the stock fills within a minute");
+    }
+
+    /// The refill fills the stock to its size and no further, and a burst larger than the
+    /// stock (the starts beyond it prepare their own, beside the refill) gets a namespace and
+    /// an address of its own for every start.
+    #[tokio::test]
+    async fn a_burst_gets_distinct_namespaces_and_the_stock_refills_to_its_size() {
+        let worker = NetnsWorker::start().expect("tests run as root (namespaces)");
+        let network = HostNetwork::probe().expect("netlink works here");
+        let pool = WarmPool::new(worker, Some(network));
+        pool.fill();
+        stock_full(&pool).await;
+
+        let burst = STOCK + 3;
+        let taken = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::try_join_all((0..burst).map(|_| pool.take())),
+        )
+        .await
+        .expect("bounded")
+        .expect("every start gets a namespace");
+        let mut namespaces: Vec<u64> = taken.iter().map(|p| namespace_of(&p.netns)).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        assert_eq!(namespaces.len(), burst, "a namespace was handed out twice");
+        let mut links: Vec<&str> = taken
+            .iter()
+            .map(|p| p.lease.as_ref().expect("wired").host_link.as_str())
+            .collect();
+        links.sort_unstable();
+        links.dedup();
+        assert_eq!(links.len(), burst, "an address block was handed out twice");
+
+        stock_full(&pool).await;
+        // The refill has gone back to waiting; give it time to overshoot if it would.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pool.stock.lock().expect("warm pool poisoned").len(), STOCK);
+        let stocked: Vec<u64> = pool
+            .stock
+            .lock()
+            .expect("warm pool poisoned")
+            .iter()
+            .map(|p| namespace_of(&p.netns))
+            .collect();
+        assert!(
+            stocked.iter().all(|ns| !namespaces.contains(ns)),
+            "a namespace in use is also in stock"
+        );
+    }
+}
