@@ -169,9 +169,10 @@ impl Capture {
         let mut event = make();
         event.after_ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
         if state.events.len() == state.events.capacity() {
-            // A few events at a time while the timeline is short (a quiet connection has about
-            // ten), doubling only once it is long.
-            let more = state.events.len().clamp(4, 64);
+            // Four events at a time while the timeline is short (a quiet connection has about
+            // ten), doubling once it is long.
+            let len = state.events.len();
+            let more = if len < 32 { 4 } else { len };
             state.events.reserve_exact(more);
         }
         state.events.push(event);
