@@ -403,6 +403,10 @@ impl Invocation {
         let connected = registration.steering.clone();
         running.registration = Some(registration);
         let switching = switching_protocols(&self.request, &accepted, self.request_id);
+        // Neither head is read again: their headers would otherwise stay allocated for as
+        // long as the connection is open.
+        drop(accepted);
+        self.request = Request::default();
         self.timeline
             .handshake(Direction::ToClient, Party::Gateway, || {
                 let protocol = switching
