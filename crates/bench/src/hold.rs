@@ -99,6 +99,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     scfsim.quiesce().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = procfs::rss_kib(pid).unwrap_or(0);
+    let fds_before = open_fds(pid).unwrap_or(0);
     let mem_before = procfs::mem_available_kib().unwrap_or(0);
 
     // Open all, each proven with one echo.
@@ -129,6 +130,8 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_open = procfs::rss_kib(pid).unwrap_or(0);
+    let fds_open = open_fds(pid).unwrap_or(0);
+    let fd_limit = open_files_limit(pid);
     let mem_open = procfs::mem_available_kib().unwrap_or(0);
     let groups = procfs::descendant_memory(pid);
     let live_instances = procfs::child_count(pid);
@@ -207,6 +210,22 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
         "… after one more echo on each (KiB)".to_string(),
         format!("{:.1}", per_conn(rss_after_echo)),
     ]);
+    let fds_per_conn = (fds_open as f64 - fds_before as f64) / opened.max(1) as f64;
+    table.row([
+        "scfsim open descriptors per open connection".to_string(),
+        format!("{fds_per_conn:.1}"),
+    ]);
+    table.row([
+        "scfsim open files limit (connections it allows)".to_string(),
+        match fd_limit {
+            Some(limit) if fds_per_conn > 0.0 => format!(
+                "{limit} ({:.0})",
+                (limit as f64 - fds_before as f64) / fds_per_conn
+            ),
+            Some(limit) => limit.to_string(),
+            None => "?".to_string(),
+        },
+    ]);
     table.row([
         "instance processes (keeper+init+fixture)".to_string(),
         inst_procs.to_string(),
@@ -274,6 +293,8 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
             "after_close": rss_end,
         },
         "scfsim_rss_kib_per_connection": per_conn(rss_open),
+        "scfsim_fds": {"before": fds_before, "all_open": fds_open, "limit": fd_limit},
+        "scfsim_fds_per_connection": fds_per_conn,
         "scfsim_rss_kib_per_connection_after_echo": per_conn(rss_after_echo),
         "instances": {
             "processes": inst_procs,
@@ -289,6 +310,23 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     });
     println!("{out}");
     Ok(out)
+}
+
+/// How many descriptors `pid` has open.
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// `pid`'s soft limit on open files (scfsim raises it to the hard limit it inherited): with
+/// several descriptors per connection, what bounds how many connections it can hold.
+fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn open_result(

@@ -257,7 +257,7 @@ impl Invocation {
     }
 
     /// Served by `ready`, a provisioned instance, instead of one started for it.
-    pub(crate) fn provisioned(mut self, ready: scfsim_pool::Ready) -> Invocation {
+    pub(crate) fn provisioned(mut self: Box<Self>, ready: scfsim_pool::Ready) -> Box<Invocation> {
         self.record.provisioned = true;
         self.provisioned = Some(ready);
         self
@@ -299,17 +299,18 @@ impl Invocation {
 
     /// Serves the connection with an instance of its own, holding `permit` (the quota slot)
     /// until the instance is stopped and the invocation recorded.
-    pub(crate) async fn run(mut self, client: ClientConn, permit: Permit) {
+    pub(crate) async fn run(mut self: Box<Self>, client: ClientConn, permit: Permit) {
         if let Err(err) = self.gateway.store.begin(&self.record) {
             tracing::error!(error = %ErrorChain(&err), "could not write the invocation's start record");
         }
         let ended = self.serve(client).await;
-        self.teardown(ended).await;
+        // Boxed, as every step that ends before the proxy runs (see `serve`).
+        Box::pin(self.teardown(ended)).await;
         drop(permit);
     }
 
     /// A connection over a quota: no instance; HTTP 429 naming the quota, and a record.
-    pub(crate) async fn refuse(self, client: ClientConn, refusal: Refusal) {
+    pub(crate) async fn refuse(self: Box<Self>, client: ClientConn, refusal: Refusal) {
         let detail = refusal.message();
         let reason = match refusal {
             Refusal::FunctionQuota { .. } | Refusal::TotalQuota { .. } => {
@@ -328,10 +329,13 @@ impl Invocation {
             detail,
             &reason,
         );
-        self.teardown(Ended::new(reason).answer(answer).client(client))
-            .await;
+        Box::pin(self.teardown(Ended::new(reason).answer(answer).client(client))).await;
     }
 
+    /// The steps before the proxy (start, handshake, answers) run as boxed futures of their
+    /// own: the connection's task is allocated once at the size of its largest state and kept
+    /// until the connection ends, so a transient step held inline would cost every open
+    /// connection its size for as long as it is open (the task was 14.5 KiB; BENCHMARKS.md).
     async fn serve(&mut self, mut client: ClientConn) -> Ended {
         let cancel = self.gateway.shutdown.child_token();
         let id = Uuid::new_v4();
@@ -339,7 +343,7 @@ impl Invocation {
         // for a person to attach before it listens on port 9000.
         let mut early = None;
         if self.function.debug {
-            match self.open_debug(id).await {
+            match Box::pin(self.open_debug(id)).await {
                 Ok(debug) => {
                     early = Some(self.register(id, None, &cancel, Some(debug.view.clone())));
                     self.debug = Some(debug);
@@ -349,7 +353,7 @@ impl Invocation {
         }
         let started = match self.provisioned.take() {
             Some(ready) => Ok(ready),
-            None => self.start(&client, &cancel).await,
+            None => Box::pin(self.start(&client, &cancel)).await,
         };
         let ready = match started {
             Ok(ready) => ready,
@@ -368,7 +372,7 @@ impl Invocation {
             instance: ready.instance,
             registration: None,
         };
-        let startup = match self.slow_start(ready.startup, &client, &cancel).await {
+        let startup = match Box::pin(self.slow_start(ready.startup, &client, &cancel)).await {
             Ok(startup) => startup,
             Err(ended) => return ended.instance(running).client(client),
         };
@@ -381,7 +385,7 @@ impl Invocation {
 
         let config = ws_config(&self.function);
         let (function_ws, accepted) =
-            match self.handshake(ready.stream, &client, config, &cancel).await {
+            match Box::pin(self.handshake(ready.stream, &client, config, &cancel)).await {
                 Ok(done) => done,
                 Err(ended) => return ended.instance(running).client(client),
             };
@@ -399,6 +403,10 @@ impl Invocation {
         let connected = registration.steering.clone();
         running.registration = Some(registration);
         let switching = switching_protocols(&self.request, &accepted, self.request_id);
+        // Neither head is read again: their headers would otherwise stay allocated for as
+        // long as the connection is open.
+        drop(accepted);
+        self.request = Request::default();
         self.timeline
             .handshake(Direction::ToClient, Party::Gateway, || {
                 let protocol = switching
@@ -414,7 +422,7 @@ impl Invocation {
                     },
                 )
             });
-        let answered = client.respond(switching.map(|()| Bytes::new())).await;
+        let answered = Box::pin(client.respond(switching.map(|()| Bytes::new()))).await;
         if answered.is_err() || cancel.is_cancelled() {
             let reason = if self.gateway.shutdown.is_cancelled() {
                 EndReason::GatewayShutdown
@@ -425,7 +433,9 @@ impl Invocation {
         }
         connected.connected();
         client.watch_for_dead_peer(self.function.idle_timeout);
-        let proxied = self.proxy(
+        // Boxed where it is made: moved into an await or a `select!`, an inline future is kept
+        // in this task's state once per place it passed through.
+        let mut proxied = Box::pin(self.proxy(
             client,
             function_ws,
             config,
@@ -433,26 +443,26 @@ impl Invocation {
             &cancel,
             steering,
             &running,
-        );
+        ));
         let kill_after = self
             .faults
             .as_ref()
             .and_then(|p| Some((p, p.kill_after()?)));
         let reason = match kill_after {
-            None => proxied.await,
+            None => (&mut proxied).await,
             Some((plan, after)) => {
-                tokio::pin!(proxied);
                 tokio::select! {
                     reason = &mut proxied => reason,
                     () = tokio::time::sleep(after) => {
                         // Killed, not ended: the proxy notices the instance's socket drop as
                         // it would a real exit.
                         plan.kill(format!("after {}", scfsim_config::format_duration(after)));
-                        proxied.await
+                        (&mut proxied).await
                     }
                 }
             }
         };
+        drop(proxied);
         Ended::new(reason).instance(running)
     }
 
@@ -818,7 +828,7 @@ impl Invocation {
         steering: SteeringEnds,
         running: &Running,
     ) -> EndReason {
-        let client_ws = client.into_websocket(config).await;
+        let client_ws = Box::pin(client.into_websocket(config)).await;
         let (mut client_tx, mut client_rx) = client_ws.split();
         let (mut function_tx, mut function_rx) = function_ws.split();
         // Debug mode: a paused function holds no timer of its own, so these do not fire.
@@ -857,7 +867,7 @@ impl Invocation {
     }
 
     /// The one way out: answer the client if it was not upgraded, stop the instance, record.
-    async fn teardown(mut self, ended: Ended) {
+    async fn teardown(mut self: Box<Self>, ended: Ended) {
         let Ended {
             reason,
             answer,

@@ -64,20 +64,24 @@ impl Gateway {
         let stream = match tls {
             None => ClientStream::Plain(stream),
             // Plain HTTP on the TLS port, or a stalled handshake, costs one bounded wait.
-            Some(tls) => match tokio::time::timeout(HEAD_DEADLINE, tls.accept(stream)).await {
-                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, %err, "TLS handshake failed");
-                    return;
+            Some(tls) => {
+                match tokio::time::timeout(HEAD_DEADLINE, Box::pin(tls.accept(stream))).await {
+                    Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
                 }
-                Err(_) => return,
-            },
+            }
         };
-        let read = tokio::time::timeout(HEAD_DEADLINE, ClientConn::read(stream));
+        // Boxed: a step before the proxy, not held in the task for the whole connection (see
+        // `Invocation::serve`).
+        let read = tokio::time::timeout(HEAD_DEADLINE, Box::pin(ClientConn::read(stream)));
         let (client, req) = tokio::select! {
             read = read => match read {
                 Ok(Ok(read)) => read,
-                Ok(Err((stream, error))) => return client::refuse(stream, error).await,
+                Ok(Err((stream, error))) => return Box::pin(client::refuse(stream, error)).await,
                 // A slow client (slowloris) costs one bounded wait and no instance.
                 Err(_) => return,
             },
@@ -86,10 +90,13 @@ impl Gateway {
         match self.route(&req) {
             Err(resp) => {
                 let mut client = client;
-                let _ = client.respond(*resp).await;
+                let _ = Box::pin(client.respond(*resp)).await;
             }
             Ok((function, faults)) => {
-                let mut invocation = Invocation::new(self.clone(), function.clone(), req, peer);
+                // Boxed: an invocation (its function's config, its record) is about 2 KiB, and
+                // held inline it would be kept in this task once per future it moved into.
+                let mut invocation =
+                    Box::new(Invocation::new(self.clone(), function.clone(), req, peer));
                 invocation.inject(faults);
                 let span = tracing::info_span!(
                     "invocation",
@@ -104,7 +111,9 @@ impl Gateway {
                     // failure or slow start is about starting an instance: such a connection
                     // starts its own.
                     if !invocation.injects_start_fault() {
-                        if let Some(handed) = gateway.provisioned.take(&function.name).await {
+                        if let Some(handed) =
+                            Box::pin(gateway.provisioned.take(&function.name)).await
+                        {
                             let Handed { ready, permit } = handed;
                             return invocation.provisioned(ready).run(client, permit).await;
                         }

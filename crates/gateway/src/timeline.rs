@@ -56,9 +56,11 @@ struct State {
 /// read (or reads) of its own and pins little besides itself.
 const SHARE_FROM: usize = 8 * 1024;
 
-/// An event as captured: the raw payload, no JSON yet.
+/// An event as captured: the raw payload, no JSON yet. Kept small (104 bytes; the rare parts
+/// boxed): every open connection holds its events until it is recorded.
 struct Captured {
-    after: Duration,
+    /// Nanoseconds after the capture began.
+    after_ns: u64,
     kind: EventKind,
     direction: Option<Direction>,
     opcode: Option<Opcode>,
@@ -66,11 +68,11 @@ struct Captured {
     injected: bool,
     payload: Option<Bytes>,
     truncated: bool,
-    close: Option<(u16, String)>,
+    close: Option<Box<(u16, String)>>,
     sent_by: Option<Party>,
     /// Empty for a message: its detail is made from its fields when read, so that the data
     /// path allocates nothing but the payload's copy.
-    detail: String,
+    detail: Box<str>,
     /// A message's addition to its detail.
     note: &'static str,
     handshake: Option<Box<HandshakeFacts>>,
@@ -80,14 +82,39 @@ struct Captured {
 #[derive(Debug, Default)]
 pub(crate) struct HandshakeFacts {
     pub path: Option<String>,
-    pub headers: Option<Vec<(String, String)>>,
+    pub headers: Option<PackedHeaders>,
     pub status: Option<u16>,
+}
+
+/// A request's headers in one allocation (`name\0value\0` each), unpacked only when the
+/// timeline is read: as name and value strings each, the two upgrade requests' headers were
+/// about 1.4 KiB of every open connection.
+#[derive(Debug, Default)]
+pub(crate) struct PackedHeaders {
+    packed: Box<str>,
+    count: usize,
+}
+
+impl PackedHeaders {
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    fn unpack(&self) -> Vec<(String, String)> {
+        // Neither a header name nor a value (as `http` checks them) holds a NUL.
+        let mut parts = self.packed.split_terminator('\0');
+        let mut out = Vec::with_capacity(self.count);
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            out.push((name.to_owned(), value.to_owned()));
+        }
+        out
+    }
 }
 
 impl Captured {
     fn new(kind: EventKind, detail: String) -> Captured {
         Captured {
-            after: Duration::ZERO,
+            after_ns: 0,
             kind,
             direction: None,
             opcode: None,
@@ -97,7 +124,7 @@ impl Captured {
             truncated: false,
             close: None,
             sent_by: None,
-            detail,
+            detail: detail.into_boxed_str(),
             note: "",
             handshake: None,
         }
@@ -140,7 +167,14 @@ impl Capture {
             return;
         }
         let mut event = make();
-        event.after = after;
+        event.after_ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
+        if state.events.len() == state.events.capacity() {
+            // Four events at a time while the timeline is short (a quiet connection has about
+            // ten), doubling once it is long.
+            let len = state.events.len();
+            let more = if len < 32 { 4 } else { len };
+            state.events.reserve_exact(more);
+        }
         state.events.push(event);
         drop(state);
         self.changed.send_modify(|n| *n += 1);
@@ -188,7 +222,8 @@ impl Capture {
     }
 
     fn render(&self, seq: usize, e: &Captured) -> FrameEvent {
-        let at = self.started_at + e.after;
+        let after = Duration::from_nanos(e.after_ns);
+        let at = self.started_at + after;
         let detail = match (e.kind, e.opcode) {
             (EventKind::Message, Some(opcode)) => {
                 let by = match e.sent_by {
@@ -199,9 +234,9 @@ impl Capture {
                 };
                 format!("{by} sent {} ({} bytes){}", opcode.as_str(), e.size, e.note)
             }
-            _ => e.detail.clone(),
+            _ => e.detail.to_string(),
         };
-        let mut out = FrameEvent::new(e.kind, at, e.after.as_secs_f64() * 1000.0, detail);
+        let mut out = FrameEvent::new(e.kind, at, after.as_secs_f64() * 1000.0, detail);
         out.seq = seq as u64;
         out.direction = e.direction;
         out.opcode = e.opcode;
@@ -212,13 +247,14 @@ impl Capture {
         if let (Some(opcode), Some(payload)) = (e.opcode, &e.payload) {
             out.set_payload(opcode, payload);
         }
-        if let Some((code, reason)) = &e.close {
+        if let Some(close) = &e.close {
+            let (code, reason) = &**close;
             out.close_code = Some(*code);
             out.close_reason = Some(reason.clone());
         }
         if let Some(h) = &e.handshake {
             out.path = h.path.clone();
-            out.headers = h.headers.clone();
+            out.headers = h.headers.as_ref().map(PackedHeaders::unpack);
             out.status = h.status;
         }
         out
@@ -368,7 +404,7 @@ impl Recorder {
             e.opcode = Some(Opcode::Close);
             e.sent_by = Some(sent_by);
             e.size = frame.as_ref().map_or(0, |(_, r)| 2 + r.len() as u64);
-            e.close = frame;
+            e.close = frame.map(Box::new);
             e
         });
     }
@@ -465,16 +501,23 @@ pub(crate) fn note_close_step(recorder: &Recorder, to: Side, step: &CloseStep, r
 /// An upgrade request's headers as they went over the wire, the WebSocket mechanics (`Host`,
 /// `Sec-WebSocket-Key`, `-Extensions`, ...) included: a person debugging a handshake needs
 /// them, and `scfsim record` leaves out what a replaying client sets by itself.
-pub(crate) fn sent_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
+pub(crate) fn sent_headers(headers: &http::HeaderMap) -> PackedHeaders {
+    let mut packed = String::with_capacity(
+        headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 2)
+            .sum(),
+    );
+    for (name, value) in headers {
+        packed.push_str(name.as_str());
+        packed.push('\0');
+        packed.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        packed.push('\0');
+    }
+    PackedHeaders {
+        packed: packed.into_boxed_str(),
+        count: headers.len(),
+    }
 }
 
 #[cfg(test)]
@@ -563,6 +606,28 @@ mod tests {
         assert_eq!(t.events[0].payload(), Some(large.to_vec()));
         assert_eq!(t.events[2].payload().map(|p| p.len()), Some(SHARE_FROM));
         assert!(t.events[2].truncated);
+    }
+
+    #[test]
+    fn packed_headers_unpack_in_order_with_repeats_and_empty_values() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-a", http::HeaderValue::from_static("1"));
+        headers.append("x-empty", http::HeaderValue::from_static(""));
+        headers.append("x-a", http::HeaderValue::from_static("2"));
+        headers.append("host", http::HeaderValue::from_static("h:1"));
+        let packed = sent_headers(&headers);
+        assert_eq!(packed.len(), 4);
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        assert_eq!(
+            packed.unpack(),
+            vec![
+                pair("x-a", "1"),
+                pair("x-a", "2"),
+                pair("x-empty", ""),
+                pair("host", "h:1")
+            ]
+        );
+        assert!(sent_headers(&http::HeaderMap::new()).unpack().is_empty());
     }
 
     #[test]

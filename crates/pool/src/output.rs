@@ -49,6 +49,9 @@ impl CapturedOutput {
 const MAX_LINES: usize = 2000;
 const MAX_BYTES: usize = 1 << 20;
 const MAX_LINE_BYTES: usize = 16 << 10;
+/// A pipe reader's first buffer, and the most it grows to.
+const CHUNK_MIN: usize = 128;
+const CHUNK_MAX: usize = 8 << 10;
 
 #[derive(Default)]
 struct Buffer {
@@ -96,9 +99,11 @@ impl OutputLog {
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
-                // Not zero-filled: a quiet instance's buffer costs scfsim only the pages its
-                // output actually touched, which matters with thousands of instances open.
-                let mut chunk = Vec::with_capacity(8192);
+                // Small until the instance writes much: thousands of quiet instances each
+                // holding two 8 KiB buffers while they wait on their pipes cost scfsim 16 KiB
+                // per open connection (heaptrack, BENCHMARKS.md). A read that fills the buffer
+                // doubles it, up to CHUNK_MAX, so a loud instance soon reads in large chunks.
+                let mut chunk = Vec::with_capacity(CHUNK_MIN);
                 let mut pending: Vec<u8> = Vec::new();
                 loop {
                     chunk.clear();
@@ -106,6 +111,9 @@ impl OutputLog {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
+                    if n == chunk.capacity() && n < CHUNK_MAX {
+                        chunk.reserve_exact(n);
+                    }
                     let mut rest = &chunk[..n];
                     while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
                         append_capped(&mut pending, &rest[..pos]);
