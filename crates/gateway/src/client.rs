@@ -19,6 +19,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::proxy::ReadAhead;
+
 /// A client has this long to send its complete upgrade request.
 pub(crate) const HEAD_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on the request head.
@@ -204,8 +206,9 @@ impl ClientConn {
     pub(crate) async fn into_websocket(
         self,
         config: WebSocketConfig,
-    ) -> WebSocketStream<ClientStream> {
-        WebSocketStream::from_partially_read(self.stream, self.leftover, Role::Server, Some(config))
+    ) -> WebSocketStream<ReadAhead<ClientStream>> {
+        let stream = ReadAhead::new(self.stream);
+        WebSocketStream::from_partially_read(stream, self.leftover, Role::Server, Some(config))
             .await
     }
 }

@@ -36,6 +36,7 @@ use crate::faults::FaultPlan;
 use crate::handshake::{switching_protocols, upstream_request, GatewayHeaders};
 use crate::limits::{Permit, Refusal};
 use crate::live::{LiveInstance, LiveInstances, Traffic};
+use crate::proxy::ReadAhead;
 use crate::proxy::{self, ConnectionLimits};
 use crate::responses::{json_error, passthrough, Body};
 use crate::steer::{Steering, SteeringEnds};
@@ -43,8 +44,10 @@ use crate::timeline::{sent_headers, Capture, HandshakeFacts, Recorder};
 use crate::{ErrorChain, Gateway};
 use scfsim_record::{Direction, Party};
 
-/// Per leg and connection; messages larger than this are read in several reads.
-const READ_BUFFER: usize = 8 * 1024;
+/// tungstenite's read buffer, per leg and connection. Small, because it is resident for the
+/// connection's lifetime and zero-filled before each read; large messages do not pay for it
+/// in system calls, as `proxy::ReadAhead` below it reads them from the socket in one read.
+const READ_BUFFER: usize = 1024;
 
 fn ws_config(function: &FunctionConfig) -> WebSocketConfig {
     let limit = usize::try_from(function.limits.max_message_bytes).unwrap_or(usize::MAX);
@@ -691,7 +694,7 @@ impl Invocation {
         cancel: &CancellationToken,
     ) -> Result<
         (
-            WebSocketStream<tokio::net::TcpStream>,
+            WebSocketStream<ReadAhead<tokio::net::TcpStream>>,
             Response<Option<Vec<u8>>>,
         ),
         Ended,
@@ -724,7 +727,11 @@ impl Invocation {
             });
         let handshake = tokio::time::timeout(
             self.init_timeout(),
-            tokio_tungstenite::client_async_with_config(upstream, stream, Some(config)),
+            tokio_tungstenite::client_async_with_config(
+                upstream,
+                ReadAhead::new(stream),
+                Some(config),
+            ),
         );
         let handshake = tokio::select! {
             done = handshake => done,
@@ -821,7 +828,7 @@ impl Invocation {
     async fn proxy(
         &self,
         client: ClientConn,
-        function_ws: WebSocketStream<tokio::net::TcpStream>,
+        function_ws: WebSocketStream<ReadAhead<tokio::net::TcpStream>>,
         config: WebSocketConfig,
         traffic: &Traffic,
         cancel: &CancellationToken,
@@ -860,7 +867,7 @@ impl Invocation {
         if self.faults.as_ref().is_some_and(FaultPlan::reset_client) {
             // The client's socket closes when its halves are dropped, right after this.
             if let Ok(client_ws) = client_tx.reunite(client_rx) {
-                client_ws.get_ref().reset_on_close();
+                client_ws.get_ref().get_ref().reset_on_close();
             }
         }
         reason

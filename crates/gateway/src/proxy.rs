@@ -4,7 +4,8 @@
 //! opposite write half, so each direction stays in order and neither waits for the other: a
 //! function that writes while it never reads cannot stall the client's messages behind its own.
 //! Back-pressure is natural: a direction reads its next message only after the previous one was
-//! written, so memory per connection is bounded by tungstenite's buffers.
+//! written, so memory per connection is bounded by tungstenite's buffers and the read-ahead
+//! below them ([`ReadAhead`]).
 //!
 //! How a connection ends is not decided here: the proxy reports what happened as an
 //! [`EndReason`], and `scfsim_record::classify` says which close frame each side gets and in
@@ -675,6 +676,9 @@ fn ws_frame(frame: Option<scfsim_record::CloseFrame>) -> Option<WsCloseFrame> {
         reason: f.reason.into(),
     })
 }
+
+mod read_ahead;
+pub(crate) use read_ahead::ReadAhead;
 
 #[cfg(test)]
 mod tests;
