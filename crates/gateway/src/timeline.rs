@@ -51,9 +51,9 @@ struct State {
 }
 
 /// Kept payloads at least this long (and most of their message) are shared with the message
-/// rather than copied: the
-/// size of the proxy's read buffer (`invocation::READ_BUFFER`), so a shared payload came in a
-/// read (or reads) of its own and pins little besides itself.
+/// rather than copied: eight times the proxy's read buffer (`invocation::READ_BUFFER`, 1 KiB),
+/// so the codec had to grow its buffer for the message and a shared payload pins little
+/// besides itself.
 const SHARE_FROM: usize = 8 * 1024;
 
 /// An event as captured: the raw payload, no JSON yet. Kept small (104 bytes; the rare parts
