@@ -55,8 +55,18 @@ fn processes() -> Vec<(u32, u32, String)> {
     .collect()
 }
 
+/// Command name of a supervisor scfsim keeps started ahead of demand (isolation =
+/// "namespaces"). It serves no connection yet, so it is not an instance: counting it would
+/// make a drained scfsim look busy and charge its memory to the connections held.
+pub const PARKED: &str = "scfsim-parked";
+
 /// Every descendant of `root` (not `root` itself), with its command name.
 pub fn descendants(root: u32) -> Vec<(u32, String)> {
+    descendants_where(root, |_| true)
+}
+
+/// Every descendant of `root` reached through processes `follow` accepts.
+fn descendants_where(root: u32, follow: impl Fn(&str) -> bool) -> Vec<(u32, String)> {
     let procs = processes();
     let mut children: HashMap<u32, Vec<(u32, String)>> = HashMap::new();
     for (pid, ppid, comm) in procs {
@@ -66,7 +76,7 @@ pub fn descendants(root: u32) -> Vec<(u32, String)> {
     let mut stack = vec![root];
     while let Some(pid) = stack.pop() {
         if let Some(kids) = children.get(&pid) {
-            for (kid, comm) in kids {
+            for (kid, comm) in kids.iter().filter(|(_, comm)| follow(comm)) {
                 stack.push(*kid);
                 out.push((*kid, comm.clone()));
             }
@@ -75,11 +85,11 @@ pub fn descendants(root: u32) -> Vec<(u32, String)> {
     out
 }
 
-/// Number of direct children of `pid`.
+/// Number of direct children of `pid`, parked supervisors aside.
 pub fn child_count(pid: u32) -> usize {
     processes()
         .iter()
-        .filter(|(_, ppid, _)| *ppid == pid)
+        .filter(|(_, ppid, comm)| *ppid == pid && comm != PARKED)
         .count()
 }
 
@@ -105,10 +115,11 @@ pub struct MemGroup {
     pub pss_kib: u64,
 }
 
-/// RSS and PSS of every descendant of `root`, summed per command name.
+/// RSS and PSS of every descendant of `root` that belongs to an instance (parked supervisors
+/// and what they started aside), summed per command name.
 pub fn descendant_memory(root: u32) -> BTreeMap<String, MemGroup> {
     let mut groups: BTreeMap<String, MemGroup> = BTreeMap::new();
-    for (pid, comm) in descendants(root) {
+    for (pid, comm) in descendants_where(root, |comm| comm != PARKED) {
         let (Some(rss), pss) = (rss_kib(pid), pss_kib(pid)) else {
             continue; // kernel thread or already gone
         };
