@@ -355,10 +355,9 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
                 Some(path) => {
                     std::fs::write(&path, scenario)
                         .with_context(|| format!("cannot write {}", path.display()))?;
+                    let shown = path.display();
                     eprintln!(
-                        "scfsim: wrote invocation {id} to {} (replay it with: scfsim test {})",
-                        path.display(),
-                        path.display()
+                        "scfsim: wrote invocation {id} to {shown} (replay it with: scfsim test {shown})"
                     );
                 }
                 None => print!("{scenario}"),
