@@ -554,7 +554,30 @@ async fn a_recorded_session_replays_green_against_its_function_and_red_against_a
     ])
     .await;
     assert_eq!(code, 0, "{stderr}");
+    // A file written says so, and how to replay it.
+    assert!(
+        stderr.contains(&format!(
+            "wrote invocation {request_id} to {}",
+            file.display()
+        )) && stderr.contains("scfsim test"),
+        "{stderr}"
+    );
     let scenario = std::fs::read_to_string(&file).expect("scenario written");
+    // A request id already names its function: --function beside it is refused, not ignored.
+    let (code, _, stderr) = scfsim_cli(&[
+        "record",
+        &request_id,
+        "--function",
+        "other",
+        "--admin",
+        &scfsim.admin,
+    ])
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("cannot be used with '--function"),
+        "{stderr}"
+    );
     for line in [
         "path = \"/echo\"",
         "send = \"hello\"",

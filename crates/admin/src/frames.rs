@@ -42,7 +42,16 @@ pub(crate) async fn frames(
 ) -> Response {
     let stream = match query {
         Ok(Query(q)) => q.stream,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "{}: the query takes only `stream`, true or false (`?stream=true` or \
+                     `/frames/stream` for server-sent events; no query for the JSON timeline)",
+                    rejection.body_text()
+                ),
+            )
+        }
     };
     serve(ctx, id, stream).await
 }

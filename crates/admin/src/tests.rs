@@ -512,6 +512,13 @@ async fn a_stored_timeline_is_served_as_json_and_as_events_and_unknown_ids_are_4
         .unwrap()
         .is_none());
 
+    // A query it does not understand says what it takes.
+    let resp = send(&f.app, "GET", &format!("{path}?stream=yes")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let answer: Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    let message = answer["error"].as_str().unwrap();
+    assert!(message.contains("stream=true"), "{message}");
+
     // A record without a timeline, and no record at all.
     let bare = finished("echo", close(1000), (0, 0));
     f.store.finish(bare.clone()).unwrap();

@@ -10,7 +10,7 @@
 //!   stock of created containers, against the engine's own create + start + connect.
 //! - `provisioned`: a connection taking a provisioned instance against a direct connection to
 //!   a server that already runs.
-//! - `suite`: all of them at standard sizes, then the goals of issue #7.
+//! - `suite`: all of them at standard sizes, then the goals of issue #15.
 //!
 //! Each scenario prints a markdown table and one JSON line (a line starting with `{`).
 

@@ -131,12 +131,12 @@ enum Command {
     /// expectations, the close and the outcome.
     Record {
         /// The invocation's request id (from /api/invocations).
-        #[arg(required_unless_present = "last", conflicts_with = "last")]
+        #[arg(required_unless_present = "last", conflicts_with_all = ["last", "function"])]
         request_id: Option<String>,
         /// The newest finished invocation of --function instead.
         #[arg(long, requires = "function")]
         last: bool,
-        /// The function, with --last.
+        /// The function, with --last (a request id already names its function).
         #[arg(long)]
         function: Option<String>,
         /// Put the recorded pauses back (sleep steps before the client's actions).
@@ -352,8 +352,14 @@ async fn run(command: Command) -> anyhow::Result<Result<(), UsageError>> {
             let scenario =
                 scfsim_scenario::record::scenario_from_timeline(&timeline, &record, keep_timing)?;
             match output {
-                Some(path) => std::fs::write(&path, scenario)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => {
+                    std::fs::write(&path, scenario)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    let shown = path.display();
+                    eprintln!(
+                        "scfsim: wrote invocation {id} to {shown} (replay it with: scfsim test {shown})"
+                    );
+                }
                 None => print!("{scenario}"),
             }
             Ok(Ok(()))
