@@ -31,7 +31,7 @@ fi
 echo "--- building release binaries" >&2
 cargo build --release -p scfsim -p scfsim-e2e -p scfsim-bench >&2
 
-# hold: 2,000 connections, each several descriptors in scfsim and in the benchmark.
+# hold: 5,000 connections, each several descriptors in scfsim and in the benchmark.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16384 ]; then
     ulimit -n 16384 2>/dev/null || echo "--- warning: open files limited to $(ulimit -n)" >&2

@@ -101,7 +101,7 @@ enum Command {
     },
     /// N simultaneous connections through scfsim, each with its own instance; memory.
     Hold {
-        #[arg(long, short = 'n', default_value_t = 2000)]
+        #[arg(long, short = 'n', default_value_t = 5000)]
         connections: usize,
         /// Connections being opened at once.
         #[arg(long, short = 'c', default_value_t = 32)]
