@@ -292,6 +292,7 @@ fn goals(results: &[Value], judge: bool) -> Value {
     for g in &goals {
         let show = |v: Option<f64>| match v {
             Some(m) if g.unit == " ms" => format!("{m:+.2} ms"),
+            Some(m) if g.unit == " errors" => format!("{m:.0} errors"),
             Some(m) => format!("{m:.2}{}", g.unit),
             None => "–".into(),
         };

@@ -668,7 +668,7 @@ async fn serve(
         .iter()
         .map(|f| format!("{} -> {}", f.path, f.name))
         .collect();
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
     // Before `ready`: a supervisor may send SIGTERM as soon as it reads that line.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -677,6 +677,7 @@ async fn serve(
     for line in &server.isolation {
         tracing::info!("{line}");
     }
+    log_open_file_limit(open_files);
     tracing::info!(functions = ?functions, "serving");
     {
         let mut out = std::io::stdout().lock();
@@ -803,16 +804,32 @@ impl Filter {
     }
 }
 
-/// Each open connection holds about eight descriptors (two sockets, the instance's pipes, its
-/// namespace and cgroup files): the usual soft limit of 1024 would stop scfsim near 125
-/// connections, far below the hard limit it may use.
-fn raise_open_file_limit() {
+/// Descriptors scfsim holds per open connection with namespaces isolation (measured by
+/// `scfsim-bench hold`): the client's and the instance's sockets, the instance's stdout and
+/// stderr pipes, its pidfd, network namespace and two `cgroup.procs` files.
+const FDS_PER_CONNECTION: u64 = 8;
+
+/// The usual soft limit of 1024 would stop scfsim near 125 connections, far below the hard
+/// limit it may use. Returns the limit in force afterwards.
+fn raise_open_file_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
     if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
         tracing::warn!("could not raise the open-file limit above {soft}");
+        return Some(soft);
+    }
+    Some(soft.max(hard))
+}
+
+/// What the open-files limit allows, said once at startup: past it a new connection fails with
+/// "Too many open files", and the fix (the hard limit) is outside scfsim.
+fn log_open_file_limit(limit: Option<u64>) {
+    if let Some(limit) = limit.filter(|l| *l != nix::libc::RLIM_INFINITY) {
+        tracing::info!(
+            "open files: limit {limit}, room for about {} simultaneous connections \
+             ({FDS_PER_CONNECTION} descriptors each); raise `ulimit -Hn` for more",
+            limit.saturating_sub(64) / FDS_PER_CONNECTION
+        );
     }
 }
 
