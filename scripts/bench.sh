@@ -28,6 +28,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
+# The provisioned scenario's Node.js server uses examples/node-echo's `ws` package.
+if [ ! -e examples/node-echo/node_modules/ws/package.json ]; then
+    echo "--- installing examples/node-echo's dependencies (npm ci)" >&2
+    npm ci --prefix examples/node-echo --no-audit --no-fund --loglevel=error >&2
+fi
+
 echo "--- building release binaries" >&2
 cargo build --release -p scfsim -p scfsim-e2e -p scfsim-bench >&2
 

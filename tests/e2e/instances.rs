@@ -137,17 +137,10 @@ async fn going_over_memory_mb_ends_with_434() {
 fn leftovers(pid: u32) -> (Vec<String>, usize) {
     let children = scfsim_e2e::children(pid);
     let parked = parked_cgroups(pid);
-    let cgroups = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"]
-        .iter()
-        .filter_map(|root| std::fs::read_dir(root).ok())
-        .flat_map(|d| d.flatten())
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&format!("scfsim-{pid}-")))
-        })
-        .map(|e| {
-            std::fs::read_dir(e.path())
+    let cgroups = scfsim_cgroups(pid)
+        .into_iter()
+        .map(|parent| {
+            std::fs::read_dir(parent)
                 .map(|d| {
                     d.flatten()
                         .filter(|c| c.path().is_dir() && !parked.contains(&c.path()))

@@ -137,8 +137,11 @@ enum Command {
         /// Unrecorded connections per target before the first round.
         #[arg(long, default_value_t = 5)]
         warmup: usize,
-        /// A Python echo server (the `websockets` library) instead of the fixture.
-        #[arg(long)]
+        /// The echo server behind both targets.
+        #[arg(long, value_enum, default_value = "fixture")]
+        server: provisioned::ServerKind,
+        /// Short for `--server python`.
+        #[arg(long, conflicts_with = "server")]
         python: bool,
     },
     /// Every scenario at its standard size, then the goals.
@@ -316,6 +319,7 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
             connections,
             rounds,
             warmup,
+            server,
             python,
         } => vec![
             provisioned::run(
@@ -324,7 +328,11 @@ async fn run(cli: Cli) -> Result<Vec<Value>> {
                     connections,
                     rounds,
                     warmup,
-                    python,
+                    server: if python {
+                        provisioned::ServerKind::Python
+                    } else {
+                        server
+                    },
                 },
             )
             .await?,

@@ -7,7 +7,7 @@
 //! provisioned instance; the direct fixture accepts TCP), so that the figure is the handover's,
 //! never a start's. Concurrency 1, interleaved rounds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -33,9 +33,38 @@ pub struct Opts {
     pub rounds: usize,
     /// Unrecorded connections per target before the first round.
     pub warmup: usize,
-    /// The server: the fixture, or a Python echo server on the `websockets` library (whose
-    /// interpreter start, ~100 ms, is what provisioning takes off the connection's path).
-    pub python: bool,
+    pub server: ServerKind,
+}
+
+/// The server behind both targets. The interpreted ones are what provisioning is for: their
+/// interpreter start (~100 ms for Python with `websockets`) leaves the connection's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerKind {
+    /// The multi-mode fixture (`scfsim-fixture echo`).
+    Fixture,
+    /// An echo server on Python's `websockets` library.
+    Python,
+    /// An echo server on Node.js's `ws` package (the one `examples/node-echo` uses).
+    Node,
+}
+
+impl ServerKind {
+    /// The JSON line's `server`.
+    pub fn key(self) -> &'static str {
+        match self {
+            ServerKind::Fixture => "fixture",
+            ServerKind::Python => "python",
+            ServerKind::Node => "node",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            ServerKind::Fixture => "fixture",
+            ServerKind::Python => "Python websockets",
+            ServerKind::Node => "Node.js ws",
+        }
+    }
 }
 
 /// The Python server of `--python`: websockets' echo, on `FIXTURE_PORT` (as the benchmark
@@ -55,6 +84,36 @@ async def main():
 asyncio.run(main())
 ";
 
+/// The Node.js server of `--server node`: `ws`'s echo, on `FIXTURE_PORT` or 9000 as above.
+/// `WS_PACKAGE` is replaced by the absolute path of the `ws` package, so that the script runs
+/// from a temporary directory (and inside an instance) without a `node_modules` of its own.
+const NODE_ECHO: &str = "'use strict';
+const { WebSocketServer } = require(WS_PACKAGE);
+const port = Number(process.env.FIXTURE_PORT || 9000);
+const wss = new WebSocketServer({ port, host: '0.0.0.0', perMessageDeflate: false });
+wss.on('connection', (ws) => {
+  ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+});
+process.on('SIGTERM', () => process.exit(0));
+";
+
+/// Where `examples/node-echo` keeps its `ws` package: found from the working directory (the
+/// repository's root under `scripts/bench.sh`) or from this executable (`target/release/`).
+fn ws_package() -> Result<PathBuf> {
+    let rel = Path::new("examples/node-echo/node_modules/ws");
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join(rel)));
+    std::iter::once(rel.to_path_buf())
+        .chain(from_exe)
+        .find(|p| p.join("package.json").is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .context(
+            "the `ws` package of examples/node-echo is missing (install it from the repository's \
+             root: npm ci --prefix examples/node-echo)",
+        )
+}
+
 /// The program and arguments of the server under test.
 struct Server {
     program: PathBuf,
@@ -64,30 +123,42 @@ struct Server {
 }
 
 impl Server {
-    fn new(tools: &Tools, python: bool) -> Result<Server> {
-        if !python {
-            return Ok(Server {
-                program: tools.fixture.clone(),
-                args: vec!["echo".into()],
-                _dir: None,
-            });
-        }
-        let program = servers::find_program("python3", &[])?;
-        let check = std::process::Command::new(&program)
-            .args(["-c", "import websockets.asyncio.server"])
-            .output()
-            .context("running python3")?;
-        anyhow::ensure!(
-            check.status.success(),
-            "python3's websockets library is missing (python3 -m pip install -r \
-             examples/python-echo/requirements.txt)"
-        );
+    fn new(tools: &Tools, kind: ServerKind) -> Result<Server> {
+        let (program, file, script) = match kind {
+            ServerKind::Fixture => {
+                return Ok(Server {
+                    program: tools.fixture.clone(),
+                    args: vec!["echo".into()],
+                    _dir: None,
+                })
+            }
+            ServerKind::Python => {
+                let program = servers::find_program("python3", &[])?;
+                let check = std::process::Command::new(&program)
+                    .args(["-c", "import websockets.asyncio.server"])
+                    .output()
+                    .context("running python3")?;
+                anyhow::ensure!(
+                    check.status.success(),
+                    "python3's websockets library is missing (python3 -m pip install -r \
+                     examples/python-echo/requirements.txt)"
+                );
+                (program, "echo.py", PYTHON_ECHO.to_string())
+            }
+            ServerKind::Node => {
+                let program = servers::find_program("node", &[])
+                    .context("Node.js is missing (apt-get install nodejs)")?;
+                let ws = ws_package()?;
+                let quoted = serde_json::to_string(&ws.display().to_string())?;
+                (program, "echo.js", NODE_ECHO.replace("WS_PACKAGE", &quoted))
+            }
+        };
         let dir = tempfile::tempdir()?;
-        let script = dir.path().join("echo.py");
-        std::fs::write(&script, PYTHON_ECHO)?;
+        let path = dir.path().join(file);
+        std::fs::write(&path, script)?;
         Ok(Server {
             program,
-            args: vec![script.display().to_string()],
+            args: vec![path.display().to_string()],
             _dir: Some(dir),
         })
     }
@@ -190,12 +261,12 @@ async fn round(server: &Server, scfsim: &Scfsim, target: Target, n: usize) -> Ta
 }
 
 pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
-    let server = Server::new(tools, opts.python)?;
+    let server = Server::new(tools, opts.server)?;
     let scfsim = Scfsim::start(
         tools,
         &ScfsimSettings {
             provisioned_instances: 1,
-            command: opts.python.then(|| server.command()),
+            command: (opts.server != ServerKind::Fixture).then(|| server.command()),
             ..ScfsimSettings::default()
         },
     )
@@ -267,11 +338,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
              ({})",
             per_round * rounds,
             rounds,
-            if opts.python {
-                "Python websockets"
-            } else {
-                "fixture"
-            }
+            opts.server.title()
         ),
         &procfs::loadavg(),
         &table.render(),
@@ -283,7 +350,7 @@ pub async fn run(tools: &Tools, opts: &Opts) -> Result<Value> {
     );
     let out = json!({
         "scenario": "provisioned",
-        "server": if opts.python { "python" } else { "fixture" },
+        "server": opts.server.key(),
         "connections": per_round * rounds,
         "concurrency": 1,
         "rounds": rounds,

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::env::Env;
+use crate::provisioned::ServerKind;
 use crate::stats::Table;
 use crate::{connect, echo, hold, provisioned};
 
@@ -70,13 +71,19 @@ impl Plan {
                     connections: 200,
                     rounds: 4,
                     warmup: 5,
-                    python: false,
+                    server: ServerKind::Fixture,
                 },
                 provisioned::Opts {
                     connections: 60,
                     rounds: 4,
                     warmup: 3,
-                    python: true,
+                    server: ServerKind::Python,
+                },
+                provisioned::Opts {
+                    connections: 60,
+                    rounds: 4,
+                    warmup: 3,
+                    server: ServerKind::Node,
                 },
             ],
         }
@@ -102,7 +109,7 @@ impl Plan {
             connections: 8,
             concurrency: 4,
         }];
-        plan.provisioned.retain(|p| !p.python);
+        plan.provisioned.retain(|p| p.server == ServerKind::Fixture);
         for p in &mut plan.provisioned {
             p.connections = 4;
             p.rounds = 2;
@@ -238,17 +245,22 @@ fn goals(results: &[Value], judge: bool) -> Value {
         ok: le(m, 1.0),
     });
 
-    let provisioned_python = find(results, |v| {
-        v["scenario"] == "provisioned" && v["server"] == "python"
-    });
-    let m = at(provisioned_python, &["vs_direct", "first_echo_p50_diff_ms"]);
-    goals.push(Goal {
-        what: "the same for a Python (websockets) function".into(),
-        measured: m,
-        vs_exec: None,
-        unit: " ms",
-        ok: le(m, 1.0),
-    });
+    for (kind, name) in [
+        (ServerKind::Python, "a Python (websockets)"),
+        (ServerKind::Node, "a Node.js (ws)"),
+    ] {
+        let result = find(results, |v| {
+            v["scenario"] == "provisioned" && v["server"] == kind.key()
+        });
+        let m = at(result, &["vs_direct", "first_echo_p50_diff_ms"]);
+        goals.push(Goal {
+            what: format!("the same for {name} function").into(),
+            measured: m,
+            vs_exec: None,
+            unit: " ms",
+            ok: le(m, 1.0),
+        });
+    }
 
     // The data path: scfsim against nginx, row by row, in messages/s and in CPU per message.
     for (size, connections) in [(64, 1), (64, 16), (65_536, 1), (65_536, 16)] {
@@ -387,6 +399,22 @@ mod tests {
         // A row that was not run is not judged.
         let (m, met) = verdict(&goals, "echo 64 KiB, 1 connection: messages/s ≥ nginx's");
         assert_eq!((m, met), (None, Value::Null));
+    }
+
+    #[test]
+    fn each_provisioned_server_has_its_own_row() {
+        let provisioned = |server: &str, diff: f64| {
+            json!({
+                "scenario": "provisioned", "server": server,
+                "vs_direct": {"first_echo_p50_diff_ms": diff},
+            })
+        };
+        let results = vec![provisioned("python", 0.8), provisioned("node", 1.5)];
+        let goals = goals(&results, true);
+        let (m, met) = verdict(&goals, "the same for a Python (websockets) function");
+        assert_eq!((m, met), (Some(0.8), json!(true)));
+        let (m, met) = verdict(&goals, "the same for a Node.js (ws) function");
+        assert_eq!((m, met), (Some(1.5), json!(false)));
     }
 
     #[test]
