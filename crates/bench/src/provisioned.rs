@@ -120,6 +120,9 @@ struct Server {
     args: Vec<String>,
     /// Keeps the Python script's directory.
     _dir: Option<tempfile::TempDir>,
+    /// The fixture ends with its connection; the interpreted servers keep listening, so the
+    /// benchmark stops them once their one connection is measured.
+    ends_with_connection: bool,
 }
 
 impl Server {
@@ -130,6 +133,7 @@ impl Server {
                     program: tools.fixture.clone(),
                     args: vec!["echo".into()],
                     _dir: None,
+                    ends_with_connection: true,
                 })
             }
             ServerKind::Python => {
@@ -160,6 +164,7 @@ impl Server {
             program,
             args: vec![path.display().to_string()],
             _dir: Some(dir),
+            ends_with_connection: false,
         })
     }
 
@@ -246,6 +251,10 @@ async fn one(server: &Server, scfsim: &Scfsim, target: Target, tally: &mut Tally
     tally.handshake.record(handshake);
     tally.first_echo.record(first_echo);
     tally.connections += 1;
+    let mut child = child;
+    if let Some(child) = child.as_mut().filter(|_| !server.ends_with_connection) {
+        let _ = child.start_kill();
+    }
     servers::reap(child.into_iter().collect()).await;
     Ok(())
 }

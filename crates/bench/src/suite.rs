@@ -73,16 +73,18 @@ impl Plan {
                     warmup: 5,
                     server: ServerKind::Fixture,
                 },
+                // As many as the fixture's: an interpreter's first connection varies more
+                // (60 Node.js connections measured +1.03 and +0.92 ms, 200 +0.81).
                 provisioned::Opts {
-                    connections: 60,
+                    connections: 200,
                     rounds: 4,
-                    warmup: 3,
+                    warmup: 5,
                     server: ServerKind::Python,
                 },
                 provisioned::Opts {
-                    connections: 60,
+                    connections: 200,
                     rounds: 4,
-                    warmup: 3,
+                    warmup: 5,
                     server: ServerKind::Node,
                 },
             ],
