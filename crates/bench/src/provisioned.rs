@@ -228,7 +228,7 @@ async fn provisioned_ready(scfsim: &Scfsim) -> Result<()> {
 /// One connection: make its server ready (untimed), then connect, echo once (timed), close.
 async fn one(server: &Server, scfsim: &Scfsim, target: Target, tally: &mut Tally) -> Result<()> {
     let msg = client::payload(MESSAGE_BYTES, true);
-    let (url, child) = match target {
+    let (url, mut child) = match target {
         Target::Direct => {
             let port = free_port()?;
             let args: Vec<&str> = server.args.iter().map(String::as_str).collect();
@@ -251,7 +251,6 @@ async fn one(server: &Server, scfsim: &Scfsim, target: Target, tally: &mut Tally
     tally.handshake.record(handshake);
     tally.first_echo.record(first_echo);
     tally.connections += 1;
-    let mut child = child;
     if let Some(child) = child.as_mut().filter(|_| !server.ends_with_connection) {
         let _ = child.start_kill();
     }
