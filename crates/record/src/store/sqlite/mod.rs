@@ -293,10 +293,14 @@ impl SqliteStore {
             .map(|id| id.hyphenated().to_string())
             .collect();
         let counted = self.read(|conn| {
+            // One read transaction, so the count and the lookups see the same snapshot: a
+            // pending record the writer commits between two statements would otherwise be
+            // missing from the count and found by its lookup, and counted by neither.
+            let snapshot = conn.unchecked_transaction()?;
             let written: i64 =
-                conn.query_row("SELECT count(*) FROM invocations", [], |r| r.get(0))?;
+                snapshot.query_row("SELECT count(*) FROM invocations", [], |r| r.get(0))?;
             let mut exists =
-                conn.prepare_cached("SELECT 1 FROM invocations WHERE request_id = ?1")?;
+                snapshot.prepare_cached("SELECT 1 FROM invocations WHERE request_id = ?1")?;
             let mut unwritten = 0;
             for id in &pending {
                 if !exists.exists([id])? {
